@@ -1,0 +1,25 @@
+"""vitok_jax: ViT visual tokenizers (ViTok) and latent DiTs in JAX/Flax."""
+import pathlib
+
+import setuptools
+
+here = pathlib.Path(__file__).parent
+requirements = [l.strip() for l in (here / "requirements.txt").read_text().splitlines()
+                if l.strip() and not l.startswith("#")]
+
+setuptools.setup(
+    name="vitok_jax",
+    version="0.1.0",
+    description="ViTok visual tokenizers and latent DiTs in JAX/Flax (big_vision style)",
+    long_description=(here / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["vitok_jax", "vitok_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=requirements,
+    extras_require={
+        # torch is the CPU wheel the machines carry (a plain `torch` pulls GBs
+        # of CUDA); it is only needed for parity tests and the PyTorch export.
+        "test": ["pytest>=7", "chex>=0.1.86", "tensorboard>=2.15",
+                 "torch==2.13.0"],
+    },
+)

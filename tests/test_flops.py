@@ -1,0 +1,63 @@
+"""Parameter and FLOP counts against the paper (SPEC §1)."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vitok_jax import flops
+from vitok_jax.models import vitok
+
+
+@pytest.mark.parametrize("variant,side,expected", [
+    ("S-S/16", "encoder", 43.3),
+    ("B-B/16", "encoder", 85.8),
+    ("L-L/16", "encoder", 383.7),
+    ("S-B/16", "decoder", 85.8),
+    ("S-L/16", "decoder", 383.7),
+    ("S-B/16", "total", 129.0),
+    ("S-L/16", "total", 426.8),
+])
+def test_param_counts_within_1pct_of_paper(variant, side, expected):
+  model = vitok.create(variant, 16)
+  got = flops.count_params(model, (1, 1, 256, 256, 3))[side] / 1e6
+  assert abs(got - expected) / expected < 0.01, (variant, side, got)
+
+
+@pytest.mark.parametrize("variant,res,frames,part,expected", [
+    ("S-S/16", 256, 1, "encoder", 11.6),
+    ("B-B/16", 256, 1, "encoder", 23.1),
+    ("L-L/16", 256, 1, "encoder", 101.8),
+    ("S-B/16", 256, 1, "paper", 34.8),
+    ("S-L/16", 256, 1, "paper", 113.4),
+    ("S-B/16", 512, 1, "paper", 160.8),
+    ("S-B/4x8", 128, 16, "paper", 160.8),
+    ("S-B/8x8", 128, 16, "paper", 73.2),
+    ("S-B/4x16", 128, 16, "paper", 34.8),
+])
+def test_gflops_within_2pct_of_paper(variant, res, frames, part, expected):
+  got = flops.summary(variant, res, frames)["gflops"][part]
+  assert abs(got - expected) / expected < 0.02, (variant, got)
+
+
+def test_analytic_count_matches_xla_cost_analysis():
+  """Our multiply-add count is what XLA sees (2 FLOPs each, plus elementwise)."""
+  model = vitok.create("S-B/8", 8, enc_width=256, enc_depth=2, enc_heads=4,
+                       dec_width=256, dec_depth=2, dec_heads=4)
+  shape = (2, 1, 64, 64, 3)
+  params = jax.eval_shape(model.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct(shape, jnp.float32))
+  lowered = jax.jit(model.apply).lower(params, jax.ShapeDtypeStruct(shape, jnp.float32))
+  cost = lowered.compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  ours = 2 * 2 * flops.count_macs(model, (1,) + shape[1:])["total"]
+  assert ours <= cost["flops"] <= 1.15 * ours, (ours, cost["flops"])
+
+
+def test_flops_tool_prints(capsys):
+  import importlib.util, pathlib
+  path = pathlib.Path(__file__).parents[1] / "tools" / "flops.py"
+  spec = importlib.util.spec_from_file_location("flops_tool", path)
+  tool = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tool)
+  tool.main(["--variant", "S-B/16", "--res", "256"])
+  out = capsys.readouterr().out
+  assert "129.1" in out and "34.4" in out
