@@ -57,6 +57,39 @@ def decode_variant(variant: str) -> dict:
               tubelet=int(q or 1), patch=int(p))
 
 
+class Untubelet(nn.Module):
+  """3D transposed convolution with kernel = stride = (q, p, p).
+
+  With no overlap it is exactly a per-token linear map to a q x p x p x C
+  block, computed here as one einsum (XLA:CPU's lhs-dilated convolution was
+  1000x slower). kernel[d, i, j, k, c] is PyTorch's ConvTranspose3d
+  weight[d, c, i, j, k].
+  """
+  kernel_size: Tuple[int, int, int]
+  features: int = 3
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h):  # [B, T', H', W', D] -> [B, T'q, H'p, W'p, C]
+    q, p1, p2 = self.kernel_size
+    d = h.shape[-1]
+    # fan_in = D*q*p*p as for a transposed conv: small initial outputs.
+    kernel = self.param(
+        "kernel", nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=(0, 1, 2, 3),
+            out_axis=4),
+        (d, q, p1, p2, self.features), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,),
+                      self.param_dtype)
+    y = jnp.einsum("bthwd,dijkc->bthwijkc", h.astype(self.dtype),
+                   kernel.astype(self.dtype))
+    b, t, hh, ww = y.shape[:4]
+    y = y.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(
+        b, t * q, hh * p1, ww * p2, self.features)
+    return y + bias.astype(y.dtype)
+
+
 class Model(nn.Module):
   """The ViTok auto-encoder. Build it with `create(variant, code_channels)`."""
   code_channels: int
@@ -123,8 +156,7 @@ class Model(nn.Module):
     self.decoder = vit.Transformer(
         self.dec_width, self.dec_depth, self.dec_heads,
         self.dec_mlp_dim or vit.swiglu_hidden(self.dec_width), **tkw)
-    self.to_pixels = nn.ConvTranspose(3, kernel, strides=kernel,
-                                      padding="VALID", **kw)
+    self.to_pixels = Untubelet(kernel, 3, **kw)
 
   # ------------------------------------------------------------- helpers
   def token_grid(self, shape: Sequence[int]) -> Tuple[int, int, int]:

@@ -1,0 +1,146 @@
+"""The stage-1 training system: outputs, exact resume, sharding, config errors."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs.vitok import s_b16_256
+from vitok_jax import checkpoint as ckpt_lib
+from vitok_jax import sharding as sh
+from vitok_jax.trainers import tokenizer
+
+
+def small_config(steps=6, **input_kw):
+  c = s_b16_256.get_config("runlocal,lpips=0")
+  c.total_steps = steps
+  c.log_every = 2
+  c.ckpt_every = steps // 2
+  c.image_every = 0
+  c.input.update(res=32, **input_kw)
+  return c
+
+
+def test_runlocal_trains_and_writes_outputs(tmp_path):
+  c = small_config(steps=40)
+  c.log_every = 5
+  c.ckpt_every = 20
+  tokenizer.train_and_evaluate(c, str(tmp_path))
+  files = os.listdir(tmp_path)
+  assert any(f.startswith("events.out.tfevents") for f in files)
+  assert "reconstruction.png" in files
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "40"]
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  losses = [r["rec_l2"] for r in rows]
+  assert [r["step"] for r in rows] == list(range(5, 41, 5))
+  assert np.mean(losses[-2:]) < 0.6 * losses[0], losses
+  assert all("images_per_sec" in r and "l2_grads" in r and "lr" in r for r in rows)
+
+
+def test_resume_is_exact(tmp_path):
+  c = small_config(steps=6)
+  tokenizer.train_and_evaluate(c, str(tmp_path / "straight"))
+  tokenizer.train_and_evaluate(c, str(tmp_path / "split"), max_steps=3)
+  assert os.listdir(tmp_path / "split" / "checkpoints") == ["3"]
+  tokenizer.train_and_evaluate(c, str(tmp_path / "split"))  # resumes at 3
+  a = ckpt_lib.load_state_tree(str(tmp_path / "straight"))
+  b = ckpt_lib.load_state_tree(str(tmp_path / "split"))
+  assert int(a["step"]) == int(b["step"]) == 6
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+  jax.tree.map(np.testing.assert_array_equal, a["opt"], b["opt"])
+  # The resumed run continued the data stream instead of restarting it.
+  la = {r["step"]: r["loss"] for r in map(
+      json.loads, open(tmp_path / "straight" / "metrics.jsonl"))}
+  lb = {r["step"]: r["loss"] for r in map(
+      json.loads, open(tmp_path / "split" / "metrics.jsonl"))}
+  assert sorted(lb) == [2, 3, 4, 6]  # the stopped run also logged its last step
+  assert [la[s] for s in (2, 4, 6)] == [lb[s] for s in (2, 4, 6)]
+
+
+def _one_config():
+  c = tokenizer.resolve_config(small_config())
+  c.input.batch_size = 8
+  c.sharding.fsdp_min_size = 1  # shard every divisible leaf
+  return c
+
+
+def _run_steps(config, mesh, n=2):
+  setup = tokenizer.make_setup(config, mesh)
+  state = setup.init(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  losses = []
+  for _ in range(n):
+    x = rng.uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+    state, m = setup.step(state, sh.put_global_batch(x, setup.batch_sharding))
+    losses.append(float(m["loss"]))
+  return setup, state, losses
+
+
+@pytest.mark.parametrize("axes", [[("data", 8), ("fsdp", 1)],
+                                  [("data", 2), ("fsdp", 4)],
+                                  [("data", 1), ("fsdp", 8)]])
+def test_sharded_step_matches_single_device(axes):
+  c = _one_config()
+  _, ref_state, ref_losses = _run_steps(c, sh.make_mesh([("data", 1)], jax.devices()[:1]))
+  setup, state, losses = _run_steps(c, sh.make_mesh(axes))
+  if dict(axes).get("fsdp", 1) > 1:  # FSDP really shards something
+    specs = [s.spec for s in jax.tree.leaves(setup.state_sharding["params"])]
+    assert any("fsdp" in tuple(s) for s in specs)
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               jax.device_get(state["params"]), jax.device_get(ref_state["params"]))
+
+
+def test_checkpoint_restores_on_another_mesh(tmp_path):
+  c = _one_config()
+  fsdp = sh.make_mesh([("data", 2), ("fsdp", 4)])
+  setup8, state8, _ = _run_steps(c, fsdp, n=1)
+  ck = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)
+  ck.save(1, state8, {"next_index": 7}, c)
+  ck.close()
+  expected = jax.device_get(state8)
+  for mesh in (sh.make_mesh([("data", 1)], jax.devices()[:1]),
+               sh.make_mesh([("data", 8), ("fsdp", 1)])):
+    setup = tokenizer.make_setup(c, mesh)
+    ck = ckpt_lib.Checkpointer(str(tmp_path))
+    state, data_state, cfg = ck.restore(setup.abstract_state, setup.state_sharding)
+    ck.close()
+    assert data_state == {"next_index": 7}
+    assert cfg["model"]["variant"] == "mu-mu/8"
+    leaf = state["params"]["decoder"]["block_0"]["mlp"]["up"]["kernel"]
+    assert leaf.sharding.mesh.devices.size == mesh.devices.size
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), expected)
+    # ... and training continues from it on the new mesh.
+    x = np.zeros((8, 32, 32, 3), np.float32)
+    setup.step(state, sh.put_global_batch(x, setup.batch_sharding))
+
+
+def test_unknown_config_key_is_named(tmp_path):
+  c = small_config()
+  c.optim.lrr = 1.0
+  with pytest.raises(ValueError, match="config.optim.lrr"):
+    tokenizer.train_and_evaluate(c, str(tmp_path))
+
+
+def test_batch_not_divisible_by_data_parallel_size(tmp_path):
+  c = small_config()
+  c.input.batch_size = 6  # 8 devices
+  with pytest.raises(ValueError, match="batch_size=6 is not divisible by the 8 devices"):
+    tokenizer.train_and_evaluate(c, str(tmp_path))
+
+
+def test_missing_dataset_is_named(tmp_path):
+  c = small_config(data=f"folder:{tmp_path}/nope")
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path}/nope"):
+    tokenizer.train_and_evaluate(c, str(tmp_path / "wd"))
+  c = small_config(data="tfds:no_such_dataset_xyz:train", data_dir=str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="no_such_dataset_xyz"):
+    tokenizer.train_and_evaluate(c, str(tmp_path / "wd2"))
+
+
+def test_resolution_not_divisible_by_patch_fails_at_start(tmp_path):
+  c = small_config()
+  c.input.res = 36
+  with pytest.raises(ValueError, match="height H=36 is not divisible"):
+    tokenizer.train_and_evaluate(c, str(tmp_path))

@@ -1,0 +1,102 @@
+r"""Times the jitted ViTok train step (after compilation). A benchmark, not a test.
+
+  python tools/bench.py --variant S-B/16 --res 256 --batch 64
+  python tools/bench.py --variant mu-mu/8 --res 64 --batch 8 --dtype float32  # CPU
+
+Prints images/s, step ms, compile s, peak device memory and model-FLOP
+utilisation (MFU) against --peak_tflops per device (default: H100 SXM bf16
+dense, 989 TFLOP/s). Model FLOPs = 3 x forward (fwd + bwd), 2 FLOPs per
+multiply-add, tubelet convs included; LPIPS/attention recompute not counted.
+"""
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from vitok_jax import flops
+from vitok_jax import sharding as sh
+from vitok_jax.trainers import tokenizer
+
+
+def parse_mesh(text: str):
+  axes = []
+  for part in text.split(","):
+    name, _, size = part.partition(":")
+    axes.append((name, int(size or -1)))
+  return axes
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--variant", default="S-B/16")
+  ap.add_argument("--code_channels", type=int, default=16)
+  ap.add_argument("--res", type=int, default=256)
+  ap.add_argument("--frames", type=int, default=1)
+  ap.add_argument("--batch", type=int, default=64, help="global batch")
+  ap.add_argument("--mesh", default="data:-1,fsdp:1")
+  ap.add_argument("--dtype", default="bfloat16")
+  ap.add_argument("--remat", action="store_true")
+  ap.add_argument("--attn_impl", default=None, help="None | xla | cudnn")
+  ap.add_argument("--steps", type=int, default=10)
+  ap.add_argument("--warmup", type=int, default=2)
+  ap.add_argument("--peak_tflops", type=float, default=989.0)
+  args = ap.parse_args(argv)
+
+  config = tokenizer.default_config()
+  config.model.update(variant=args.variant, code_channels=args.code_channels,
+                      dtype=args.dtype, remat=args.remat,
+                      attn_impl=args.attn_impl)
+  config.input.update(res=args.res, frames=args.frames, batch_size=args.batch)
+  config.total_steps = 1000
+  config.optim.warmup_steps = 10
+  mesh = sh.make_mesh(parse_mesh(args.mesh))
+  setup = tokenizer.make_setup(config, mesh)
+  shape = tokenizer.input_shape(config)
+  rng = np.random.default_rng(0)
+  batch = sh.put_global_batch(
+      rng.uniform(-1, 1, (shape[0] // jax.process_count(),) + shape[1:]
+                  ).astype(np.float32), setup.batch_sharding)
+
+  t0 = time.time()
+  state = setup.init(jax.random.key(0))
+  compiled = setup.step.lower(state, batch).compile()
+  compile_s = time.time() - t0
+  for _ in range(args.warmup):
+    state, m = compiled(state, batch)
+  jax.block_until_ready(m)
+  t0 = time.time()
+  for _ in range(args.steps):
+    state, m = compiled(state, batch)
+  jax.block_until_ready(m)
+  step_s = (time.time() - t0) / args.steps
+
+  imgs = shape[0] * args.frames
+  model_flops = flops.train_step_flops(setup.model, shape)
+  achieved = model_flops / step_s
+  mfu = achieved / (args.peak_tflops * 1e12 * jax.device_count())
+  mem = jax.local_devices()[0].memory_stats() or {}
+  peak_gib = mem.get("peak_bytes_in_use", 0) / 2**30
+  out = dict(variant=args.variant, res=args.res, frames=args.frames,
+             batch=shape[0], devices=jax.device_count(),
+             platform=jax.devices()[0].platform,
+             device_kind=jax.devices()[0].device_kind,
+             images_per_sec=imgs / step_s, step_ms=1000 * step_s,
+             compile_s=compile_s, peak_mem_gib=peak_gib,
+             model_tflops_per_step=model_flops / 1e12,
+             achieved_tflops=achieved / 1e12, mfu=mfu,
+             loss=float(m["loss"]))
+  print(f"ViTok {args.variant} {args.frames}x{args.res}^2 batch {shape[0]} on "
+        f"{out['devices']}x {out['device_kind']} ({args.dtype}, mesh "
+        f"{dict(mesh.shape)})")
+  print(f"  images/s {out['images_per_sec']:.1f} | step {out['step_ms']:.1f} ms"
+        f" | compile {compile_s:.1f} s | peak mem {peak_gib:.2f} GiB")
+  print(f"  model TFLOP/step {out['model_tflops_per_step']:.3f} | achieved "
+        f"{out['achieved_tflops']:.2f} TFLOP/s | MFU {100 * mfu:.1f}% of "
+        f"{args.peak_tflops:.0f} TFLOP/s/device")
+  return out
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,109 @@
+"""Orbax checkpoints of the train state, the data iterator and the config.
+
+Layout: <workdir>/checkpoints/<step>/{state,data,config}. Saves are
+asynchronous (training continues while arrays are written) and atomic (Orbax
+writes to a temporary folder and renames it), so a killed run resumes from the
+last complete step. Restores take target shardings, so a checkpoint written on
+one mesh restores onto any other.
+"""
+import json
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from vitok_jax import sharding as sh
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, *, max_to_keep: Optional[int] = 3,
+               save_every: int = 1000, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.save_every = int(save_every)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True,
+        enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "data", "config"))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def all_steps(self):
+    return list(self.manager.all_steps())
+
+  def should_save(self, step: int, last_step: int) -> bool:
+    return step == last_step or (self.save_every > 0 and
+                                 step % self.save_every == 0)
+
+  def save(self, step: int, state, data_state=None, config=None,
+           force: bool = False) -> bool:
+    items = dict(state=ocp.args.StandardSave(state),
+                 data=ocp.args.JsonSave(data_state or {}),
+                 config=ocp.args.JsonSave(_config_to_dict(config)))
+    return self.manager.save(int(step), args=ocp.args.Composite(**items),
+                             force=force)
+
+  def restore(self, abstract_state, shardings, step: Optional[int] = None):
+    """-> (state placed with `shardings`, data iterator state, config dict)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}")
+    if step not in self.manager.all_steps():
+      raise FileNotFoundError(f"No checkpoint for step {step} in "
+                              f"{self.directory}; have {self.all_steps()}")
+    target = sh.with_sharding(abstract_state, shardings)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target),
+        data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+    return out["state"], out["data"], out["config"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _config_to_dict(config) -> dict:
+  if config is None:
+    return {}
+  if hasattr(config, "to_json_best_effort"):
+    return json.loads(config.to_json_best_effort())
+  return dict(config)
+
+
+def load_state_tree(path_or_workdir: str, step: Optional[int] = None,
+                    item: str = "state") -> Any:
+  """The saved train state as host numpy arrays, without any target tree.
+
+  Accepts a workdir (its latest or given step) or a step folder. Used by the
+  stage-2 initialisation and the PyTorch export.
+  """
+  path = os.path.abspath(path_or_workdir)
+  ckpt_dir = os.path.join(path, "checkpoints")
+  if os.path.isdir(ckpt_dir):
+    steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+    if not steps:
+      raise FileNotFoundError(f"No checkpoint in {ckpt_dir}")
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise FileNotFoundError(f"No checkpoint for step {step} in {ckpt_dir}; "
+                              f"have {steps}")
+    path = os.path.join(ckpt_dir, str(step))
+  item_dir = os.path.join(path, item)
+  if not os.path.isdir(item_dir):
+    raise FileNotFoundError(f"{item_dir} is not an Orbax checkpoint item")
+  with ocp.PyTreeCheckpointer() as ckptr:
+    meta = ckptr.metadata(item_dir)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    restore_args = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return ckptr.restore(item_dir, restore_args=restore_args)

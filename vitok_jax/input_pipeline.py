@@ -1,0 +1,177 @@
+"""grain input pipelines.
+
+Sources, named by a string in `config.input.data`:
+  * "tfds:<name>[:<split>]"  a prepared TFDS dataset, random access through
+                             `tfds.data_source` (no TensorFlow needed), e.g.
+                             "tfds:imagenet2012:train", "tfds:coco/2017:validation";
+  * "folder:<path>"          every .jpg/.jpeg/.png/.webp/.bmp below path;
+  * "embedded"               real photos shipped inside scikit-image (no
+                             network, the default of `:runlocal` and the demo).
+
+Training: random-resized crop, random flip, values in [-1, 1]; evaluation:
+resize shorter side + centre crop. Each process reads its own 1/n of the
+records and builds its share of the global batch; the iterator state goes
+into the checkpoint so that a resumed run continues with the same batches.
+"""
+import os
+import pathlib
+from typing import List
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from vitok_jax.pp import ops
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+EMBEDDED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket",
+                   "hubble_deep_field", "immunohistochemistry", "retina",
+                   "stereo_motorcycle", "colorwheel")
+
+
+# --------------------------------------------------------------------------
+# Sources: random-access sequences of uint8 images (or dicts holding one)
+# --------------------------------------------------------------------------
+class EmbeddedPhotos:
+  """The photos scikit-image ships, held in memory (uint8 [H, W, 3])."""
+
+  def __init__(self, names=EMBEDDED_PHOTOS):
+    import skimage.data  # pylint: disable=g-import-not-at-top
+    self.images = []
+    for n in names:
+      img = getattr(skimage.data, n)()
+      img = img[0] if isinstance(img, tuple) else img  # stereo pair
+      self.images.append(ops.to_rgb_uint8(img))
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, i):
+    return self.images[i]
+
+
+class FolderImages:
+  """Every image file below a folder, decoded on access."""
+
+  def __init__(self, root: str):
+    root_path = pathlib.Path(root)
+    if not root_path.is_dir():
+      raise FileNotFoundError(f"config.input.data: image folder {root!r} does "
+                              "not exist")
+    self.files: List[str] = sorted(
+        str(p) for p in root_path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not self.files:
+      raise FileNotFoundError(f"config.input.data: no {IMAGE_EXTS} images "
+                              f"below {root!r}")
+
+  def __len__(self):
+    return len(self.files)
+
+  def __getitem__(self, i):
+    with Image.open(self.files[i]) as im:
+      return np.asarray(im.convert("RGB"))
+
+
+class TfdsImages:
+  """A prepared TFDS dataset through `tfds.data_source` (array_record)."""
+
+  def __init__(self, name: str, split: str, data_dir=None,
+               image_key: str = "image"):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    try:
+      self.source = tfds.data_source(name, split=split, data_dir=data_dir)
+    except Exception as e:  # pylint: disable=broad-except
+      raise FileNotFoundError(
+          f"config.input.data: TFDS dataset {name!r} split {split!r} is not "
+          f"available in data_dir={data_dir or tfds.core.constants.DATA_DIR!r} "
+          f"(prepare it with `tfds build {name} --file_format=array_record`): "
+          f"{type(e).__name__}: {e}") from e
+    self.image_key = image_key
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    return self.source[i][self.image_key]
+
+
+def get_source(data: str, data_dir=None, image_key="image"):
+  """Parses a source string (see the module docstring)."""
+  if data == "embedded":
+    return EmbeddedPhotos()
+  kind, _, rest = data.partition(":")
+  if kind == "folder" and rest:
+    return FolderImages(os.path.expanduser(rest))
+  if kind == "tfds" and rest:
+    name, _, split = rest.partition(":")
+    return TfdsImages(name, split or "train", data_dir, image_key)
+  raise ValueError(f"config.input.data={data!r}: expected 'embedded', "
+                   "'folder:<path>' or 'tfds:<name>[:<split>]'")
+
+
+# --------------------------------------------------------------------------
+# Pipelines
+# --------------------------------------------------------------------------
+def _check_batch(global_batch: int) -> int:
+  n = jax.process_count()
+  if global_batch % n:
+    raise ValueError(f"config.input.batch_size={global_batch} is not divisible "
+                     f"by the {n} processes")
+  return global_batch // n
+
+
+def make_train_dataset(config, seed: int) -> grain.IterDataset:
+  """Infinite, shuffled, augmented; this process's share of each batch."""
+  local_batch = _check_batch(config.batch_size)
+  if config.get("frames", 1) != 1:
+    raise NotImplementedError(
+        f"config.input.frames={config.frames}: video sources are not "
+        "implemented yet; the image sources serve frames=1 only")
+  source = get_source(config.data, config.get("data_dir"),
+                      config.get("image_key", "image"))
+  res, scale = config.res, tuple(config.get("crop_scale", (0.5, 1.0)))
+  flip = config.get("flip", True)
+
+  def augment(img, rng):
+    img = ops.random_resized_crop(ops.to_rgb_uint8(img), res, rng, scale)
+    if flip:
+      img = ops.random_flip(img, rng)
+    return ops.value_range(img)
+
+  ds = grain.MapDataset.source(source)
+  ds = ds.shuffle(seed=seed).repeat(None)  # reshuffled every epoch
+  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.random_map(augment, seed=seed + 1)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  it_ds = ds.to_iter_dataset()
+  workers = config.get("num_workers", 0)
+  if workers:  # needs parsed absl flags and a __main__ guard (train.py has both)
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return it_ds
+
+
+def make_eval_dataset(config, batch_size: int, num_examples=None):
+  """Deterministic centre crops; the last batch is padded and masked.
+
+  Yields dicts {"image": [b, res, res, 3] float32, "mask": [b] bool}.
+  """
+  local_batch = _check_batch(batch_size)
+  source = get_source(config.data, config.get("data_dir"),
+                      config.get("image_key", "image"))
+  n = len(source) if num_examples is None else min(num_examples, len(source))
+  res = config.res
+  ds = grain.MapDataset.source(source)[:n]
+  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.map(lambda img: ops.value_range(ops.center_crop(
+      ops.to_rgb_uint8(img), res)))
+  # Every process yields the same number of batches (collectives need it).
+  per_process = -(-n // jax.process_count())
+  num_batches = -(-per_process // local_batch)
+  it = iter(ds)
+  for _ in range(num_batches):
+    imgs = [img for _, img in zip(range(local_batch), it)]
+    mask = np.array([True] * len(imgs) + [False] * (local_batch - len(imgs)))
+    blank = np.zeros((res, res, 3), np.float32)
+    imgs += [blank] * (local_batch - len(imgs))
+    yield dict(image=np.stack(imgs), mask=mask)

@@ -1,0 +1,63 @@
+"""Loss functions: pure functions of arrays returning (loss, aux).
+
+L_AE = L_REC + beta * L_KL + eta * L_LPIPS + lambda * L_GAN   (paper eq. 1)
+
+The same functions serve training and evaluation. Videos [B, T, H, W, 3] are
+folded to frames [B*T, H, W, 3] for the per-image terms (LPIPS, GAN), as the
+paper does.
+"""
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+
+def frames(x: jax.Array) -> jax.Array:
+  """[B, T, H, W, C] -> [B*T, H, W, C]; images pass through."""
+  return x.reshape((-1,) + x.shape[-3:]) if x.ndim == 5 else x
+
+
+def reconstruction(recon, target, kind: str = "l2"):
+  """Mean squared (l2) or absolute (l1) error over all pixels."""
+  diff = recon.astype(jnp.float32) - target.astype(jnp.float32)
+  if kind == "l2":
+    loss = jnp.mean(diff**2)
+  elif kind == "l1":
+    loss = jnp.mean(jnp.abs(diff))
+  else:
+    raise ValueError(f"config.loss.rec must be 'l1' or 'l2', got {kind!r}")
+  return loss, {f"rec_{kind}": loss}
+
+
+def kl(aux):
+  """Mean over the batch of the per-example KL the model computed."""
+  loss = jnp.mean(aux["kl"])
+  return loss, {"kl": loss}
+
+
+def lpips(recon, target, lpips_fn: Callable):
+  """LPIPS distance, frame-wise for video; lpips_fn(x, y) -> [N]."""
+  d = lpips_fn(frames(recon), frames(target))
+  loss = jnp.mean(d)
+  return loss, {"lpips": loss}
+
+
+def autoencoder(recon, target, aux, *, rec: str = "l2", kl_weight: float = 1e-3,
+                lpips_weight: float = 0.0, lpips_fn: Optional[Callable] = None,
+                gen_adv_loss=None, gan_weight: float = 0.0):
+  """L_AE for the generator side; `gen_adv_loss` is the precomputed GAN term."""
+  total, terms = reconstruction(recon, target, rec)
+  l_kl, t = kl(aux)
+  terms.update(t)
+  total = total + kl_weight * l_kl
+  if lpips_weight:
+    if lpips_fn is None:
+      raise ValueError("config.loss.lpips_weight > 0 needs an LPIPS network")
+    l_p, t = lpips(recon, target, lpips_fn)
+    terms.update(t)
+    total = total + lpips_weight * l_p
+  if gen_adv_loss is not None:
+    terms["gan_g"] = gen_adv_loss
+    total = total + gan_weight * gen_adv_loss
+  terms["loss"] = total
+  return total, terms

@@ -1,0 +1,53 @@
+"""The optax chain from the config: AdamW + warm-up/cosine, clipping,
+weight decay on kernels only, and freezing by parameter-name pattern.
+
+Freezing is an optimizer concern (stage 2 freezes `encoder/.*`): frozen leaves
+go through `optax.set_to_zero()` in a `multi_transform`, so they get neither
+updates, nor weight decay, nor Adam moments.
+"""
+import jax
+import optax
+
+import vitok_jax.utils as u
+
+
+def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
+                end_factor: float = 0.0) -> optax.Schedule:
+  """Linear warm-up to peak_lr, then cosine decay to end_factor * peak_lr."""
+  warmup_steps = min(int(warmup_steps), max(int(total_steps) - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak_lr, warmup_steps=warmup_steps,
+      decay_steps=max(int(total_steps), warmup_steps + 1),
+      end_value=peak_lr * end_factor)
+
+
+def decay_mask(params, patterns=(r".*/kernel",)):
+  """Weight decay applies to matrix/conv kernels, not norms or embeddings."""
+  return u.make_mask(params, patterns)
+
+
+def make(config, params, total_steps: int):
+  """-> (optax.GradientTransformation, lr schedule).
+
+  config fields: lr, b1, b2, weight_decay, warmup_steps, end_lr_factor,
+  grad_clip (None/0 = off), freeze (list of regexes over param names).
+  """
+  sched = lr_schedule(config.lr, total_steps, config.warmup_steps,
+                      config.get("end_lr_factor", 0.0))
+  parts = []
+  if config.get("grad_clip"):
+    parts.append(optax.clip_by_global_norm(config.grad_clip))
+  parts.append(optax.adamw(sched, b1=config.b1, b2=config.b2,
+                           weight_decay=config.weight_decay,
+                           mask=decay_mask(params)))
+  tx = optax.chain(*parts)
+  freeze = list(config.get("freeze") or ())
+  if freeze:
+    frozen = u.make_mask(params, freeze)
+    if not any(jax.tree.leaves(frozen)):
+      raise ValueError(f"config.optim.freeze {freeze} matches no parameter")
+    labels = jax.tree.map(lambda f: "frozen" if f else "trained", frozen)
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
+                               labels)
+  return tx, sched
+

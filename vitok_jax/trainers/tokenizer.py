@@ -1,0 +1,266 @@
+"""Trains a ViTok tokenizer (stage 1: encoder + decoder with L2 + KL + LPIPS).
+
+Reads top to bottom: config defaults, setup (model, optimizer, shardings, the
+jitted init and step), the host loop (data, logging, checkpoints, pictures).
+"""
+import functools
+import logging
+import os
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vitok_jax import checkpoint as ckpt_lib
+from vitok_jax import config_utils
+from vitok_jax import input_pipeline
+from vitok_jax import losses
+from vitok_jax import metrics_writer
+from vitok_jax import optim
+from vitok_jax import sharding as sh
+from vitok_jax.models import vitok
+from vitok_jax.pp import ops
+import vitok_jax.utils as u
+
+
+# ==========================================================================
+# Config: every key the trainer knows, with its default
+# ==========================================================================
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.trainer = "tokenizer"
+  c.seed = 0
+  c.total_steps = 100_000
+  c.log_every = 50
+  c.ckpt_every = 1000
+  c.keep_ckpts = 3
+  c.async_ckpt = True
+  c.image_every = 1000  # reconstruction picture; 0 = only at the end
+  c.num_preview = 8
+  c.model = dict(variant="S-B/16", code_channels=16, posemb="learn",
+                 num_latent_tokens=0, mask_lengths=(), eval_length=None,
+                 dtype="bfloat16", remat=False, attn_impl=None)
+  c.input = dict(data="embedded", data_dir=None, image_key="image", res=256,
+                 frames=1, batch_size=1024, crop_scale=(0.5, 1.0), flip=True,
+                 num_workers=0)
+  c.loss = dict(rec="l2", kl_weight=1e-3, lpips_weight=0.0)
+  c.optim = dict(lr=4e-4, b1=0.9, b2=0.95, weight_decay=1e-4,
+                 warmup_steps=5000, end_lr_factor=0.0, grad_clip=1.0,
+                 freeze=())
+  c.mesh = [("data", -1), ("fsdp", 1)]
+  c.sharding = dict(rules=[], fsdp_min_size=2**18)
+  return c
+
+
+def resolve_config(config) -> ml_collections.ConfigDict:
+  """Defaults + config; unknown keys and inconsistent sizes fail here."""
+  config = config_utils.merge_defaults(config, default_config())
+  if config.input.frames < 1:
+    raise ValueError(f"config.input.frames must be >= 1, got "
+                     f"{config.input.frames}")
+  return config
+
+
+# ==========================================================================
+# Setup: model, optimizer, shardings, jitted init and step
+# ==========================================================================
+def build_model(model_config) -> vitok.Model:
+  kw = dict(model_config)
+  variant, c = kw.pop("variant"), kw.pop("code_channels")
+  kw["dtype"] = jnp.dtype(kw.get("dtype") or "float32")
+  kw["mask_lengths"] = tuple(kw.get("mask_lengths") or ())
+  return vitok.create(variant, c, **kw)
+
+
+def input_shape(config, batch: Optional[int] = None):
+  b = config.input.batch_size if batch is None else batch
+  res, t = config.input.res, config.input.frames
+  return (b, res, res, 3) if t == 1 else (b, t, res, res, 3)
+
+
+class Setup(NamedTuple):
+  model: vitok.Model
+  mesh: Any
+  tx: optax.GradientTransformation
+  schedule: Callable
+  abstract_state: Any
+  state_sharding: Any
+  batch_sharding: Any
+  init: Callable  # rng -> sharded state
+  step: Callable  # (state, images) -> (state, measurements)
+
+
+def make_setup(config, mesh, *, lpips_fn=None, batch: Optional[int] = None
+               ) -> Setup:
+  """Everything jitted, with explicit shardings over `mesh`."""
+  model = build_model(config.model)
+  shape = input_shape(config, batch)
+  n_batch_devices = int(np.prod([mesh.shape[a] for a in sh.batch_axes(mesh)]))
+  if shape[0] % n_batch_devices:
+    raise ValueError(f"config.input.batch_size={shape[0]} is not divisible by "
+                     f"the {n_batch_devices} devices of the data axes "
+                     f"{dict(mesh.shape)}")
+  model.token_grid(shape)  # fail early on a resolution the model can't take
+  base_rng = jax.random.key(config.seed)
+  lc = config.loss
+
+  def init_params(rng):
+    x = jnp.zeros((1,) + shape[1:], jnp.float32)
+    return model.init({"params": rng, "sample": rng}, x)["params"]
+
+  abstract_params = jax.eval_shape(init_params, base_rng)
+  tx, schedule = optim.make(config.optim, abstract_params, config.total_steps)
+
+  def init(rng):
+    params = init_params(rng)
+    return dict(step=jnp.zeros((), jnp.int32), params=params,
+                opt=tx.init(params))
+
+  abstract_state = jax.eval_shape(init, base_rng)
+  state_sharding = sh.infer_state_sharding(
+      abstract_state, mesh, [tuple(r) for r in config.sharding.rules],
+      min_size=config.sharding.fsdp_min_size)
+  batch_sharding = sh.batch_sharding(mesh)
+  repl = sh.replicated(mesh)
+
+  def train_step(state, images):
+    rng = jax.random.fold_in(base_rng, state["step"])
+
+    def loss_fn(params):
+      recon, aux = model.apply({"params": params}, images, train=True,
+                               rngs={"sample": rng})
+      return losses.autoencoder(
+          recon, images, aux, rec=lc.rec, kl_weight=lc.kl_weight,
+          lpips_weight=lc.lpips_weight, lpips_fn=lpips_fn)
+
+    (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    measurements = dict(terms, l2_grads=u.l2_norm(grads),
+                        l2_params=u.l2_norm(params),
+                        lr=schedule(state["step"]))
+    return dict(state, step=state["step"] + 1, params=params,
+                opt=opt), measurements
+
+  init_jit = jax.jit(init, out_shardings=state_sharding)
+  step_jit = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+                     out_shardings=(state_sharding, repl), donate_argnums=(0,))
+  return Setup(model, mesh, tx, schedule, abstract_state, state_sharding,
+               batch_sharding, init_jit, step_jit)
+
+
+def make_reconstruct_fn(setup: Setup):
+  """Jitted evaluation-mode reconstruction, replicated output."""
+  model = setup.model
+
+  def recon(params, images):
+    return model.apply({"params": params}, images)[0]
+
+  return jax.jit(recon, in_shardings=(setup.state_sharding["params"],
+                                      setup.batch_sharding),
+                 out_shardings=sh.replicated(setup.mesh))
+
+
+def preview_picture(originals, recons) -> np.ndarray:
+  """Top row originals, bottom row reconstructions (first frame of videos)."""
+  if originals.ndim == 5:
+    originals, recons = originals[:, 0], recons[:, 0]
+  top = np.concatenate(list(ops.to_uint8(originals)), axis=1)
+  bottom = np.concatenate(list(ops.to_uint8(recons)), axis=1)
+  return np.concatenate([top, bottom], axis=0)
+
+
+# ==========================================================================
+# The host loop
+# ==========================================================================
+def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None,
+                       lpips_fn=None) -> dict:
+  """Trains until config.total_steps (or `max_steps` more steps in this run,
+  which simulates a preemption in tests). Returns the last measurements."""
+  config = resolve_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sh.make_mesh(config.mesh)
+  setup = make_setup(config, mesh, lpips_fn=lpips_fn)
+  writer = metrics_writer.MetricWriter(workdir)
+  logging.info("Mesh %s; model %s with %.1fM params", dict(mesh.shape),
+               config.model.variant,
+               u.count_params(setup.abstract_state["params"]) / 1e6)
+
+  train_ds = input_pipeline.make_train_dataset(config.input, config.seed)
+  train_it = iter(train_ds)
+  ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_ckpts,
+                               save_every=config.ckpt_every,
+                               async_save=config.async_ckpt)
+  if ckpt.latest_step() is not None:
+    state, data_state, _ = ckpt.restore(setup.abstract_state,
+                                        setup.state_sharding)
+    train_it.set_state(data_state)
+    logging.info("Resumed from step %d", int(state["step"]))
+  else:
+    state = setup.init(jax.random.key(config.seed))
+  start = int(state["step"])
+  last = config.total_steps if max_steps is None else min(
+      config.total_steps, start + max_steps)
+
+  preview = _preview_batch(config, mesh)
+  recon_fn = make_reconstruct_fn(setup)
+
+  def write_picture(step):
+    recons = np.asarray(recon_fn(state["params"], sh.put_global_batch(
+        preview, setup.batch_sharding)))
+    # Process 0's rows come first in the global batch.
+    pic = preview_picture(preview, recons[:len(preview)])
+    writer.write_images(step, {"reconstruction": pic})
+    if jax.process_index() == 0:
+      from PIL import Image  # pylint: disable=g-import-not-at-top
+      Image.fromarray(pic).save(os.path.join(workdir, "reconstruction.png"))
+
+  measurements = {}
+  t0, n_img, t_start = time.time(), 0, time.time()
+  images_per_step = config.input.batch_size * config.input.frames
+  for step in range(start + 1, last + 1):
+    batch = sh.put_global_batch(next(train_it), setup.batch_sharding)
+    state, measurements = setup.step(state, batch)
+    n_img += images_per_step
+    if step % config.log_every == 0 or step == last:
+      measurements = jax.device_get(measurements)
+      u.check_finite(measurements, step)
+      dt = time.time() - t0
+      speed = dict(images_per_sec=n_img / dt,
+                   step_time_ms=1000 * dt * images_per_step / n_img)
+      writer.write_scalars(step, {**measurements, **speed})
+      eta = (config.total_steps - step) * dt * images_per_step / n_img
+      logging.info("step %d/%d loss %.4f rec %.4f kl %.4f | %.1f img/s | ETA %s",
+                   step, config.total_steps, measurements["loss"],
+                   measurements.get(f"rec_{config.loss.rec}", np.nan),
+                   measurements["kl"], speed["images_per_sec"],
+                   _fmt_time(eta))
+      t0, n_img = time.time(), 0
+    if ckpt.should_save(step, last):
+      ckpt.save(step, state, train_it.get_state(), config)
+    if (config.image_every and step % config.image_every == 0) or step == last:
+      write_picture(step)
+  ckpt.close()
+  writer.close()
+  logging.info("Done: %d steps in %.1fs", last - start, time.time() - t_start)
+  return jax.device_get(measurements)
+
+
+def _preview_batch(config, mesh) -> np.ndarray:
+  """A fixed set of evaluation crops, as many as fit the mesh evenly."""
+  n = max(config.num_preview // mesh.size, 1) * mesh.size
+  ds = input_pipeline.make_eval_dataset(config.input, n, num_examples=n)
+  images = next(iter(ds))["image"]
+  if config.input.frames > 1:  # a still "video" for a video model's preview
+    images = np.repeat(images[:, None], config.input.frames, axis=1)
+  return images
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

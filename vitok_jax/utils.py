@@ -1,0 +1,59 @@
+"""Small tree and host helpers used across vitok_jax."""
+import re
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+
+def path_name(path) -> str:
+  """A jax.tree_util key path -> 'a/b/0/c'."""
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    elif isinstance(k, jax.tree_util.GetAttrKey):
+      parts.append(str(k.name))
+    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+      parts.append(str(k.key))
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def tree_map_with_names(fn: Callable[[str, Any], Any], tree, *rest):
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x, *r: fn(path_name(p), x, *r), tree, *rest)
+
+
+def tree_flatten_with_names(tree):
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return [(path_name(p), x) for p, x in leaves]
+
+
+def make_mask(tree, patterns) -> Any:
+  """A bool tree: True where the leaf's name matches any regex in patterns."""
+  compiled = [re.compile(p) for p in patterns]
+  return tree_map_with_names(
+      lambda n, _: any(c.fullmatch(n) or c.match(n) for c in compiled), tree)
+
+
+def l2_norm(tree) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jax.numpy.zeros(())
+  return jax.numpy.sqrt(sum(jax.numpy.vdot(x, x).real for x in leaves))
+
+
+def count_params(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def check_finite(measurements: dict, step: int) -> None:
+  """The host loop raises on NaN/Inf instead of training on garbage."""
+  bad = [k for k, v in measurements.items() if not np.all(np.isfinite(v))]
+  if bad:
+    raise FloatingPointError(f"Non-finite values at step {step}: {bad} = "
+                             f"{[measurements[k] for k in bad]}")
