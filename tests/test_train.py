@@ -72,7 +72,7 @@ def _run_steps(config, mesh, n=2):
   losses = []
   for _ in range(n):
     x = rng.uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
-    state, m = setup.step(state, sh.put_global_batch(x, setup.batch_sharding))
+    state, m = setup.step(state, sh.put_global_batch(x, setup.batch_sharding), {})
     losses.append(float(m["loss"]))
   return setup, state, losses
 
@@ -113,7 +113,7 @@ def test_checkpoint_restores_on_another_mesh(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), expected)
     # ... and training continues from it on the new mesh.
     x = np.zeros((8, 32, 32, 3), np.float32)
-    setup.step(state, sh.put_global_batch(x, setup.batch_sharding))
+    setup.step(state, sh.put_global_batch(x, setup.batch_sharding), {})
 
 
 def test_unknown_config_key_is_named(tmp_path):

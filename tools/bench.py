@@ -6,7 +6,8 @@ r"""Times the jitted ViTok train step (after compilation). A benchmark, not a te
 Prints images/s, step ms, compile s, peak device memory and model-FLOP
 utilisation (MFU) against --peak_tflops per device (default: H100 SXM bf16
 dense, 989 TFLOP/s). Model FLOPs = 3 x forward (fwd + bwd), 2 FLOPs per
-multiply-add, tubelet convs included; LPIPS/attention recompute not counted.
+multiply-add, tubelet convs included; LPIPS (--lpips) and remat recompute
+are not counted as model FLOPs.
 """
 import argparse
 import time
@@ -41,6 +42,8 @@ def main(argv=None):
   ap.add_argument("--attn_impl", default=None, help="None | xla | cudnn")
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--warmup", type=int, default=2)
+  ap.add_argument("--lpips", type=float, default=0.0,
+                  help="LPIPS weight (random VGG: same FLOPs as the real one)")
   ap.add_argument("--peak_tflops", type=float, default=989.0)
   args = ap.parse_args(argv)
 
@@ -52,7 +55,9 @@ def main(argv=None):
   config.total_steps = 1000
   config.optim.warmup_steps = 10
   mesh = sh.make_mesh(parse_mesh(args.mesh))
+  config.loss.update(lpips_weight=args.lpips, lpips_allow_random=True)
   setup = tokenizer.make_setup(config, mesh)
+  frozen = tokenizer.load_frozen(config, mesh)
   shape = tokenizer.input_shape(config)
   rng = np.random.default_rng(0)
   batch = sh.put_global_batch(
@@ -61,14 +66,14 @@ def main(argv=None):
 
   t0 = time.time()
   state = setup.init(jax.random.key(0))
-  compiled = setup.step.lower(state, batch).compile()
+  compiled = setup.step.lower(state, batch, frozen).compile()
   compile_s = time.time() - t0
   for _ in range(args.warmup):
-    state, m = compiled(state, batch)
+    state, m = compiled(state, batch, frozen)
   jax.block_until_ready(m)
   t0 = time.time()
   for _ in range(args.steps):
-    state, m = compiled(state, batch)
+    state, m = compiled(state, batch, frozen)
   jax.block_until_ready(m)
   step_s = (time.time() - t0) / args.steps
 

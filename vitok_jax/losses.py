@@ -61,3 +61,45 @@ def autoencoder(recon, target, aux, *, rec: str = "l2", kl_weight: float = 1e-3,
     total = total + gan_weight * gen_adv_loss
   terms["loss"] = total
   return total, terms
+
+
+# --------------------------------------------------------------------------
+# Adversarial terms (logits in float32, one per frame)
+# --------------------------------------------------------------------------
+def generator_adversarial(fake_logits, kind: str = "hinge"):
+  """G's loss on D's logits of reconstructions."""
+  if kind == "hinge":
+    return -jnp.mean(fake_logits)
+  if kind == "non_saturating":
+    return jnp.mean(jax.nn.softplus(-fake_logits))
+  raise ValueError(f"config.loss.gan_loss must be 'hinge' or "
+                   f"'non_saturating', got {kind!r}")
+
+
+def discriminator(real_logits, fake_logits, kind: str = "hinge"):
+  """D's loss: real -> positive, fake -> negative."""
+  if kind == "hinge":
+    loss = (jnp.mean(jax.nn.relu(1.0 - real_logits)) +
+            jnp.mean(jax.nn.relu(1.0 + fake_logits)))
+  elif kind == "non_saturating":
+    loss = (jnp.mean(jax.nn.softplus(-real_logits)) +
+            jnp.mean(jax.nn.softplus(fake_logits)))
+  else:
+    raise ValueError(f"config.loss.gan_loss must be 'hinge' or "
+                     f"'non_saturating', got {kind!r}")
+  return loss, {"d_loss": loss, "d_real": jnp.mean(real_logits),
+                "d_fake": jnp.mean(fake_logits)}
+
+
+def r1_penalty(d_fn: Callable, real):
+  """E ||grad_x D(x)||^2 on real images (Mescheder et al. 2018)."""
+  grads = jax.grad(lambda x: jnp.sum(d_fn(x)))(real)
+  loss = jnp.mean(jnp.sum(grads.astype(jnp.float32)**2, axis=(1, 2, 3)))
+  return loss, {"r1": loss}
+
+
+def lecam(real_logits, fake_logits, ema_real, ema_fake):
+  """LeCam regulariser (Tseng et al. 2021) with EMAs of D's mean logits."""
+  loss = (jnp.mean(jax.nn.relu(real_logits - ema_fake)**2) +
+          jnp.mean(jax.nn.relu(ema_real - fake_logits)**2))
+  return loss, {"lecam": loss}

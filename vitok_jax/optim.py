@@ -15,6 +15,9 @@ def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
                 end_factor: float = 0.0) -> optax.Schedule:
   """Linear warm-up to peak_lr, then cosine decay to end_factor * peak_lr."""
   warmup_steps = min(int(warmup_steps), max(int(total_steps) - 1, 0))
+  if warmup_steps == 0:
+    return optax.cosine_decay_schedule(peak_lr, max(int(total_steps), 1),
+                                       alpha=end_factor)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak_lr, warmup_steps=warmup_steps,
       decay_steps=max(int(total_steps), warmup_steps + 1),

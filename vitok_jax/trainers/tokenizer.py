@@ -1,7 +1,13 @@
-"""Trains a ViTok tokenizer (stage 1: encoder + decoder with L2 + KL + LPIPS).
+"""Trains a ViTok tokenizer, both stages of paper §2.3.
 
-Reads top to bottom: config defaults, setup (model, optimizer, shardings, the
-jitted init and step), the host loop (data, logging, checkpoints, pictures).
+  stage 1: encoder + decoder, L2 + beta KL + eta LPIPS.
+  stage 2: `init_from` a stage-1 run, encoder and bottleneck frozen through the
+           optimizer, decoder trained with + lambda GAN against a StyleGAN2
+           discriminator (its own optax chain), EMA of the trained params.
+
+Reads top to bottom: config defaults, setup (model, optimizers, shardings, the
+jitted init and the one jitted step that updates G, D and the EMA), the host
+loop (data, logging, checkpoints, pictures).
 """
 import functools
 import logging
@@ -22,6 +28,8 @@ from vitok_jax import losses
 from vitok_jax import metrics_writer
 from vitok_jax import optim
 from vitok_jax import sharding as sh
+from vitok_jax.models import discriminator
+from vitok_jax.models import lpips as lpips_lib
 from vitok_jax.models import vitok
 from vitok_jax.pp import ops
 import vitok_jax.utils as u
@@ -47,10 +55,23 @@ def default_config() -> ml_collections.ConfigDict:
   c.input = dict(data="embedded", data_dir=None, image_key="image", res=256,
                  frames=1, batch_size=1024, crop_scale=(0.5, 1.0), flip=True,
                  num_workers=0)
-  c.loss = dict(rec="l2", kl_weight=1e-3, lpips_weight=0.0)
+  c.loss = dict(rec="l2", kl_weight=1e-3, lpips_weight=0.0,
+                lpips_weights=None,  # .npz from tools/convert_lpips.py
+                lpips_allow_random=False,  # None weights -> random VGG
+                gan_weight=0.0, gan_loss="hinge", gan_start_step=0,
+                r1_weight=0.0, lecam_weight=0.0, lecam_decay=0.999)
   c.optim = dict(lr=4e-4, b1=0.9, b2=0.95, weight_decay=1e-4,
                  warmup_steps=5000, end_lr_factor=0.0, grad_clip=1.0,
                  freeze=())
+  # StyleGAN2 discriminator, used when loss.gan_weight > 0: lr 2e-5 with a
+  # linear warm-up over 25k steps, then constant.
+  c.disc = dict(lr=2e-5, warmup_steps=25_000, b1=0.0, b2=0.99,
+                weight_decay=0.0, grad_clip=0.0, channel_base=32768,
+                channel_max=512, mbstd_group=4)
+  c.ema_decay = None  # e.g. 0.9999 in stage 2; the EMA params are evaluated
+  # Stage 2: start from this stage-1 workdir (latest step, or init_from_step).
+  c.init_from = None
+  c.init_from_step = None
   c.mesh = [("data", -1), ("fsdp", 1)]
   c.sharding = dict(rules=[], fsdp_min_size=2**18)
   return c
@@ -59,6 +80,8 @@ def default_config() -> ml_collections.ConfigDict:
 def resolve_config(config) -> ml_collections.ConfigDict:
   """Defaults + config; unknown keys and inconsistent sizes fail here."""
   config = config_utils.merge_defaults(config, default_config())
+  if config.ema_decay is not None and not 0.0 <= config.ema_decay < 1.0:
+    raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1)")
   if config.input.frames < 1:
     raise ValueError(f"config.input.frames must be >= 1, got "
                      f"{config.input.frames}")
@@ -82,6 +105,11 @@ def input_shape(config, batch: Optional[int] = None):
   return (b, res, res, 3) if t == 1 else (b, t, res, res, 3)
 
 
+# Stage 2 freezes these (encoder and bottleneck) through the optimizer.
+ENCODER_PATTERNS = ("tubelet_embed/.*", "enc_posemb/.*", "latent_tokens",
+                    "encoder/.*", "to_moments/.*")
+
+
 class Setup(NamedTuple):
   model: vitok.Model
   mesh: Any
@@ -90,13 +118,35 @@ class Setup(NamedTuple):
   abstract_state: Any
   state_sharding: Any
   batch_sharding: Any
+  frozen_sharding: Any
   init: Callable  # rng -> sharded state
-  step: Callable  # (state, images) -> (state, measurements)
+  step: Callable  # (state, images, frozen) -> (state, measurements)
+  disc: Optional[Any] = None
+  disc_schedule: Optional[Callable] = None
 
 
-def make_setup(config, mesh, *, lpips_fn=None, batch: Optional[int] = None
-               ) -> Setup:
-  """Everything jitted, with explicit shardings over `mesh`."""
+def disc_schedule(dc) -> optax.Schedule:
+  """Linear warm-up from 0 to dc.lr over dc.warmup_steps, then constant."""
+  if not dc.warmup_steps:
+    return optax.constant_schedule(dc.lr)
+  return optax.linear_schedule(0.0, dc.lr, int(dc.warmup_steps))
+
+
+def make_disc_tx(dc):
+  sched = disc_schedule(dc)
+  parts = [optax.clip_by_global_norm(dc.grad_clip)] if dc.grad_clip else []
+  parts.append(optax.adamw(sched, b1=dc.b1, b2=dc.b2,
+                           weight_decay=dc.weight_decay,
+                           mask=optim.decay_mask))
+  return optax.chain(*parts), sched
+
+
+def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
+  """Everything jitted, with explicit shardings over `mesh`.
+
+  The step takes `frozen` = {"lpips": params} (replicated, no gradients,
+  outside the train state); pass {} when loss.lpips_weight is 0.
+  """
   model = build_model(config.model)
   shape = input_shape(config, batch)
   n_batch_devices = int(np.prod([mesh.shape[a] for a in sh.batch_axes(mesh)]))
@@ -106,7 +156,17 @@ def make_setup(config, mesh, *, lpips_fn=None, batch: Optional[int] = None
                      f"{dict(mesh.shape)}")
   model.token_grid(shape)  # fail early on a resolution the model can't take
   base_rng = jax.random.key(config.seed)
-  lc = config.loss
+  lc, dc = config.loss, config.disc
+  use_gan = bool(lc.gan_weight)
+  use_lecam = use_gan and bool(lc.lecam_weight)
+  ema_decay = config.ema_decay
+  lpips_distance = lpips_lib.make_distance_fn(model.dtype)
+  disc = None
+  if use_gan:
+    disc = discriminator.Discriminator(
+        channel_base=dc.channel_base, channel_max=dc.channel_max,
+        mbstd_group=dc.mbstd_group, dtype=model.dtype)
+  frame_shape = (1,) + shape[-3:]
 
   def init_params(rng):
     x = jnp.zeros((1,) + shape[1:], jnp.float32)
@@ -114,11 +174,21 @@ def make_setup(config, mesh, *, lpips_fn=None, batch: Optional[int] = None
 
   abstract_params = jax.eval_shape(init_params, base_rng)
   tx, schedule = optim.make(config.optim, abstract_params, config.total_steps)
+  d_tx, d_sched = make_disc_tx(dc) if use_gan else (None, None)
 
   def init(rng):
     params = init_params(rng)
-    return dict(step=jnp.zeros((), jnp.int32), params=params,
-                opt=tx.init(params))
+    state = dict(step=jnp.zeros((), jnp.int32), params=params,
+                 opt=tx.init(params))
+    if ema_decay is not None:
+      state["params_ema"] = params
+    if use_gan:
+      d_params = disc.init(jax.random.fold_in(rng, 1),
+                           jnp.zeros(frame_shape))["params"]
+      state.update(d_params=d_params, d_opt=d_tx.init(d_params))
+    if use_lecam:
+      state["lecam"] = dict(real=jnp.zeros(()), fake=jnp.zeros(()))
+    return state
 
   abstract_state = jax.eval_shape(init, base_rng)
   state_sharding = sh.infer_state_sharding(
@@ -127,31 +197,121 @@ def make_setup(config, mesh, *, lpips_fn=None, batch: Optional[int] = None
   batch_sharding = sh.batch_sharding(mesh)
   repl = sh.replicated(mesh)
 
-  def train_step(state, images):
-    rng = jax.random.fold_in(base_rng, state["step"])
+  def train_step(state, images, frozen):
+    step = state["step"]
+    rng = jax.random.fold_in(base_rng, step)
+    lpips_fn = None
+    if lc.lpips_weight:
+      lpips_fn = functools.partial(lpips_distance, frozen["lpips"])
+    # The GAN term switches on at gan_start_step (lambda * 0 before).
+    gan_on = (step >= lc.gan_start_step).astype(jnp.float32)
 
-    def loss_fn(params):
+    # --- generator (the ViTok auto-encoder)
+    def g_loss_fn(params):
       recon, aux = model.apply({"params": params}, images, train=True,
                                rngs={"sample": rng})
-      return losses.autoencoder(
+      gen_adv = None
+      if use_gan:
+        fake_logits = disc.apply({"params": state["d_params"]},
+                                 losses.frames(recon))
+        gen_adv = losses.generator_adversarial(fake_logits, lc.gan_loss)
+      loss, terms = losses.autoencoder(
           recon, images, aux, rec=lc.rec, kl_weight=lc.kl_weight,
-          lpips_weight=lc.lpips_weight, lpips_fn=lpips_fn)
+          lpips_weight=lc.lpips_weight, lpips_fn=lpips_fn,
+          gen_adv_loss=gen_adv, gan_weight=lc.gan_weight * gan_on)
+      return loss, (terms, recon)
 
-    (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (_, (terms, recon)), grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
         state["params"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    new = dict(state, step=step + 1, params=params, opt=opt)
     measurements = dict(terms, l2_grads=u.l2_norm(grads),
-                        l2_params=u.l2_norm(params),
-                        lr=schedule(state["step"]))
-    return dict(state, step=state["step"] + 1, params=params,
-                opt=opt), measurements
+                        l2_params=u.l2_norm(params), lr=schedule(step))
 
+    # --- discriminator, on real frames vs the (stopped) reconstructions
+    if use_gan:
+      real = losses.frames(images)
+      fake = jax.lax.stop_gradient(losses.frames(recon))
+
+      def d_loss_fn(d_params):
+        d_fn = lambda x: disc.apply({"params": d_params}, x)
+        real_logits, fake_logits = d_fn(real), d_fn(fake)
+        loss, t = losses.discriminator(real_logits, fake_logits, lc.gan_loss)
+        if lc.r1_weight:
+          r1, t_r1 = losses.r1_penalty(d_fn, real)
+          loss, t = loss + lc.r1_weight * r1, {**t, **t_r1}
+        if use_lecam:
+          lc_loss, t_lc = losses.lecam(real_logits, fake_logits,
+                                       state["lecam"]["real"],
+                                       state["lecam"]["fake"])
+          loss, t = loss + lc.lecam_weight * lc_loss, {**t, **t_lc}
+        return loss, t
+
+      (_, d_terms), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+          state["d_params"])
+      d_updates, d_opt = d_tx.update(d_grads, state["d_opt"],
+                                     state["d_params"])
+      new.update(d_params=optax.apply_updates(state["d_params"], d_updates),
+                 d_opt=d_opt)
+      if use_lecam:
+        dec = lc.lecam_decay
+        new["lecam"] = dict(
+            real=dec * state["lecam"]["real"] + (1 - dec) * d_terms["d_real"],
+            fake=dec * state["lecam"]["fake"] + (1 - dec) * d_terms["d_fake"])
+      measurements.update(d_terms, l2_d_grads=u.l2_norm(d_grads),
+                          d_lr=d_sched(step), gan_on=gan_on)
+
+    # --- EMA of the trained params (frozen ones stay equal to themselves)
+    if ema_decay is not None:
+      new["params_ema"] = jax.tree.map(
+          lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+          state["params_ema"], params)
+    return new, measurements
+
+  frozen_sharding = {"lpips": repl} if lc.lpips_weight else {}
   init_jit = jax.jit(init, out_shardings=state_sharding)
-  step_jit = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                     out_shardings=(state_sharding, repl), donate_argnums=(0,))
+  step_jit = jax.jit(
+      train_step, in_shardings=(state_sharding, batch_sharding,
+                                frozen_sharding),
+      out_shardings=(state_sharding, repl), donate_argnums=(0,))
   return Setup(model, mesh, tx, schedule, abstract_state, state_sharding,
-               batch_sharding, init_jit, step_jit)
+               batch_sharding, frozen_sharding, init_jit, step_jit, disc,
+               d_sched)
+
+
+def load_frozen(config, mesh) -> dict:
+  """The frozen networks the loss needs, replicated over the mesh."""
+  frozen = {}
+  if config.loss.lpips_weight:
+    params = lpips_lib.load(config.loss.lpips_weights,
+                            allow_random=config.loss.lpips_allow_random)
+    frozen["lpips"] = jax.device_put(params, sh.replicated(mesh))
+  return frozen
+
+
+def init_from_stage1(state, setup: Setup, workdir: str, step=None):
+  """Copies a stage-1 run's params (and into the EMA) into a fresh state."""
+  loaded = ckpt_lib.load_state_tree(workdir, step)["params"]
+  expected = u.tree_flatten_with_names(setup.abstract_state["params"])
+  got = dict(u.tree_flatten_with_names(loaded))
+  missing = [n for n, _ in expected if n not in got]
+  surplus = sorted(set(got) - {n for n, _ in expected})
+  if missing or surplus:
+    raise ValueError(f"config.init_from={workdir!r} does not fit the model: "
+                     f"missing {missing[:10]}, surplus {surplus[:10]}")
+  for n, a in expected:
+    if tuple(got[n].shape) != tuple(a.shape):
+      raise ValueError(f"config.init_from={workdir!r}: {n} has shape "
+                       f"{got[n].shape}, the model wants {a.shape}")
+  params = jax.device_put(jax.tree.map(jnp.asarray, loaded),
+                          setup.state_sharding["params"])
+  # The optimizer state of a fresh run is zeros/counters: keep it.
+  state = dict(state, params=params)
+  if "params_ema" in state:
+    state["params_ema"] = jax.device_put(
+        jax.tree.map(jnp.asarray, loaded), setup.state_sharding["params_ema"])
+  return state
 
 
 def make_reconstruct_fn(setup: Setup):
@@ -178,14 +338,15 @@ def preview_picture(originals, recons) -> np.ndarray:
 # ==========================================================================
 # The host loop
 # ==========================================================================
-def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None,
-                       lpips_fn=None) -> dict:
+def train_and_evaluate(config, workdir: str, *,
+                       max_steps: Optional[int] = None) -> dict:
   """Trains until config.total_steps (or `max_steps` more steps in this run,
   which simulates a preemption in tests). Returns the last measurements."""
   config = resolve_config(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = sh.make_mesh(config.mesh)
-  setup = make_setup(config, mesh, lpips_fn=lpips_fn)
+  setup = make_setup(config, mesh)
+  frozen = load_frozen(config, mesh)
   writer = metrics_writer.MetricWriter(workdir)
   logging.info("Mesh %s; model %s with %.1fM params", dict(mesh.shape),
                config.model.variant,
@@ -203,6 +364,10 @@ def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None,
     logging.info("Resumed from step %d", int(state["step"]))
   else:
     state = setup.init(jax.random.key(config.seed))
+    if config.init_from:
+      state = init_from_stage1(state, setup, config.init_from,
+                               config.init_from_step)
+      logging.info("Initialised params from %s", config.init_from)
   start = int(state["step"])
   last = config.total_steps if max_steps is None else min(
       config.total_steps, start + max_steps)
@@ -211,7 +376,8 @@ def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None,
   recon_fn = make_reconstruct_fn(setup)
 
   def write_picture(step):
-    recons = np.asarray(recon_fn(state["params"], sh.put_global_batch(
+    params = state.get("params_ema", state["params"])
+    recons = np.asarray(recon_fn(params, sh.put_global_batch(
         preview, setup.batch_sharding)))
     # Process 0's rows come first in the global batch.
     pic = preview_picture(preview, recons[:len(preview)])
@@ -225,7 +391,7 @@ def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None,
   images_per_step = config.input.batch_size * config.input.frames
   for step in range(start + 1, last + 1):
     batch = sh.put_global_batch(next(train_it), setup.batch_sharding)
-    state, measurements = setup.step(state, batch)
+    state, measurements = setup.step(state, batch, frozen)
     n_img += images_per_step
     if step % config.log_every == 0 or step == last:
       measurements = jax.device_get(measurements)

@@ -1,0 +1,51 @@
+r"""ViTok S-B/16 at 256p, stage 2 (paper §2.3): decoder fine-tuning with a GAN.
+
+  python -m vitok_jax.train --config=configs/vitok/s_b16_256_stage2.py:init_from=STAGE1_DIR --workdir=DIR
+
+The encoder and bottleneck are frozen through the optimizer; the decoder
+trains with L2 + 1e-3 KL + 1.0 LPIPS + lambda GAN against a StyleGAN2
+discriminator (lr 2e-5, linear warm-up over 25k steps); EMA 0.9999 of the
+params is what evaluation uses. Batch 256, 100k steps.
+
+Fig. 18 ablations (arguments after the colon):
+  no GAN:                 gan=0
+  disc lr:                dlr=1e-5 | dlr=2e-5 | dlr=4e-5   (with gan=0.05)
+  higher GAN weight:      gan=0.1,dlr=1e-5
+  full fine-tuning:       full      (encoder trains too)
+Lambda defaults to the main text's 1.0; the appendix's best is gan=0.05.
+"""
+import os
+
+from configs.vitok import s_b16_256
+from vitok_jax import config_utils
+
+
+def get_config(arg=None):
+  arg = config_utils.parse_arg(
+      arg, init_from="", variant="S-B/16", c=16, res=256, batch=256,
+      steps=100_000, data="tfds:imagenet2012:train", gan=1.0, dlr=2e-5,
+      full=False, ema=0.9999, lpips_weights="weights/lpips_vgg16.npz",
+      runlocal=False)
+  base = ",".join(f"{k}={arg[k]}" for k in ("variant", "c", "res", "batch",
+                                              "steps", "data", "lpips_weights"))
+  c = s_b16_256.get_config(base + (",runlocal" if arg.runlocal else ""))
+  c.init_from = arg.init_from or None
+  c.optim.lr = 1e-4 * c.input.batch_size / 256 if not arg.runlocal else 5e-4
+  c.optim.warmup_steps = 0 if arg.runlocal else 1000
+  if not arg.full:
+    from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
+    c.optim.freeze = tokenizer.ENCODER_PATTERNS
+  c.loss.update(gan_weight=arg.gan, gan_loss="hinge", gan_start_step=0)
+  c.disc = dict(lr=arg.dlr, warmup_steps=25_000, b1=0.0, b2=0.99,
+                channel_base=32768, channel_max=512, mbstd_group=4)
+  c.ema_decay = arg.ema
+  if arg.runlocal:  # seconds on a CPU: short warm-up, small D, fast EMA
+    c.total_steps = 30 if arg.steps == 100_000 else arg.steps
+    c.disc.update(warmup_steps=10, channel_base=512, channel_max=64)
+    c.ema_decay = 0.9 if arg.ema == 0.9999 else arg.ema
+  if not c.init_from:
+    raise ValueError("configs/vitok/s_b16_256_stage2.py needs init_from=<stage-1 "
+                     "workdir> (e.g. :init_from=/runs/stage1)")
+  if not os.path.isdir(c.init_from):
+    raise FileNotFoundError(f"init_from={c.init_from!r} is not a directory")
+  return c
