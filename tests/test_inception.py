@@ -1,0 +1,94 @@
+"""FID InceptionV3 port: parity with pytorch_fid on the same random weights."""
+import importlib.util
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from tests import torch_reference as tr
+from vitok_jax.models import inception
+
+torch = tr.torch
+
+
+def _tool(name):
+  path = pathlib.Path(__file__).parents[1] / "tools" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(name, path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """pytorch_fid's InceptionV3 built from random weights saved as a .pth
+  (its download bypassed), and our .npz converted from the same file."""
+  fid = tr.import_pytorch_fid_inception()
+  tmp = tmp_path_factory.mktemp("inception")
+  # The FID architecture, as fid_inception_v3() builds it, minus the download.
+  net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+  for name, cls, arg in [("Mixed_5b", fid.FIDInceptionA, (192, 32)),
+                         ("Mixed_5c", fid.FIDInceptionA, (256, 64)),
+                         ("Mixed_5d", fid.FIDInceptionA, (288, 64)),
+                         ("Mixed_6b", fid.FIDInceptionC, (768, 128)),
+                         ("Mixed_6c", fid.FIDInceptionC, (768, 160)),
+                         ("Mixed_6d", fid.FIDInceptionC, (768, 160)),
+                         ("Mixed_6e", fid.FIDInceptionC, (768, 192)),
+                         ("Mixed_7b", fid.FIDInceptionE_1, (1280,)),
+                         ("Mixed_7c", fid.FIDInceptionE_2, (2048,))]:
+    setattr(net, name, cls(*arg))
+  g = torch.Generator().manual_seed(0)
+  state = {}
+  for k, v in net.state_dict().items():
+    if k.endswith("num_batches_tracked"):
+      state[k] = v
+    elif k.endswith("conv.weight"):
+      fan_in = v[0].numel()
+      state[k] = torch.randn(v.shape, generator=g) * (2.0 / fan_in) ** 0.5
+    elif k.endswith("bn.weight") or k.endswith("running_var"):
+      state[k] = 0.5 + torch.rand(v.shape, generator=g)
+    elif k.endswith("bn.bias") or k.endswith("running_mean"):
+      state[k] = 0.1 * torch.randn(v.shape, generator=g)
+    else:  # fc
+      state[k] = 0.01 * torch.randn(v.shape, generator=g)
+  pth = tmp / "pt_inception_random.pth"
+  torch.save(state, pth)
+  orig = fid.load_state_dict_from_url
+  fid.load_state_dict_from_url = lambda *a, **k: torch.load(pth, weights_only=True)
+  try:
+    ref = fid.InceptionV3([3], resize_input=True, normalize_input=True).eval()
+  finally:
+    fid.load_state_dict_from_url = orig
+  _tool("convert_inception").main(["--pth", str(pth), "--out", str(tmp / "inc.npz")])
+  return ref, state, str(tmp / "inc.npz")
+
+
+def test_pool_features_and_logits_match_pytorch_fid(reference):
+  ref, state, path = reference
+  params = inception.load(path)
+  x = np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
+  pool, logits = jax.jit(inception.FIDInceptionV3().apply)({"params": params}, x)
+  with torch.no_grad():
+    t_pool = ref(torch.from_numpy(x).permute(0, 3, 1, 2))[0].reshape(2, -1)
+    t_logits = t_pool @ state["fc.weight"].T + state["fc.bias"]
+  rel = np.abs(np.asarray(pool) - t_pool.numpy()).max() / np.abs(t_pool.numpy()).max()
+  assert rel < 1e-4, rel
+  rel_l = np.abs(np.asarray(logits) - t_logits.numpy()).max() / np.abs(t_logits.numpy()).max()
+  assert rel_l < 1e-4, rel_l
+  assert pool.shape == (2, 2048) and logits.shape == (2, 1008)
+
+
+@pytest.mark.parametrize("size", [64, 512])
+def test_resize_matches_torch_bilinear(size):
+  x = np.random.default_rng(1).uniform(0, 1, (1, size, size, 3)).astype(np.float32)
+  ours = np.asarray(inception.resize_bilinear(x, 299))
+  theirs = torch.nn.functional.interpolate(
+      torch.from_numpy(x).permute(0, 3, 1, 2), size=(299, 299), mode="bilinear",
+      align_corners=False).permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_missing_weights_names_file_and_tool(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope.npz.*tools/convert_inception.py"):
+    inception.load(str(tmp_path / "nope.npz"))

@@ -1,0 +1,214 @@
+"""The FID InceptionV3 (the TF-ported network pytorch-fid uses) in Flax, NHWC.
+
+Same structure as pytorch_fid.inception.InceptionV3(use_fid_inception=True):
+torchvision's Inception3 with FIDInceptionA/C/E_1/E_2 blocks (average pools
+that ignore padding, a max pool in the last block), input resized to 299x299
+bilinearly (align_corners=False, no antialiasing), 2048-d pool features and
+the 1008-way logits of its fc layer (for the Inception Score).
+
+Weights: `tools/convert_inception.py` converts pytorch-fid's
+pt_inception-2015-12-05-6726825d.pth. Module names mirror torchvision's, so
+"Mixed_5b.branch1x1.conv.weight" becomes params["Mixed_5b"]["branch1x1"]["kernel"].
+"""
+import os
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BN_EPS = 1e-3
+CONVERT_TOOL = "tools/convert_inception.py"
+IntOr2 = Union[int, Tuple[int, int]]
+
+
+def _pair(v: IntOr2) -> Tuple[int, int]:
+  return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class BasicConv(nn.Module):
+  """conv (no bias) -> BatchNorm (inference statistics, eps 1e-3) -> ReLU."""
+  features: int
+  kernel: IntOr2
+  stride: IntOr2 = 1
+  padding: IntOr2 = 0
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = _pair(self.kernel)
+    ph, pw = _pair(self.padding)
+    w = self.param("kernel", nn.initializers.lecun_normal(),
+                   (kh, kw, x.shape[-1], self.features))
+    x = jax.lax.conv_general_dilated(
+        x, w, _pair(self.stride), ((ph, ph), (pw, pw)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST)
+    scale = self.param("scale", nn.initializers.ones, (self.features,))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    mean = self.param("mean", nn.initializers.zeros, (self.features,))
+    var = self.param("var", nn.initializers.ones, (self.features,))
+    x = (x - mean) * (scale / jnp.sqrt(var + BN_EPS)) + bias
+    return nn.relu(x)
+
+
+def avg_pool_3x3_no_pad_count(x):
+  """3x3/stride 1/pad 1 average that ignores the padded zeros (TF style)."""
+  window, strides = (1, 3, 3, 1), (1, 1, 1, 1)
+  pad = ((0, 0), (1, 1), (1, 1), (0, 0))
+  s = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, pad)
+  ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
+  n = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, pad)
+  return s / n
+
+
+def max_pool_3x3(x, stride: int, pad: int = 0):
+  return nn.max_pool(x, (3, 3), strides=(stride, stride),
+                     padding=((pad, pad), (pad, pad)))
+
+
+class InceptionA(nn.Module):  # FIDInceptionA
+  pool_features: int
+
+  @nn.compact
+  def __call__(self, x):
+    b1 = BasicConv(64, 1, name="branch1x1")(x)
+    b5 = BasicConv(48, 1, name="branch5x5_1")(x)
+    b5 = BasicConv(64, 5, padding=2, name="branch5x5_2")(b5)
+    b3 = BasicConv(64, 1, name="branch3x3dbl_1")(x)
+    b3 = BasicConv(96, 3, padding=1, name="branch3x3dbl_2")(b3)
+    b3 = BasicConv(96, 3, padding=1, name="branch3x3dbl_3")(b3)
+    bp = BasicConv(self.pool_features, 1, name="branch_pool")(
+        avg_pool_3x3_no_pad_count(x))
+    return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+class InceptionB(nn.Module):  # torchvision InceptionB (Mixed_6a)
+
+  @nn.compact
+  def __call__(self, x):
+    b3 = BasicConv(384, 3, stride=2, name="branch3x3")(x)
+    bd = BasicConv(64, 1, name="branch3x3dbl_1")(x)
+    bd = BasicConv(96, 3, padding=1, name="branch3x3dbl_2")(bd)
+    bd = BasicConv(96, 3, stride=2, name="branch3x3dbl_3")(bd)
+    return jnp.concatenate([b3, bd, max_pool_3x3(x, 2)], axis=-1)
+
+
+class InceptionC(nn.Module):  # FIDInceptionC
+  channels_7x7: int
+
+  @nn.compact
+  def __call__(self, x):
+    c7 = self.channels_7x7
+    b1 = BasicConv(192, 1, name="branch1x1")(x)
+    b7 = BasicConv(c7, 1, name="branch7x7_1")(x)
+    b7 = BasicConv(c7, (1, 7), padding=(0, 3), name="branch7x7_2")(b7)
+    b7 = BasicConv(192, (7, 1), padding=(3, 0), name="branch7x7_3")(b7)
+    bd = BasicConv(c7, 1, name="branch7x7dbl_1")(x)
+    bd = BasicConv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_2")(bd)
+    bd = BasicConv(c7, (1, 7), padding=(0, 3), name="branch7x7dbl_3")(bd)
+    bd = BasicConv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd)
+    bd = BasicConv(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd)
+    bp = BasicConv(192, 1, name="branch_pool")(avg_pool_3x3_no_pad_count(x))
+    return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+
+
+class InceptionD(nn.Module):  # torchvision InceptionD (Mixed_7a)
+
+  @nn.compact
+  def __call__(self, x):
+    b3 = BasicConv(192, 1, name="branch3x3_1")(x)
+    b3 = BasicConv(320, 3, stride=2, name="branch3x3_2")(b3)
+    b7 = BasicConv(192, 1, name="branch7x7x3_1")(x)
+    b7 = BasicConv(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7)
+    b7 = BasicConv(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7)
+    b7 = BasicConv(192, 3, stride=2, name="branch7x7x3_4")(b7)
+    return jnp.concatenate([b3, b7, max_pool_3x3(x, 2)], axis=-1)
+
+
+class InceptionE(nn.Module):  # FIDInceptionE_1 (avg pool) / E_2 (max pool)
+  pool: str = "avg"
+
+  @nn.compact
+  def __call__(self, x):
+    b1 = BasicConv(320, 1, name="branch1x1")(x)
+    b3 = BasicConv(384, 1, name="branch3x3_1")(x)
+    b3 = jnp.concatenate([
+        BasicConv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
+        BasicConv(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3)], -1)
+    bd = BasicConv(448, 1, name="branch3x3dbl_1")(x)
+    bd = BasicConv(384, 3, padding=1, name="branch3x3dbl_2")(bd)
+    bd = jnp.concatenate([
+        BasicConv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
+        BasicConv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd)], -1)
+    pooled = (avg_pool_3x3_no_pad_count(x) if self.pool == "avg"
+              else max_pool_3x3(x, 1, 1))
+    bp = BasicConv(192, 1, name="branch_pool")(pooled)
+    return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+def resize_bilinear(x, size: int = 299):
+  """torch F.interpolate(mode='bilinear', align_corners=False) equivalent."""
+  n, _, _, c = x.shape
+  return jax.image.resize(x, (n, size, size, c), "bilinear", antialias=False)
+
+
+class FIDInceptionV3(nn.Module):
+  """images [N, H, W, 3] in [0, 1] -> (pool features [N, 2048], logits [N, 1008])."""
+
+  @nn.compact
+  def __call__(self, x):
+    if x.ndim != 4 or x.shape[-1] != 3:
+      raise ValueError(f"FIDInceptionV3 expects [N, H, W, 3], got {x.shape}")
+    x = resize_bilinear(x.astype(jnp.float32), 299)
+    x = 2.0 * x - 1.0
+    x = BasicConv(32, 3, stride=2, name="Conv2d_1a_3x3")(x)
+    x = BasicConv(32, 3, name="Conv2d_2a_3x3")(x)
+    x = BasicConv(64, 3, padding=1, name="Conv2d_2b_3x3")(x)
+    x = max_pool_3x3(x, 2)
+    x = BasicConv(80, 1, name="Conv2d_3b_1x1")(x)
+    x = BasicConv(192, 3, name="Conv2d_4a_3x3")(x)
+    x = max_pool_3x3(x, 2)
+    x = InceptionA(32, name="Mixed_5b")(x)
+    x = InceptionA(64, name="Mixed_5c")(x)
+    x = InceptionA(64, name="Mixed_5d")(x)
+    x = InceptionB(name="Mixed_6a")(x)
+    x = InceptionC(128, name="Mixed_6b")(x)
+    x = InceptionC(160, name="Mixed_6c")(x)
+    x = InceptionC(160, name="Mixed_6d")(x)
+    x = InceptionC(192, name="Mixed_6e")(x)
+    x = InceptionD(name="Mixed_7a")(x)
+    x = InceptionE("avg", name="Mixed_7b")(x)
+    x = InceptionE("max", name="Mixed_7c")(x)
+    pool = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(1008, name="fc", precision=jax.lax.Precision.HIGHEST)(pool)
+    return pool, logits
+
+
+def abstract_params():
+  return jax.eval_shape(
+      lambda: FIDInceptionV3().init(jax.random.key(0),
+                                    jnp.zeros((1, 299, 299, 3)))["params"])
+
+
+def load(path: Optional[str]) -> dict:
+  """Params from the .npz that tools/convert_inception.py writes."""
+  if not path or not os.path.exists(os.path.expanduser(path)):
+    raise FileNotFoundError(
+        f"FID Inception weights file {path!r} does not exist; create it with "
+        f"`python {CONVERT_TOOL} --pth pt_inception-2015-12-05-6726825d.pth "
+        f"--out {path or 'weights/fid_inception_v3.npz'}`")
+  params = {}
+  with np.load(os.path.expanduser(path)) as f:
+    for key in f.files:
+      node = params
+      *parents, leaf = key.split("/")
+      for p in parents:
+        node = node.setdefault(p, {})
+      node[leaf] = jnp.asarray(f[key])
+  want = jax.tree.map(lambda a: a.shape, abstract_params())
+  got = jax.tree.map(lambda a: a.shape, params)
+  if want != got:
+    raise ValueError(f"Inception weights in {path!r} do not have the expected "
+                     f"names/shapes; rebuild them with {CONVERT_TOOL}")
+  return params
