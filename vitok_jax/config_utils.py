@@ -44,8 +44,11 @@ def check_keys(config, defaults, prefix="config") -> None:
   """Raises ValueError on a key of `config` that `defaults` does not have.
 
   Catches typos (config.optim.lrr) that ConfigDict would silently accept.
-  Dict-valued fields listed in `defaults` with value None are free-form.
+  A dict that is empty in `defaults` (e.g. config.evals) is free-form.
   """
+  if isinstance(defaults, (dict, ml_collections.ConfigDict)) and not len(
+      defaults.keys()):
+    return
   for key in config.keys():
     path = f"{prefix}.{key}"
     if key not in defaults:

@@ -151,6 +151,13 @@ def make_train_dataset(config, seed: int) -> grain.IterDataset:
   return it_ds
 
 
+def eval_num_examples(config, num_examples=None) -> int:
+  """How many examples an evaluation over `config` sees (all processes)."""
+  n = len(get_source(config.data, config.get("data_dir"),
+                     config.get("image_key", "image")))
+  return n if num_examples is None else min(num_examples, n)
+
+
 def make_eval_dataset(config, batch_size: int, num_examples=None):
   """Deterministic centre crops; the last batch is padded and masked.
 

@@ -57,3 +57,20 @@ def check_finite(measurements: dict, step: int) -> None:
   if bad:
     raise FloatingPointError(f"Non-finite values at step {step}: {bad} = "
                              f"{[measurements[k] for k in bad]}")
+
+
+class _QuietLibraries:
+  """Drops INFO chatter of Orbax/grain (a dozen lines per save) from the log."""
+  NOISY = ("/orbax/", "/grain/")
+
+  def filter(self, record):
+    return record.levelno >= 30 or not any(
+        n in record.pathname for n in self.NOISY)
+
+
+def quiet_library_logs():
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  for handler in logging.getLogger().handlers + [
+      absl_logging.get_absl_handler()]:
+    handler.addFilter(_QuietLibraries())

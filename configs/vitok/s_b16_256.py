@@ -25,7 +25,8 @@ def get_config(arg=None):
   arg = config_utils.parse_arg(
       arg, variant="S-B/16", c=16, res=256, batch=1024, steps=100_000,
       data="tfds:imagenet2012:train", lpips=1.0, rec="l2",
-      lpips_weights="weights/lpips_vgg16.npz", runlocal=False)
+      lpips_weights="weights/lpips_vgg16.npz",
+      inception_weights="weights/fid_inception_v3.npz", runlocal=False)
   c = config_utils.ml_collections.ConfigDict()
   c.trainer = "tokenizer"
   c.seed = 0
@@ -48,6 +49,11 @@ def get_config(arg=None):
                  weight_decay=1e-4, warmup_steps=int(0.05 * arg.steps),
                  grad_clip=1.0)
   c.mesh = [("data", -1), ("fsdp", 1)]
+  # rFID/rIS/rPSNR/rSSIM on ImageNet val (50k); the EMA params when present.
+  c.evals = {"imagenet_val": dict(
+      type="reconstruction", log_steps=10_000, batch_size=256,
+      num_examples=None, inception_weights=arg.inception_weights,
+      data=dict(data="tfds:imagenet2012:validation", res=arg.res))}
 
   if arg.runlocal:  # the same recipe, small enough for a laptop CPU
     c.total_steps = 60 if arg.steps == 100_000 else arg.steps
@@ -58,6 +64,10 @@ def get_config(arg=None):
     c.model.dtype = "float32"  # bf16 matmuls are slow on CPU
     c.input.update(data="embedded", res=64, batch_size=8, num_workers=0)
     c.optim.update(lr=1e-3, warmup_steps=5)
+    c.evals = {"embedded": dict(
+        type="reconstruction", log_steps=None, batch_size=8,
+        inception_weights=arg.inception_weights,
+        data=dict(data="embedded", res=c.input.res))}
     if not os.path.exists(arg.lpips_weights):
       c.loss.update(lpips_weights=None, lpips_allow_random=True)
   return c

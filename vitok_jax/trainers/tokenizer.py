@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from vitok_jax import checkpoint as ckpt_lib
+from vitok_jax.evaluators import common as evaluators
 from vitok_jax import config_utils
 from vitok_jax import input_pipeline
 from vitok_jax import losses
@@ -31,7 +32,6 @@ from vitok_jax import sharding as sh
 from vitok_jax.models import discriminator
 from vitok_jax.models import lpips as lpips_lib
 from vitok_jax.models import vitok
-from vitok_jax.pp import ops
 import vitok_jax.utils as u
 
 
@@ -72,6 +72,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Stage 2: start from this stage-1 workdir (latest step, or init_from_step).
   c.init_from = None
   c.init_from_step = None
+  # name -> dict(type="reconstruction", log_steps=..., ...); see evaluators/.
+  c.evals = {}
   c.mesh = [("data", -1), ("fsdp", 1)]
   c.sharding = dict(rules=[], fsdp_min_size=2**18)
   return c
@@ -326,15 +328,6 @@ def make_reconstruct_fn(setup: Setup):
                  out_shardings=sh.replicated(setup.mesh))
 
 
-def preview_picture(originals, recons) -> np.ndarray:
-  """Top row originals, bottom row reconstructions (first frame of videos)."""
-  if originals.ndim == 5:
-    originals, recons = originals[:, 0], recons[:, 0]
-  top = np.concatenate(list(ops.to_uint8(originals)), axis=1)
-  bottom = np.concatenate(list(ops.to_uint8(recons)), axis=1)
-  return np.concatenate([top, bottom], axis=0)
-
-
 # ==========================================================================
 # The host loop
 # ==========================================================================
@@ -372,6 +365,19 @@ def train_and_evaluate(config, workdir: str, *,
   last = config.total_steps if max_steps is None else min(
       config.total_steps, start + max_steps)
 
+  evals = evaluators.build_all(
+      config.evals, model=setup.model, mesh=mesh,
+      params_sharding=setup.state_sharding["params"],
+      input_config=config.input)
+
+  def run_evals(step, final):
+    params = state.get("params_ema", state["params"])
+    for name, ev in evals.items():
+      if final or (ev.log_steps and step % ev.log_steps == 0):
+        results = dict(ev.run(params))
+        writer.write_scalars(step, results)
+        logging.info("eval %s at step %d: %s", name, step, results)
+
   preview = _preview_batch(config, mesh)
   recon_fn = make_reconstruct_fn(setup)
 
@@ -380,7 +386,7 @@ def train_and_evaluate(config, workdir: str, *,
     recons = np.asarray(recon_fn(params, sh.put_global_batch(
         preview, setup.batch_sharding)))
     # Process 0's rows come first in the global batch.
-    pic = preview_picture(preview, recons[:len(preview)])
+    pic = evaluators.comparison_picture(preview, recons[:len(preview)])
     writer.write_images(step, {"reconstruction": pic})
     if jax.process_index() == 0:
       from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -411,6 +417,7 @@ def train_and_evaluate(config, workdir: str, *,
       ckpt.save(step, state, train_it.get_state(), config)
     if (config.image_every and step % config.image_every == 0) or step == last:
       write_picture(step)
+    run_evals(step, final=step == last)
   ckpt.close()
   writer.close()
   logging.info("Done: %d steps in %.1fs", last - start, time.time() - t_start)

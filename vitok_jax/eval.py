@@ -1,0 +1,88 @@
+r"""Evaluation job: `python -m vitok_jax.eval --config=... --workdir=DIR [--checkpoint=STEP]`.
+
+Restores a checkpoint of a training run (its EMA params when present) onto
+the current mesh, runs every evaluator of `config.evals` (a default
+reconstruction evaluator on the training data when there is none), and writes
+under DIR/eval/: TensorBoard scalars, results_<step>.json and
+reconstruction_<step>.png (originals on top, reconstructions below, like the
+paper's Fig. 3).
+"""
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from vitok_jax import checkpoint as ckpt_lib
+from vitok_jax import metrics_writer
+from vitok_jax import sharding as sh
+from vitok_jax import distributed
+from vitok_jax.evaluators import common as evaluators
+from vitok_jax.trainers import tokenizer
+import vitok_jax.utils as u
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "The training config of the run (optionally ':args').",
+    lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
+_CHECKPOINT = flags.DEFINE_integer("checkpoint", None,
+                                   "Step to evaluate (default: the latest).")
+
+
+def evaluate(config, workdir: str, step=None) -> dict:
+  """Restores `step` (or the latest) of workdir and returns {metric: value}."""
+  config = tokenizer.resolve_config(config)
+  if not config.evals:
+    config.evals = {"recon": dict(type="reconstruction", batch_size=8,
+                                  num_examples=None)}
+  mesh = sh.make_mesh(config.mesh)
+  setup = tokenizer.make_setup(config, mesh)
+  ckpt = ckpt_lib.Checkpointer(workdir)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {ckpt.directory} to evaluate")
+  state, _, _ = ckpt.restore(setup.abstract_state, setup.state_sharding, step)
+  ckpt.close()
+  use_ema = "params_ema" in state
+  params = state["params_ema"] if use_ema else state["params"]
+  logging.info("Evaluating step %d (%s params)", step,
+               "EMA" if use_ema else "raw")
+  evals = evaluators.build_all(config.evals, model=setup.model, mesh=mesh,
+                               params_sharding=setup.state_sharding["params"],
+                               input_config=config.input)
+  out_dir = os.path.join(workdir, "eval")
+  writer = metrics_writer.MetricWriter(out_dir)
+  results = {}
+  for name, ev in evals.items():
+    r = dict(ev.run(params))
+    results.update(r)
+    if ev.last_picture is not None:
+      writer.write_images(step, {f"{name}/reconstruction": ev.last_picture})
+      if jax.process_index() == 0:
+        from PIL import Image  # pylint: disable=g-import-not-at-top
+        Image.fromarray(ev.last_picture).save(
+            os.path.join(out_dir, f"{name}_reconstruction_{step}.png"))
+  writer.write_scalars(step, results)
+  writer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(out_dir, f"results_{step}.json"), "w") as f:
+      json.dump(dict(step=step, ema=use_ema, **results), f, indent=2)
+  logging.info("Results at step %d: %s", step, results)
+  return results
+
+
+def main(argv):
+  del argv
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required")
+  u.quiet_library_logs()
+  distributed.maybe_initialize()
+  evaluate(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

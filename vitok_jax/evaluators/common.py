@@ -1,0 +1,39 @@
+"""The evaluator interface (big_vision style).
+
+`config.evals.<name> = dict(type="reconstruction", log_steps=..., ...)`; each
+evaluator is built once with the model and the mesh and `run(params)` yields
+(metric name, value) pairs. The training loop calls it every `log_steps`;
+`python -m vitok_jax.eval` calls it once on a restored checkpoint.
+"""
+from typing import Any, Dict, Iterator, Tuple
+
+import numpy as np
+
+from vitok_jax.pp import ops
+
+
+def comparison_picture(originals, recons) -> np.ndarray:
+  """Originals on top, reconstructions below (first frame of videos)."""
+  originals, recons = np.asarray(originals), np.asarray(recons)
+  if originals.ndim == 5:
+    originals, recons = originals[:, 0], recons[:, 0]
+  top = np.concatenate(list(ops.to_uint8(originals)), axis=1)
+  bottom = np.concatenate(list(ops.to_uint8(recons)), axis=1)
+  return np.concatenate([top, bottom], axis=0)
+
+
+def build(name: str, eval_config, **kw) -> Any:
+  """Instantiates config.evals[name] by its `type`."""
+  kind = eval_config.get("type")
+  if kind == "reconstruction":
+    from vitok_jax.evaluators import reconstruction  # pylint: disable=g-import-not-at-top
+    return reconstruction.Evaluator(name, eval_config, **kw)
+  raise ValueError(f"config.evals.{name}.type={kind!r}: known evaluator types: "
+                   "['reconstruction']")
+
+
+def build_all(evals_config, **kw) -> Dict[str, Any]:
+  return {name: build(name, cfg, **kw) for name, cfg in evals_config.items()}
+
+
+Results = Iterator[Tuple[str, float]]

@@ -1,0 +1,156 @@
+"""Reconstruction metrics with an explicit protocol (SPEC §3).
+
+* rPSNR / rSSIM: per image on [0, 255] after rounding to uint8, then averaged
+  over images (never a PSNR of the batch-mean MSE). SSIM: Gaussian window 11,
+  sigma 1.5, K1 0.01, K2 0.03, data range 255, over the valid region (no
+  padding), channels averaged -- skimage's `structural_similarity(...,
+  gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+  data_range=255, channel_axis=-1)`.
+* rFID: Frechet distance between Gaussians fitted to Inception pool features;
+  statistics are accumulated as running sums (float64, on the host), never by
+  keeping all features.
+* rIS: exp(E KL(p(y|x) || p(y))) over 10 contiguous splits, also accumulated
+  as per-split sums.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+import scipy.special
+
+
+def quantize(x):
+  """[-1, 1] float -> float32 values on the uint8 grid [0, 255]."""
+  return jnp.clip(jnp.round((x.astype(jnp.float32) + 1.0) * 127.5), 0, 255)
+
+
+def psnr(a, b, data_range: float = 255.0):
+  """Per-image PSNR [N] of images on [0, 255] (any leading batch shape)."""
+  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+  mse = jnp.mean((a - b)**2, axis=tuple(range(1, a.ndim)))
+  return 10.0 * jnp.log10(data_range**2 / jnp.maximum(mse, 1e-10))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+  x = np.arange(size) - (size - 1) / 2
+  g = np.exp(-x**2 / (2 * sigma**2))
+  return (g / g.sum()).astype(np.float32)
+
+
+def _filter_valid(x, g):
+  """Separable Gaussian filter, valid region: [N, H, W, C] -> smaller."""
+  c = x.shape[-1]
+  kh = jnp.tile(jnp.asarray(g)[:, None, None, None], (1, 1, 1, c))
+  kw = jnp.tile(jnp.asarray(g)[None, :, None, None], (1, 1, 1, c))
+  dn = ("NHWC", "HWIO", "NHWC")
+  hp = jax.lax.Precision.HIGHEST
+  x = jax.lax.conv_general_dilated(x, kh, (1, 1), "VALID", dimension_numbers=dn,
+                                   feature_group_count=c, precision=hp)
+  return jax.lax.conv_general_dilated(x, kw, (1, 1), "VALID",
+                                      dimension_numbers=dn,
+                                      feature_group_count=c, precision=hp)
+
+
+def ssim(a, b, data_range: float = 255.0, win: int = 11, sigma: float = 1.5,
+         k1: float = 0.01, k2: float = 0.03):
+  """Per-image SSIM [N] of [N, H, W, C] images on [0, data_range]."""
+  if a.shape[1] < win or a.shape[2] < win:
+    raise ValueError(f"SSIM needs images of at least {win}x{win}, got "
+                     f"{a.shape[1:3]}")
+  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+  g = _gaussian_window(win, sigma)
+  mu_a, mu_b = _filter_valid(a, g), _filter_valid(b, g)
+  saa = _filter_valid(a * a, g) - mu_a**2
+  sbb = _filter_valid(b * b, g) - mu_b**2
+  sab = _filter_valid(a * b, g) - mu_a * mu_b
+  c1, c2 = (k1 * data_range)**2, (k2 * data_range)**2
+  s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / (
+      (mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+  return jnp.mean(s, axis=(1, 2, 3))
+
+
+# --------------------------------------------------------------------------
+# FID / IS from streamed statistics
+# --------------------------------------------------------------------------
+class GaussianStats:
+  """Running mean/covariance of feature vectors (float64 sums)."""
+
+  def __init__(self, dim: int = 2048):
+    self.n = 0
+    self.s1 = np.zeros(dim, np.float64)
+    self.s2 = np.zeros((dim, dim), np.float64)
+
+  def update(self, feats: np.ndarray) -> None:
+    f = np.asarray(feats, np.float64)
+    self.n += f.shape[0]
+    self.s1 += f.sum(0)
+    self.s2 += f.T @ f
+
+  def mean_cov(self):
+    if self.n < 2:
+      raise ValueError(f"FID needs at least 2 examples, got {self.n}")
+    mu = self.s1 / self.n
+    cov = (self.s2 - self.n * np.outer(mu, mu)) / (self.n - 1)
+    return mu, cov
+
+  def save(self, path: str) -> None:
+    mu, cov = self.mean_cov()
+    np.savez(path, mu=mu, sigma=cov, n=self.n)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+  """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), the pytorch-fid way."""
+  mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+  sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+  diff = mu1 - mu2
+  covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
+  if not np.isfinite(covmean).all():
+    offset = np.eye(sigma1.shape[0]) * eps
+    covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+  if np.iscomplexobj(covmean):
+    covmean = covmean.real
+  return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) -
+               2 * np.trace(covmean))
+
+
+class InceptionScore:
+  """IS over `splits` contiguous chunks of a stream of known length n."""
+
+  def __init__(self, n: int, splits: int = 10, classes: int = 1008):
+    self.n, self.splits = int(n), int(splits)
+    # Chunk boundaries as np.array_split places them.
+    self.bounds = np.cumsum([0] + [len(c) for c in np.array_split(
+        np.arange(self.n), self.splits)])
+    self.p_sum = np.zeros((self.splits, classes), np.float64)
+    self.plogp = np.zeros(self.splits, np.float64)
+    self.count = np.zeros(self.splits, np.int64)
+    self.seen = 0
+
+  def update(self, logits: np.ndarray) -> None:
+    logits = np.asarray(logits, np.float64)
+    logp = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
+    p = np.exp(logp)
+    idx = np.arange(self.seen, self.seen + len(p))
+    if idx[-1] >= self.n:
+      raise ValueError(f"InceptionScore got more than the {self.n} examples "
+                       "it was set up for")
+    split = np.searchsorted(self.bounds, idx, side="right") - 1
+    for s in np.unique(split):
+      m = split == s
+      self.p_sum[s] += p[m].sum(0)
+      self.plogp[s] += np.sum(p[m] * logp[m])
+      self.count[s] += m.sum()
+    self.seen += len(p)
+
+  def result(self):
+    """(mean, std) of exp(mean KL) over the splits."""
+    scores = []
+    for s in range(self.splits):
+      if not self.count[s]:
+        continue
+      py = self.p_sum[s] / self.count[s]
+      kl = (self.plogp[s] - np.sum(self.p_sum[s] * np.log(py + 1e-30))) / (
+          self.count[s])
+      scores.append(np.exp(kl))
+    return float(np.mean(scores)), float(np.std(scores))
+

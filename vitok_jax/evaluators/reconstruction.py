@@ -1,0 +1,138 @@
+"""Reconstruction evaluator: rPSNR, rSSIM, rFID, rIS over a validation split.
+
+config.evals.<name> fields:
+  data:              dict(data=..., res=..., data_dir=None) (as config.input);
+                     default: the training input's data and resolution
+  batch_size:        global batch (divisible by the mesh size)
+  num_examples:      None = the whole split
+  log_steps:         every how many training steps (training loop only)
+  inception_weights: .npz from tools/convert_inception.py; missing -> rFID and
+                     rIS are skipped with a warning, PSNR/SSIM still run
+  ref_stats:         optional .npz from tools/compute_ref_stats.py (Inception
+                     statistics of the originals); otherwise computed here
+
+Videos [B, T, H, W, 3] are scored frame-wise. The model runs in evaluation
+mode (z = mean); params are whatever the caller passes (the EMA when there is
+one). Everything heavy runs jitted over the mesh; the host only adds sums.
+"""
+import logging
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vitok_jax import input_pipeline
+from vitok_jax import sharding as sh
+from vitok_jax.evaluators import common
+from vitok_jax.evaluators import metrics
+from vitok_jax.models import inception
+
+
+class Evaluator:
+
+  def __init__(self, name: str, config, *, model, mesh, params_sharding,
+               input_config=None):
+    self.name = name
+    self.model = model
+    self.mesh = mesh
+    data = dict(input_config or {})
+    data.update(dict(config.get("data") or {}))
+    data.setdefault("data", "embedded")
+    if "res" not in data:
+      raise ValueError(f"config.evals.{name}.data needs a 'res'")
+    self.data_config = ml_collections.ConfigDict(
+        {k: data.get(k) for k in ("data", "data_dir", "image_key", "res",
+                                  "frames")})
+    self.batch_size = int(config.get("batch_size", 64))
+    if self.batch_size % mesh.size:
+      raise ValueError(f"config.evals.{name}.batch_size={self.batch_size} is "
+                       f"not divisible by the {mesh.size} devices")
+    self.num_examples = config.get("num_examples")
+    self.log_steps = config.get("log_steps")
+    self.inception_params = None
+    path = config.get("inception_weights")
+    try:
+      self.inception_params = jax.device_put(inception.load(path),
+                                             sh.replicated(mesh))
+    except FileNotFoundError as e:
+      logging.warning("evals.%s: rFID and rIS are SKIPPED: %s", name, e)
+    self.ref_stats = None
+    if config.get("ref_stats"):
+      with np.load(os.path.expanduser(config.get("ref_stats"))) as f:
+        self.ref_stats = (f["mu"], f["sigma"])
+    self.last_picture: Optional[np.ndarray] = None
+    self._step = self._make_step(params_sharding)
+
+  def _make_step(self, params_sharding):
+    model = self.model
+    with_inception = self.inception_params is not None
+    need_real_feats = with_inception and self.ref_stats is None
+    inc = inception.FIDInceptionV3()
+
+    def step(params, images, inc_params):
+      recon = model.apply({"params": params}, images)[0]
+      frames = lambda x: x.reshape((-1,) + x.shape[-3:])
+      real_q, fake_q = (metrics.quantize(frames(images)),
+                        metrics.quantize(frames(recon)))
+      out = dict(recon=recon, psnr=metrics.psnr(real_q, fake_q),
+                 ssim=metrics.ssim(real_q, fake_q))
+      if with_inception:  # Inception takes [0, 1] uint8-grid images
+        out["fake_pool"], out["fake_logits"] = inc.apply(
+            {"params": inc_params}, fake_q / 255.0)
+        if need_real_feats:
+          out["real_pool"], _ = inc.apply({"params": inc_params}, real_q / 255.0)
+      return out
+
+    batch_sh = sh.batch_sharding(self.mesh)
+    inc_sh = sh.replicated(self.mesh) if with_inception else None
+    return jax.jit(step, in_shardings=(params_sharding, batch_sh, inc_sh),
+                   out_shardings=sh.replicated(self.mesh))
+
+  def run(self, params) -> common.Results:
+    ds = input_pipeline.make_eval_dataset(self.data_config, self.batch_size,
+                                          self.num_examples)
+    batches = ds
+    psnr, ssim, n = 0.0, 0.0, 0
+    fake_stats = real_stats = score = None
+    if self.inception_params is not None:
+      fake_stats, real_stats = metrics.GaussianStats(), metrics.GaussianStats()
+      frames = self.data_config.get("frames") or 1
+      total = input_pipeline.eval_num_examples(self.data_config,
+                                               self.num_examples) * frames
+      score = metrics.InceptionScore(total)
+    mask_sh = sh.batch_sharding(self.mesh)
+    self.last_picture = None
+    for batch in batches:
+      images = sh.put_global_batch(batch["image"], sh.batch_sharding(self.mesh))
+      mask = np.asarray(sh.put_global_batch(batch["mask"], mask_sh))  # global
+      out = jax.device_get(self._step(params, images, self.inception_params))
+      frames = out["psnr"].shape[0] // mask.shape[0]
+      fmask = np.repeat(mask, frames)
+      psnr += float(out["psnr"][fmask].sum())
+      ssim += float(out["ssim"][fmask].sum())
+      n += int(fmask.sum())
+      if fake_stats is not None:
+        fake_stats.update(out["fake_pool"][fmask])
+        score.update(out["fake_logits"][fmask])
+        if "real_pool" in out:
+          real_stats.update(out["real_pool"][fmask])
+      if self.last_picture is None:
+        # This process's rows come first in the global batch.
+        k = min(8, int(batch["mask"].sum()))
+        self.last_picture = common.comparison_picture(batch["image"][:k],
+                                                      out["recon"][:k])
+    if not n:
+      raise ValueError(f"evals.{self.name}: the evaluation data is empty")
+    yield f"{self.name}/rpsnr", psnr / n
+    yield f"{self.name}/rssim", ssim / n
+    yield f"{self.name}/num_examples", float(n)
+    if fake_stats is not None:
+      ref = self.ref_stats or real_stats.mean_cov()
+      yield f"{self.name}/rfid", metrics.frechet_distance(
+          *fake_stats.mean_cov(), *ref)
+      is_mean, is_std = score.result()
+      yield f"{self.name}/ris", is_mean
+      yield f"{self.name}/ris_std", is_std
