@@ -1,0 +1,59 @@
+"""Export of ViTok params to PyTorch (safetensors + JSON config).
+
+The JAX side of vitok_jax.torch: maps the Flax tree to the torch module's
+state dict (vitok_jax/torch/convert.py), checks that it is exactly what the
+module expects, and writes <out>.safetensors and <out>.json.
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from vitok_jax.models import vitok
+from vitok_jax.torch import convert
+
+_JAX_ONLY = {"parent", "name", "dtype", "param_dtype", "remat", "attn_impl"}
+
+
+def model_config(model: vitok.Model, params) -> dict:
+  """The torch module's constructor arguments."""
+  cfg = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+         if f.name not in _JAX_ONLY}
+  cfg["mask_lengths"] = list(cfg["mask_lengths"])
+  cfg["logvar_range"] = list(cfg["logvar_range"])
+  if model.posemb == "learn":
+    cfg["posemb_length"] = int(np.shape(params["enc_posemb"]["embedding"])[0])
+  return cfg
+
+
+def export(params, model: vitok.Model, out: str, extra: dict = None) -> dict:
+  """Writes <out> (safetensors) and its JSON; returns the torch state dict."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  state = convert.flax_to_torch(params)
+  cfg = dict(model=model_config(model, params), **(extra or {}))
+  _check_against_torch_module(state, cfg["model"])
+  os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
+  save_file(state, out, metadata={"format": "vitok_jax"})
+  with open(os.path.splitext(out)[0] + ".json", "w") as f:
+    json.dump(cfg, f, indent=2)
+  return state
+
+
+def _check_against_torch_module(state, model_cfg):
+  """Fails with the parameter names if the tree doesn't fit the module."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return  # exporting without torch: the loader checks instead
+  import vitok_jax.torch as vt  # pylint: disable=g-import-not-at-top
+  module = vt.ViTok(**model_cfg)
+  expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+  missing = sorted(set(expected) - set(state))
+  surplus = sorted(set(state) - set(expected))
+  if missing or surplus:
+    raise ValueError(f"The checkpoint does not match the model: missing "
+                     f"parameters {missing}, surplus parameters {surplus}")
+  bad = [k for k in expected if tuple(state[k].shape) != expected[k]]
+  if bad:
+    raise ValueError(f"Parameters with the wrong shape: {bad}")

@@ -1,0 +1,50 @@
+"""PyTorch modules that exported vitok_jax checkpoints load into.
+
+    import vitok_jax.torch as vt
+    model = vt.load("s_b16.safetensors")          # + s_b16.json beside it
+    recon = model(images)                          # [B, H, W, 3] in [-1, 1]
+
+Importing this subpackage needs torch and safetensors only, never jax.
+"""
+import json
+import os
+
+from vitok_jax.torch.vitok import ViTok  # noqa: F401
+
+
+def config_path(weights_path: str) -> str:
+  return os.path.splitext(weights_path)[0] + ".json"
+
+
+def load(path: str, map_location: str = "cpu") -> ViTok:
+  """Rebuilds the module from <path> (safetensors) and its JSON config."""
+  from safetensors.torch import load_file  # pylint: disable=g-import-not-at-top
+  cfg_file = config_path(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No exported weights at {path!r} (make them with "
+                            "tools/export_pytorch.py)")
+  if not os.path.exists(cfg_file):
+    raise FileNotFoundError(f"The model config {cfg_file!r} that "
+                            "tools/export_pytorch.py writes beside the weights "
+                            "is missing")
+  with open(cfg_file) as f:
+    cfg = json.load(f)
+  model = ViTok(**cfg["model"])
+  state = load_file(path, device=map_location)
+  load_state_dict_checked(model, state, path)
+  return model.eval()
+
+
+def load_state_dict_checked(model, state: dict, source: str = "state dict"):
+  """load_state_dict that names missing, surplus and mis-shaped parameters."""
+  expected = model.state_dict()
+  missing = sorted(set(expected) - set(state))
+  surplus = sorted(set(state) - set(expected))
+  if missing or surplus:
+    raise ValueError(f"{source} does not match the model: missing parameters "
+                     f"{missing}, surplus parameters {surplus}")
+  bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+         for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
+  if bad:
+    raise ValueError(f"{source}: parameters with the wrong shape: {bad}")
+  model.load_state_dict(state, strict=True)
