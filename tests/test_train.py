@@ -18,12 +18,14 @@ def small_config(steps=6, **input_kw):
   c.log_every = 2
   c.ckpt_every = steps // 2
   c.image_every = 0
+  c.evals = {}  # only the runlocal test below evaluates
   c.input.update(res=32, **input_kw)
   return c
 
 
 def test_runlocal_trains_and_writes_outputs(tmp_path):
   c = small_config(steps=40)
+  c.evals = s_b16_256.get_config("runlocal").evals
   c.log_every = 5
   c.ckpt_every = 20
   tokenizer.train_and_evaluate(c, str(tmp_path))
@@ -31,7 +33,11 @@ def test_runlocal_trains_and_writes_outputs(tmp_path):
   assert any(f.startswith("events.out.tfevents") for f in files)
   assert "reconstruction.png" in files
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "40"]
-  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  all_rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  rows = [r for r in all_rows if "loss" in r]
+  evals = [r for r in all_rows if "embedded/rpsnr" in r]
+  assert [r["step"] for r in evals] == [40]  # the config's final evaluation
+  assert evals[0]["embedded/num_examples"] == 9
   losses = [r["rec_l2"] for r in rows]
   assert [r["step"] for r in rows] == list(range(5, 41, 5))
   assert np.mean(losses[-2:]) < 0.6 * losses[0], losses
@@ -50,10 +56,10 @@ def test_resume_is_exact(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
   jax.tree.map(np.testing.assert_array_equal, a["opt"], b["opt"])
   # The resumed run continued the data stream instead of restarting it.
-  la = {r["step"]: r["loss"] for r in map(
-      json.loads, open(tmp_path / "straight" / "metrics.jsonl"))}
-  lb = {r["step"]: r["loss"] for r in map(
-      json.loads, open(tmp_path / "split" / "metrics.jsonl"))}
+  def losses(run):
+    rows = map(json.loads, open(tmp_path / run / "metrics.jsonl"))
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+  la, lb = losses("straight"), losses("split")
   assert sorted(lb) == [2, 3, 4, 6]  # the stopped run also logged its last step
   assert [la[s] for s in (2, 4, 6)] == [lb[s] for s in (2, 4, 6)]
 

@@ -53,7 +53,7 @@ def get_config(arg=None):
   c.evals = {"imagenet_val": dict(
       type="reconstruction", log_steps=10_000, batch_size=256,
       num_examples=None, inception_weights=arg.inception_weights,
-      data=dict(data="tfds:imagenet2012:validation", res=arg.res))}
+      data=dict(data="tfds:imagenet2012:validation"))}  # res: input's
 
   if arg.runlocal:  # the same recipe, small enough for a laptop CPU
     c.total_steps = 60 if arg.steps == 100_000 else arg.steps
@@ -67,7 +67,7 @@ def get_config(arg=None):
     c.evals = {"embedded": dict(
         type="reconstruction", log_steps=None, batch_size=8,
         inception_weights=arg.inception_weights,
-        data=dict(data="embedded", res=c.input.res))}
+        data=dict(data="embedded"))}
     if not os.path.exists(arg.lpips_weights):
       c.loss.update(lpips_weights=None, lpips_allow_random=True)
   return c
