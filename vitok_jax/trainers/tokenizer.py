@@ -15,6 +15,7 @@ import os
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
+from clu import parameter_overview  # imports without TensorFlow (SPEC §6)
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -344,6 +345,10 @@ def train_and_evaluate(config, workdir: str, *,
   logging.info("Mesh %s; model %s with %.1fM params", dict(mesh.shape),
                config.model.variant,
                u.count_params(setup.abstract_state["params"]) / 1e6)
+  if jax.process_index() == 0:
+    writer.write_texts(0, {"config": config.to_json_best_effort(indent=2)})
+    logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(
+        setup.abstract_state["params"], include_stats=False))
 
   train_ds = input_pipeline.make_train_dataset(config.input, config.seed)
   train_it = iter(train_ds)
