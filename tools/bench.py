@@ -99,7 +99,7 @@ def main(argv=None):
         f" | compile {compile_s:.1f} s | peak mem {peak_gib:.2f} GiB")
   print(f"  model TFLOP/step {out['model_tflops_per_step']:.3f} | achieved "
         f"{out['achieved_tflops']:.2f} TFLOP/s | MFU {100 * mfu:.1f}% of "
-        f"{args.peak_tflops:.0f} TFLOP/s/device")
+        f"{args.peak_tflops:g} TFLOP/s/device")
   return out
 
 
