@@ -1,5 +1,4 @@
 """The eval job and the reconstruction evaluator."""
-import importlib.util
 import json
 import os
 import pathlib
@@ -9,11 +8,13 @@ import numpy as np
 import pytest
 
 from configs.vitok import s_b16_256
+from tests.helpers import load_tool
 from vitok_jax import eval as eval_job
 from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common as evaluators
 from vitok_jax.models import inception
 from vitok_jax.trainers import tokenizer
+import vitok_jax.utils as u
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,7 @@ def random_inception(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("inc") / "random_inception.npz")
   params = jax.jit(lambda: inception.FIDInceptionV3().init(
       jax.random.key(0), np.zeros((1, 75, 75, 3), np.float32))["params"])()
-  flat = {"/".join(str(k.key) for k in p): np.asarray(v)
-          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  np.savez(path, **flat)
+  u.save_npz_tree(path, jax.device_get(params))
   return path
 
 
@@ -75,11 +74,7 @@ def test_evaluator_fid_is_and_cached_reference_stats(run, random_inception, tmp_
   r = dict(ev.run(state["params"]))
   assert r["val/num_examples"] == 9 and r["val/rfid"] > 0 and r["val/ris"] >= 1.0
   # Reference statistics cached by the tool give the same rFID.
-  path = pathlib.Path(__file__).parents[1] / "tools" / "compute_ref_stats.py"
-  spec = importlib.util.spec_from_file_location("crs", path)
-  tool = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tool)
-  tool.main(["--data", "embedded", "--res", "32", "--inception", random_inception,
+  load_tool("compute_ref_stats").main(["--data", "embedded", "--res", "32", "--inception", random_inception,
              "--batch_size", "4", "--out", str(tmp_path / "ref.npz")])
   ev2 = evaluators.build("val", dict(ev_cfg, ref_stats=str(tmp_path / "ref.npz")),
                          model=setup.model, mesh=mesh,

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from tests.helpers import load_tool
 from vitok_jax import flops
 from vitok_jax.models import vitok
 
@@ -53,11 +54,6 @@ def test_analytic_count_matches_xla_cost_analysis():
 
 
 def test_flops_tool_prints(capsys):
-  import importlib.util, pathlib
-  path = pathlib.Path(__file__).parents[1] / "tools" / "flops.py"
-  spec = importlib.util.spec_from_file_location("flops_tool", path)
-  tool = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tool)
-  tool.main(["--variant", "S-B/16", "--res", "256"])
+  load_tool("flops").main(["--variant", "S-B/16", "--res", "256"])
   out = capsys.readouterr().out
   assert "129.1" in out and "34.4" in out

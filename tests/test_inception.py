@@ -1,23 +1,13 @@
 """FID InceptionV3 port: parity with pytorch_fid on the same random weights."""
-import importlib.util
-import pathlib
-
 import jax
 import numpy as np
 import pytest
 
 from tests import torch_reference as tr
+from tests.helpers import load_tool
 from vitok_jax.models import inception
 
 torch = tr.torch
-
-
-def _tool(name):
-  path = pathlib.Path(__file__).parents[1] / "tools" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(name, path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +50,7 @@ def reference(tmp_path_factory):
     ref = fid.InceptionV3([3], resize_input=True, normalize_input=True).eval()
   finally:
     fid.load_state_dict_from_url = orig
-  _tool("convert_inception").main(["--pth", str(pth), "--out", str(tmp / "inc.npz")])
+  load_tool("convert_inception").main(["--pth", str(pth), "--out", str(tmp / "inc.npz")])
   return ref, state, str(tmp / "inc.npz")
 
 

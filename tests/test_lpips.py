@@ -1,7 +1,5 @@
 """LPIPS port: numeric parity with the lpips package, and the weights file."""
-import importlib.util
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -9,17 +7,10 @@ import numpy as np
 import pytest
 
 from tests import torch_reference as tr
+from tests.helpers import load_tool
 from vitok_jax.models import lpips as lpips_lib
 
 torch = tr.torch
-
-
-def _convert_tool():
-  path = pathlib.Path(__file__).parents[1] / "tools" / "convert_lpips.py"
-  spec = importlib.util.spec_from_file_location("convert_lpips", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +28,7 @@ def reference(tmp_path_factory):
     vgg_sd[f"features.{idx}.{kind}"] = v
   torch.save(vgg_sd, tmp / "vgg16.pth")
   lin_file = os.path.join(os.path.dirname(lpips.__file__), "weights/v0.1/vgg.pth")
-  _convert_tool().main(["--vgg", str(tmp / "vgg16.pth"), "--lin", lin_file,
+  load_tool("convert_lpips").main(["--vgg", str(tmp / "vgg16.pth"), "--lin", lin_file,
                         "--out", str(tmp / "lpips.npz")])
   return ref, str(tmp / "lpips.npz")
 

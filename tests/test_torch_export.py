@@ -1,5 +1,4 @@
 """PyTorch export: parity on random weights, round trip, sharded runs, errors."""
-import importlib.util
 import pathlib
 
 import jax
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests import torch_reference as tr
+from tests.helpers import load_tool
 from vitok_jax import checkpoint as ckpt_lib
 from vitok_jax import export
 from vitok_jax import sharding as sh
@@ -80,14 +80,6 @@ def test_torch_subpackage_does_not_need_jax():
   assert "torch.Size([1, 16, 16, 3])" in r.stdout
 
 
-def _tool():
-  path = pathlib.Path(__file__).parents[1] / "tools" / "export_pytorch.py"
-  spec = importlib.util.spec_from_file_location("export_pytorch", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def test_sharded_checkpoint_exports_like_single_device(tmp_path, capsys):
   from configs.vitok import s_b16_256
   from vitok_jax.trainers import tokenizer
@@ -106,7 +98,7 @@ def test_sharded_checkpoint_exports_like_single_device(tmp_path, capsys):
     ck.save(0, state, {}, c)
     ck.close()
     out = str(tmp_path / f"{name}.safetensors")
-    err = _tool().main(["--workdir", str(tmp_path / name), "--out", out, "--verify"])
+    err = load_tool("export_pytorch").main(["--workdir", str(tmp_path / name), "--out", out, "--verify"])
     assert err < 1e-5
     exported[name] = out
   assert capsys.readouterr().out.strip().splitlines()[-1].startswith("max relative error: ")

@@ -74,3 +74,23 @@ def quiet_library_logs():
   for handler in logging.getLogger().handlers + [
       absl_logging.get_absl_handler()]:
     handler.addFilter(_QuietLibraries())
+
+
+def save_npz_tree(path: str, tree) -> None:
+  """A nested dict of arrays -> .npz with '/'-joined keys."""
+  import os  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  np.savez(path, **{n: np.asarray(x) for n, x in tree_flatten_with_names(tree)})
+
+
+def load_npz_tree(path: str) -> dict:
+  """.npz with '/'-joined keys -> nested dict of numpy arrays."""
+  tree = {}
+  with np.load(path) as f:
+    for key in f.files:
+      node = tree
+      *parents, leaf = key.split("/")
+      for p in parents:
+        node = node.setdefault(p, {})
+      node[leaf] = f[key]
+  return tree

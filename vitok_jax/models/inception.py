@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import vitok_jax.utils as u
+
 BN_EPS = 1e-3
 CONVERT_TOOL = "tools/convert_inception.py"
 IntOr2 = Union[int, Tuple[int, int]]
@@ -198,14 +200,8 @@ def load(path: Optional[str]) -> dict:
         f"FID Inception weights file {path!r} does not exist; create it with "
         f"`python {CONVERT_TOOL} --pth pt_inception-2015-12-05-6726825d.pth "
         f"--out {path or 'weights/fid_inception_v3.npz'}`")
-  params = {}
-  with np.load(os.path.expanduser(path)) as f:
-    for key in f.files:
-      node = params
-      *parents, leaf = key.split("/")
-      for p in parents:
-        node = node.setdefault(p, {})
-      node[leaf] = jnp.asarray(f[key])
+  params = jax.tree.map(jnp.asarray,
+                        u.load_npz_tree(os.path.expanduser(path)))
   want = jax.tree.map(lambda a: a.shape, abstract_params())
   got = jax.tree.map(lambda a: a.shape, params)
   if want != got:

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import vitok_jax.utils as u
+
 # VGG16 "D": channels per conv, "M" = 2x2 max-pool; taps after the last conv
 # (and ReLU) of each of the five stages.
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
@@ -79,10 +81,7 @@ def init_random(rng=None, res: int = 64) -> dict:
 
 
 def save(path: str, params) -> None:
-  flat = {"/".join(str(k.key) for k in p): np.asarray(v)
-          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path, **flat)
+  u.save_npz_tree(path, params)
 
 
 def load(path: Optional[str], *, allow_random: bool = False) -> dict:
@@ -101,14 +100,7 @@ def load(path: Optional[str], *, allow_random: bool = False) -> dict:
         f"LPIPS weights file {path!r} does not exist; create it with `python "
         f"{CONVERT_TOOL} --vgg vgg16-397923af.pth --lin <lpips>/weights/v0.1/"
         f"vgg.pth --out {path}`")
-  params = {}
-  with np.load(path) as f:
-    for key in f.files:
-      node = params
-      *parents, leaf = key.split("/")
-      for p in parents:
-        node = node.setdefault(p, {})
-      node[leaf] = jnp.asarray(f[key])
+  params = jax.tree.map(jnp.asarray, u.load_npz_tree(path))
   expected = jax.tree.map(lambda a: a.shape, jax.eval_shape(init_random))
   got = jax.tree.map(lambda a: a.shape, params)
   if expected != got:
