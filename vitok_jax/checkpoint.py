@@ -7,7 +7,6 @@ last complete step. Restores take target shardings, so a checkpoint written on
 one mesh restores onto any other.
 """
 import json
-import logging
 import os
 from typing import Any, Optional
 

@@ -42,9 +42,8 @@ def export(params, model: vitok.Model, out: str, extra: dict = None) -> dict:
 
 def _check_against_torch_module(state, model_cfg):
   """Fails with the parameter names if the tree doesn't fit the module."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("torch") is None:
     return  # exporting without torch: the loader checks instead
   import vitok_jax.torch as vt  # pylint: disable=g-import-not-at-top
   module = vt.ViTok(**model_cfg)

@@ -6,7 +6,6 @@ multi-process launches).
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from vitok_jax import distributed

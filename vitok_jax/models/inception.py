@@ -11,12 +11,11 @@ pt_inception-2015-12-05-6726825d.pth. Module names mirror torchvision's, so
 "Mixed_5b.branch1x1.conv.weight" becomes params["Mixed_5b"]["branch1x1"]["kernel"].
 """
 import os
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import vitok_jax.utils as u
 
