@@ -27,19 +27,13 @@ from vitok_jax.trainers import tokenizer
 
 def read_run(workdir: str, step=None, ema: bool = False):
   """-> (params tree, training config, step) of a workdir's checkpoint."""
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if step is None:
-    steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit()) \
-        if os.path.isdir(ckpt_dir) else []
-    if not steps:
-      raise FileNotFoundError(f"No checkpoint in {ckpt_dir}")
-    step = steps[-1]
-  state = ckpt_lib.load_state_tree(workdir, step)
+  folder, step = ckpt_lib.step_dir(workdir, step)
+  state = ckpt_lib.load_state_tree(folder)
   key = "params_ema" if ema else "params"
   if key not in state:
     raise ValueError(f"Checkpoint {step} of {workdir} has no {key!r} (the run "
                      "had no EMA)" if ema else f"Checkpoint has no {key!r}")
-  cfg_file = os.path.join(ckpt_dir, str(step), "config", "metadata")
+  cfg_file = os.path.join(folder, "config", "metadata")
   with open(cfg_file) as f:
     config = ml_collections.ConfigDict(json.load(f))
   return state[key], tokenizer.resolve_config(config), step

@@ -8,7 +8,7 @@ one mesh restores onto any other.
 """
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import jax
 import numpy as np
@@ -77,6 +77,21 @@ def _config_to_dict(config) -> dict:
   return dict(config)
 
 
+def step_dir(workdir: str, step: Optional[int] = None) -> Tuple[str, int]:
+  """(folder, step) of a workdir's checkpoint: the given or the latest step."""
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  steps = sorted(int(s) for s in os.listdir(ckpt_dir)
+                 if s.isdigit()) if os.path.isdir(ckpt_dir) else []
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint in {ckpt_dir}")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(f"No checkpoint for step {step} in {ckpt_dir}; "
+                            f"have {steps}")
+  return os.path.join(ckpt_dir, str(step)), step
+
+
 def load_state_tree(path_or_workdir: str, step: Optional[int] = None,
                     item: str = "state") -> Any:
   """The saved train state as host numpy arrays, without any target tree.
@@ -85,17 +100,8 @@ def load_state_tree(path_or_workdir: str, step: Optional[int] = None,
   stage-2 initialisation and the PyTorch export.
   """
   path = os.path.abspath(path_or_workdir)
-  ckpt_dir = os.path.join(path, "checkpoints")
-  if os.path.isdir(ckpt_dir):
-    steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
-    if not steps:
-      raise FileNotFoundError(f"No checkpoint in {ckpt_dir}")
-    if step is None:
-      step = steps[-1]
-    elif step not in steps:
-      raise FileNotFoundError(f"No checkpoint for step {step} in {ckpt_dir}; "
-                              f"have {steps}")
-    path = os.path.join(ckpt_dir, str(step))
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path, _ = step_dir(path, step)
   item_dir = os.path.join(path, item)
   if not os.path.isdir(item_dir):
     raise FileNotFoundError(f"{item_dir} is not an Orbax checkpoint item")

@@ -45,14 +45,8 @@ def _check_against_torch_module(state, model_cfg):
   import importlib.util  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec("torch") is None:
     return  # exporting without torch: the loader checks instead
+  import torch  # pylint: disable=g-import-not-at-top
   import vitok_jax.torch as vt  # pylint: disable=g-import-not-at-top
-  module = vt.ViTok(**model_cfg)
-  expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-  missing = sorted(set(expected) - set(state))
-  surplus = sorted(set(state) - set(expected))
-  if missing or surplus:
-    raise ValueError(f"The checkpoint does not match the model: missing "
-                     f"parameters {missing}, surplus parameters {surplus}")
-  bad = [k for k in expected if tuple(state[k].shape) != expected[k]]
-  if bad:
-    raise ValueError(f"Parameters with the wrong shape: {bad}")
+  vt.load_state_dict_checked(
+      vt.ViTok(**model_cfg),
+      {k: torch.from_numpy(v) for k, v in state.items()}, "The checkpoint")

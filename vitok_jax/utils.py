@@ -37,7 +37,7 @@ def make_mask(tree, patterns) -> Any:
   """A bool tree: True where the leaf's name matches any regex in patterns."""
   compiled = [re.compile(p) for p in patterns]
   return tree_map_with_names(
-      lambda n, _: any(c.fullmatch(n) or c.match(n) for c in compiled), tree)
+      lambda n, _: any(c.match(n) for c in compiled), tree)
 
 
 def l2_norm(tree) -> jax.Array:

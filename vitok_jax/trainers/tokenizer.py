@@ -116,16 +116,11 @@ ENCODER_PATTERNS = ("tubelet_embed/.*", "enc_posemb/.*", "latent_tokens",
 class Setup(NamedTuple):
   model: vitok.Model
   mesh: Any
-  tx: optax.GradientTransformation
-  schedule: Callable
   abstract_state: Any
   state_sharding: Any
   batch_sharding: Any
-  frozen_sharding: Any
   init: Callable  # rng -> sharded state
   step: Callable  # (state, images, frozen) -> (state, measurements)
-  disc: Optional[Any] = None
-  disc_schedule: Optional[Callable] = None
 
 
 def disc_schedule(dc) -> optax.Schedule:
@@ -278,9 +273,8 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
       train_step, in_shardings=(state_sharding, batch_sharding,
                                 frozen_sharding),
       out_shardings=(state_sharding, repl), donate_argnums=(0,))
-  return Setup(model, mesh, tx, schedule, abstract_state, state_sharding,
-               batch_sharding, frozen_sharding, init_jit, step_jit, disc,
-               d_sched)
+  return Setup(model, mesh, abstract_state, state_sharding, batch_sharding,
+               init_jit, step_jit)
 
 
 def load_frozen(config, mesh) -> dict:
