@@ -5,6 +5,7 @@ import pytest
 
 from tests import torch_reference as tr
 from tests.helpers import load_tool
+from vitok_jax.evaluators import metrics
 from vitok_jax.models import inception
 
 torch = tr.torch
@@ -40,8 +41,10 @@ def reference(tmp_path_factory):
       state[k] = 0.5 + torch.rand(v.shape, generator=g)
     elif k.endswith("bn.bias") or k.endswith("running_mean"):
       state[k] = 0.1 * torch.randn(v.shape, generator=g)
-    else:  # fc
-      state[k] = 0.01 * torch.randn(v.shape, generator=g)
+    elif k == "fc.weight":
+      state[k] = 0.05 * torch.randn(v.shape, generator=g)
+    else:  # fc.bias: large, so that adding it would change the IS
+      state[k] = 2.0 * torch.randn(v.shape, generator=g)
   pth = tmp / "pt_inception_random.pth"
   torch.save(state, pth)
   orig = fid.load_state_dict_from_url
@@ -61,12 +64,51 @@ def test_pool_features_and_logits_match_pytorch_fid(reference):
   pool, logits = jax.jit(inception.FIDInceptionV3().apply)({"params": params}, x)
   with torch.no_grad():
     t_pool = ref(torch.from_numpy(x).permute(0, 3, 1, 2))[0].reshape(2, -1)
-    t_logits = t_pool @ state["fc.weight"].T + state["fc.bias"]
+    t_logits = t_pool @ state["fc.weight"].T  # unbiased
   rel = np.abs(np.asarray(pool) - t_pool.numpy()).max() / np.abs(t_pool.numpy()).max()
   assert rel < 1e-4, rel
   rel_l = np.abs(np.asarray(logits) - t_logits.numpy()).max() / np.abs(t_logits.numpy()).max()
   assert rel_l < 1e-4, rel_l
   assert pool.shape == (2, 2048) and logits.shape == (2, 1008)
+
+
+def test_inception_score_is_torch_fidelitys_unbiased_one(reference):
+  """Ours (streamed, 4 splits) against torch-fidelity's IS computed on
+  pytorch-fid's pool features times the fc weights (no bias), same weights."""
+  metric_isc = tr.import_torch_fidelity_isc()
+  ref, state, path = reference
+  params = inception.load(path)
+  assert "bias" not in params["fc"]
+  n, splits = 40, 4
+  # Blocky images of different colours.
+  low = np.random.default_rng(2).uniform(0, 1, (n, 6, 6, 3)).astype(np.float32)
+  x = np.repeat(np.repeat(low, 8, axis=1), 8, axis=2)
+  with torch.no_grad():
+    pool = ref(torch.from_numpy(x).permute(0, 3, 1, 2))[0].reshape(n, -1).double()
+  # Random pool features share a large mean, which makes every posterior
+  # the same (IS ~ 1); fc weights orthogonal to it let posteriors differ.
+  # Both sides use these weights; the bias stays the fixture's.
+  mu = pool.mean(0)
+  w = torch.randn(2048, 1008, generator=torch.Generator().manual_seed(3),
+                  dtype=torch.float64)
+  w -= torch.outer(mu, mu @ w) / (mu @ mu)
+  w *= 3.0 / (pool @ w).std()
+  params["fc"]["kernel"] = jax.numpy.asarray(w.numpy(), jax.numpy.float32)
+  apply = jax.jit(inception.FIDInceptionV3().apply)
+  score = metrics.InceptionScore(n, splits)
+  for i in range(0, n, 6):  # streamed in uneven pieces across split borders
+    score.update(np.asarray(apply({"params": params}, x[i:i + 6])[1]))
+  ours, ours_std = score.result()
+  unbiased = pool @ w
+  theirs = metric_isc.isc_features_to_metric(unbiased, splits=splits,
+                                             shuffle=False)
+  assert ours > 1.5  # a score with room to differ
+  assert ours == pytest.approx(theirs["inception_score_mean"], rel=1e-3)
+  assert ours_std == pytest.approx(theirs["inception_score_std"], rel=1e-2,
+                                   abs=1e-3)
+  biased = metric_isc.isc_features_to_metric(
+      unbiased + 3.0 * state["fc.bias"].double(), splits=splits, shuffle=False)
+  assert abs(biased["inception_score_mean"] - ours) > 0.05 * ours
 
 
 @pytest.mark.parametrize("size", [64, 512])

@@ -38,3 +38,11 @@ def import_lpips():
 def import_pytorch_fid_inception():
   import_torchvision()
   return pytest.importorskip("pytorch_fid.inception")
+
+
+def import_torch_fidelity_isc():
+  """torch-fidelity's Inception Score from features (metric_isc)."""
+  import_torchvision()
+  pytest.importorskip("torch_fidelity")
+  import torch_fidelity.metric_isc as metric_isc  # pylint: disable=g-import-not-at-top
+  return metric_isc

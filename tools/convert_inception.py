@@ -6,7 +6,9 @@ r"""Converts pytorch-fid's FID InceptionV3 weights to vitok_jax's .npz.
 The .pth is the file pytorch-fid downloads (FID_WEIGHTS_URL in
 pytorch_fid/inception.py); it is a torchvision Inception3 state dict. Conv
 kernels OIHW -> HWIO; BatchNorm weight/bias/running_mean/running_var ->
-scale/bias/mean/var; fc weight transposed. num_batches_tracked is dropped.
+scale/bias/mean/var; fc weight transposed. num_batches_tracked is dropped,
+and so is fc.bias: the Inception Score uses the unbiased logits pool . W
+(improved-GAN, ADM's evaluator, torch-fidelity's `logits_unbiased`).
 """
 import argparse
 
@@ -23,9 +25,10 @@ def convert(state: dict) -> dict:
       continue
     arr = value.detach().cpu().numpy().astype(np.float32)
     parts = key.split(".")
-    if parts[0] == "fc":
-      out["fc/kernel" if parts[1] == "weight" else "fc/bias"] = (
-          arr.T if parts[1] == "weight" else arr)
+    if key == "fc.bias":
+      continue  # see the module docstring
+    if key == "fc.weight":
+      out["fc/kernel"] = arr.T
     elif parts[-2] == "conv" and parts[-1] == "weight":
       out["/".join(parts[:-2] + ["kernel"])] = arr.transpose(2, 3, 1, 0)
     elif parts[-2] == "bn" and parts[-1] in _BN:

@@ -108,6 +108,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     offset = np.eye(sigma1.shape[0]) * eps
     covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
   if np.iscomplexobj(covmean):
+    # A real PSD product has a real root; a large imaginary part means the
+    # statistics are broken (too few samples, NaNs): refuse, as pytorch-fid.
+    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+      raise ValueError(
+          f"Frechet distance: sqrt(sigma1 sigma2) has an imaginary component "
+          f"of {np.max(np.abs(covmean.imag)):.3g}; the feature statistics are "
+          "not valid covariances (too few examples for the feature size?)")
     covmean = covmean.real
   return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) -
                2 * np.trace(covmean))

@@ -4,7 +4,8 @@ Same structure as pytorch_fid.inception.InceptionV3(use_fid_inception=True):
 torchvision's Inception3 with FIDInceptionA/C/E_1/E_2 blocks (average pools
 that ignore padding, a max pool in the last block), input resized to 299x299
 bilinearly (align_corners=False, no antialiasing), 2048-d pool features and
-the 1008-way logits of its fc layer (for the Inception Score).
+the 1008-way unbiased logits pool . W of its fc layer (for the Inception
+Score; the standard IS leaves out the fc bias).
 
 Weights: `tools/convert_inception.py` converts pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth. Module names mirror torchvision's, so
@@ -182,7 +183,11 @@ class FIDInceptionV3(nn.Module):
     x = InceptionE("avg", name="Mixed_7b")(x)
     x = InceptionE("max", name="Mixed_7c")(x)
     pool = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(1008, name="fc", precision=jax.lax.Precision.HIGHEST)(pool)
+    # The Inception Score's logits are pool . W *without* the fc bias, as in
+    # the improved-GAN code, ADM's evaluator and torch-fidelity's
+    # `logits_unbiased`; the converter drops the bias.
+    logits = nn.Dense(1008, use_bias=False, name="fc",
+                      precision=jax.lax.Precision.HIGHEST)(pool)
     return pool, logits
 
 
