@@ -2,6 +2,7 @@ import ml_collections
 import pytest
 
 from vitok_jax import config_utils
+from vitok_jax import optim
 
 
 def test_parse_arg_types_and_bare_flags():
@@ -29,6 +30,7 @@ def test_config_file_builds(arg):
   c = tokenizer.resolve_config(s_b16_256.get_config(arg))
   assert c.optim.b1 == 0.9 and c.optim.b2 == 0.95 and c.optim.weight_decay == 1e-4
   if arg is None:  # the paper's recipe
-    assert c.input.batch_size == 1024 and c.optim.lr == pytest.approx(4e-4)
+    assert c.input.batch_size == 1024 and c.optim.base_lr == 1e-4
+    assert optim.peak_lr(c.optim, c.input) == pytest.approx(4e-4)
     assert c.loss.kl_weight == 1e-3 and c.loss.lpips_weight == 1.0
     assert c.total_steps == 100_000

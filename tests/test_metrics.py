@@ -77,3 +77,31 @@ def test_inception_score_matches_reference():
   np.testing.assert_allclose([mean, std], [np.mean(ref), np.std(ref)], rtol=1e-8)
   with pytest.raises(ValueError, match="more than the 103"):
     score.update(logits[:1])
+
+
+def test_frechet_distance_refuses_a_significant_imaginary_root():
+  # sigma1 is no covariance (a negative eigenvalue): sqrt(sigma1 sigma2) is
+  # complex with an imaginary diagonal of 1 -- pytorch-fid raises, so do we.
+  mu = np.zeros(2)
+  with pytest.raises(ValueError, match="imaginary component"):
+    metrics.frechet_distance(mu, np.diag([1.0, -1.0]), mu, np.eye(2))
+  # A tiny imaginary part from round-off is dropped, as pytorch-fid does.
+  s = np.array([[1.0, 0.999999], [0.999999, 1.0]])
+  assert np.isfinite(metrics.frechet_distance(mu, s, mu, s))
+
+
+def test_bicubic_baseline_spends_the_same_floats():
+  from vitok_jax.evaluators import bicubic
+  assert bicubic.side_for_floats(64 * 16) == 18  # 3 * 18^2 = 972 <= 1024
+  assert bicubic.side_for_floats(3 * 19 * 19) == 19
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  # Enough floats for every pixel: the round trip is the identity.
+  np.testing.assert_allclose(bicubic.reconstruct(x, 32 * 32 * 3), x, atol=1e-5)
+  # Fewer floats lose detail, more so the fewer there are.
+  err = [np.mean((bicubic.reconstruct(x, f) - x) ** 2) for f in (768, 192)]
+  assert 0 < err[0] < err[1]
+  smooth = np.broadcast_to(np.linspace(-1, 1, 32)[None, :, None, None],
+                           (1, 32, 32, 3)).transpose(0, 2, 1, 3)
+  assert np.abs(bicubic.reconstruct(smooth, 192) - smooth)[:, 4:-4, 4:-4].max() < 0.05
+  with pytest.raises(ValueError, match="cannot hold"):
+    bicubic.reconstruct(x, 2)

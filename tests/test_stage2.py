@@ -1,22 +1,27 @@
 """Stage 2: frozen encoder, trained decoder + discriminator, EMA, and config
 values that demonstrably reach the step."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs.vitok import s_b16_256
 from vitok_jax import checkpoint as ckpt_lib
 from vitok_jax import sharding as sh
+from vitok_jax.models import discriminator
+from vitok_jax.models import lpips as lpips_lib
 from vitok_jax.trainers import tokenizer
 import vitok_jax.utils as u
 
 
 def stage1_config(steps=4, lpips=True):
-  c = s_b16_256.get_config("runlocal")  # LPIPS on, random VGG
+  c = s_b16_256.get_config("runlocal")
   c.total_steps, c.log_every, c.ckpt_every, c.image_every = steps, 2, steps, 0
-  c.input.res = 32
+  c.input.update(res=32, batch_size=8)
   c.evals = {}
-  if not lpips:  # the unit tests below: faster to compile
+  if lpips:  # a random VGG: the same computation as the real LPIPS
+    c.loss.update(lpips_weight=1.0, lpips_weights=None, lpips_allow_random=True)
+  else:  # the unit tests below: faster to compile
     c.loss.lpips_weight = 0.0
   return c
 
@@ -134,3 +139,75 @@ def test_init_from_mismatch_names_parameters(stage1_run, tmp_path):
   c.model.num_latent_tokens = 4  # a different architecture
   with pytest.raises(ValueError, match="surplus|missing.*latent_tokens|dec_mask_token"):
     tokenizer.train_and_evaluate(c, str(tmp_path / "s2"))
+
+
+def _flops(lowered) -> float:
+  cost = lowered.compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"])
+
+
+def test_frozen_encoder_pays_no_backward_pass():
+  """XLA's cost analysis of the stage-2 step is at most encoder forward +
+  decoder, LPIPS and D forward+backward (+10%); with the encoder trained
+  too (full fine-tuning) the step is clearly above that bound."""
+  def setup_for(freeze):
+    c = stage2_config(gan=0.5, lpips=True)
+    c.model.variant = "S-mu/8"  # an encoder heavy enough for its backward to show
+    c.optim.freeze = freeze
+    c = tokenizer.resolve_config(c)
+    mesh = sh.make_mesh(c.mesh, devices=jax.devices()[:1])
+    return c, tokenizer.make_setup(c, mesh), tokenizer.load_frozen(c, mesh)
+
+  c, setup, frozen = setup_for(tokenizer.ENCODER_PATTERNS)
+  assert tokenizer.encoder_is_frozen(setup.abstract_state["params"], c.optim.freeze)
+  x = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32)
+  step = _flops(setup.step.lower(setup.abstract_state, x, frozen))
+
+  model = setup.model
+  grid = model.token_grid(x.shape)
+  lpips_fn = lpips_lib.make_distance_fn(model.dtype)
+  disc = discriminator.Discriminator(
+      channel_base=c.disc.channel_base, channel_max=c.disc.channel_max,
+      mbstd_group=c.disc.mbstd_group, dtype=model.dtype)
+  params, d_params = setup.abstract_state["params"], setup.abstract_state["d_params"]
+  rngs = {"sample": jax.random.key(0)}
+
+  def encode(p, x):
+    return model.apply({"params": p}, x, train=True, rngs=rngs, method="encode")
+
+  def decoder_grads(p, dp, z, x, lp):
+    def loss(p):
+      y = model.apply({"params": p}, z, grid, method="decode")[:, 0]
+      return (jnp.mean((y - x)**2) + jnp.mean(lpips_fn(lp, y, x)) -
+              jnp.mean(disc.apply({"params": dp}, y)))
+    return jax.grad(loss)(p)
+
+  def disc_grads(dp, real_and_fake):  # one call: the same FLOPs as two
+    sign = jnp.concatenate([-jnp.ones(8), jnp.ones(8)])
+    return jax.grad(lambda dp: jnp.mean(jax.nn.relu(
+        1 + sign * disc.apply({"params": dp}, real_and_fake))))(dp)
+
+  z = jax.ShapeDtypeStruct((8, model.num_codes(grid), model.code_channels), jnp.float32)
+  bound = (_flops(jax.jit(encode).lower(params, x)) +
+           _flops(jax.jit(decoder_grads).lower(params, d_params, z, x, frozen["lpips"])) +
+           _flops(jax.jit(disc_grads).lower(
+               d_params, jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.float32))))
+  assert step <= 1.1 * bound, (step, bound)
+
+  c_full, setup_full, frozen_full = setup_for(())
+  assert not tokenizer.encoder_is_frozen(setup_full.abstract_state["params"], ())
+  full = _flops(setup_full.step.lower(setup_full.abstract_state, x, frozen_full))
+  assert full > 1.3 * bound, (full, bound)
+
+
+def test_split_step_equals_differentiating_through_a_frozen_encoder(monkeypatch):
+  """Encoding outside the gradient changes the cost, not the result."""
+  c = stage2_config(gan=0.5)
+  _, split, _ = _steps(c, 2)
+  monkeypatch.setattr(tokenizer, "encoder_is_frozen", lambda *a: False)
+  _, through, _ = _steps(c, 2)
+  for a, b in ((split[-1]["params"], through[-1]["params"]),
+               (split[-1]["d_params"], through[-1]["d_params"])):
+    jax.tree.map(lambda u_, v: np.testing.assert_allclose(u_, v, rtol=2e-4, atol=1e-6),
+                 a, b)

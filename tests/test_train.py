@@ -19,11 +19,13 @@ def small_config(steps=6, **input_kw):
   c.ckpt_every = steps // 2
   c.image_every = 0
   c.evals = {}  # only the runlocal test below evaluates
-  c.input.update(res=32, **input_kw)
+  c.input.update(res=32, batch_size=8, **input_kw)
+  # The demo's lr suits its 3000 steps; these runs take a few dozen.
+  c.optim.update(base_lr=0.032, warmup_steps=5)  # peak 1e-3 at batch 8
   return c
 
 
-def test_runlocal_trains_and_writes_outputs(tmp_path):
+def test_runlocal_trains_and_writes_outputs(tmp_path, capsys):
   c = small_config(steps=40)
   c.evals = s_b16_256.get_config("runlocal").evals
   c.log_every = 5
@@ -35,9 +37,23 @@ def test_runlocal_trains_and_writes_outputs(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "40"]
   all_rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   rows = [r for r in all_rows if "loss" in r]
-  evals = [r for r in all_rows if "embedded/rpsnr" in r]
+  evals = [r for r in all_rows if "heldout/rpsnr" in r]
   assert [r["step"] for r in evals] == [40]  # the config's final evaluation
-  assert evals[0]["embedded/num_examples"] == 9
+  ev = evals[0]
+  assert ev["heldout/num_examples"] == 16  # tiles of photos it never saw
+  assert ev["heldout/code_floats"] == 16 * 16  # 4x4 codes of c=16 at 32x32
+  assert 10 < ev["heldout/bicubic_rpsnr"] < 40
+  # The run ends with the line people read, beside the bicubic baseline.
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert last.startswith("held-out photos: rPSNR ") and "bicubic at the same E = 256" in last
+  assert f"{ev['heldout/rpsnr']:.2f} dB" in last
+  # The picture shows held-out photos (top row), not training photos.
+  from PIL import Image
+  from vitok_jax import input_pipeline
+  from vitok_jax.pp import ops
+  pic = np.asarray(Image.open(tmp_path / "reconstruction.png"))
+  first = ops.center_crop(input_pipeline.HeldOutPhotos()[0], 32)
+  np.testing.assert_array_equal(pic[:32, :32], first)
   losses = [r["rec_l2"] for r in rows]
   assert [r["step"] for r in rows] == list(range(5, 41, 5))
   assert np.mean(losses[-2:]) < 0.6 * losses[0], losses

@@ -78,8 +78,11 @@ def test_transformer_bf16_compute_keeps_f32_params():
   coords = vit.token_coords((1, 2, 4))
   params = t.init(jax.random.key(0), x, coords)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-  y = t.apply(params, x, coords)
-  assert y.dtype == jnp.bfloat16 and y.shape == x.shape
+  y = t.apply(params, x, coords)  # bf16 matmuls, float32 stream (autocast)
+  assert y.dtype == jnp.float32 and y.shape == x.shape
+  t16 = vit.Transformer(width=64, depth=2, num_heads=2, mlp_dim=128,
+                        dtype=jnp.bfloat16, stream_dtype=jnp.bfloat16)
+  assert t16.apply(params, x, coords).dtype == jnp.bfloat16  # all-bf16
   # remat changes memory, not the function.
   t32 = vit.Transformer(width=64, depth=2, num_heads=2, mlp_dim=128)
   t32r = vit.Transformer(width=64, depth=2, num_heads=2, mlp_dim=128, remat=True)

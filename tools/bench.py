@@ -2,6 +2,7 @@ r"""Times the jitted ViTok train step (after compilation). A benchmark, not a te
 
   python tools/bench.py --variant S-B/16 --res 256 --batch 64
   python tools/bench.py --variant mu-mu/8 --res 64 --batch 8 --dtype float32  # CPU
+  python tools/bench.py --variant S-B/16 --res 256 --batch 64 --stream_dtype bfloat16
 
 Prints images/s, step ms, compile s, peak device memory and model-FLOP
 utilisation (MFU) against --peak_tflops per device (default: H100 SXM bf16
@@ -37,7 +38,10 @@ def main(argv=None):
   ap.add_argument("--frames", type=int, default=1)
   ap.add_argument("--batch", type=int, default=64, help="global batch")
   ap.add_argument("--mesh", default="data:-1,fsdp:1")
-  ap.add_argument("--dtype", default="bfloat16")
+  ap.add_argument("--dtype", default="bfloat16", help="matmul dtype")
+  ap.add_argument("--stream_dtype", default="float32",
+                  help="residual stream and norms: float32 = the paper's "
+                  "autocast (default), bfloat16 = all-bf16")
   ap.add_argument("--remat", action="store_true")
   ap.add_argument("--attn_impl", default=None, help="None | xla | cudnn")
   ap.add_argument("--steps", type=int, default=10)
@@ -49,7 +53,8 @@ def main(argv=None):
 
   config = tokenizer.default_config()
   config.model.update(variant=args.variant, code_channels=args.code_channels,
-                      dtype=args.dtype, remat=args.remat,
+                      dtype=args.dtype, stream_dtype=args.stream_dtype,
+                      remat=args.remat,
                       attn_impl=args.attn_impl)
   config.input.update(res=args.res, frames=args.frames, batch_size=args.batch)
   config.total_steps = 1000
@@ -68,6 +73,11 @@ def main(argv=None):
   state = setup.init(jax.random.key(0))
   compiled = setup.step.lower(state, batch, frozen).compile()
   compile_s = time.time() - t0
+  # XLA's own accounting of the step's scratch memory (activations kept for
+  # the backward pass among them): available on every backend, unlike
+  # memory_stats(), which only GPUs fill.
+  analysis = compiled.memory_analysis()
+  temp_gib = getattr(analysis, "temp_size_in_bytes", 0) / 2**30
   for _ in range(args.warmup):
     state, m = compiled(state, batch, frozen)
   jax.block_until_ready(m)
@@ -88,15 +98,17 @@ def main(argv=None):
              platform=jax.devices()[0].platform,
              device_kind=jax.devices()[0].device_kind,
              images_per_sec=imgs / step_s, step_ms=1000 * step_s,
-             compile_s=compile_s, peak_mem_gib=peak_gib,
+             compile_s=compile_s, peak_mem_gib=peak_gib, temp_gib=temp_gib,
              model_tflops_per_step=model_flops / 1e12,
              achieved_tflops=achieved / 1e12, mfu=mfu,
              loss=float(m["loss"]))
   print(f"ViTok {args.variant} {args.frames}x{args.res}^2 batch {shape[0]} on "
-        f"{out['devices']}x {out['device_kind']} ({args.dtype}, mesh "
+        f"{out['devices']}x {out['device_kind']} (matmuls {args.dtype}, stream "
+        f"{args.stream_dtype}, mesh "
         f"{dict(mesh.shape)})")
   print(f"  images/s {out['images_per_sec']:.1f} | step {out['step_ms']:.1f} ms"
-        f" | compile {compile_s:.1f} s | peak mem {peak_gib:.2f} GiB")
+        f" | compile {compile_s:.1f} s | peak mem {peak_gib:.2f} GiB"
+        f" | XLA temp {temp_gib:.2f} GiB")
   print(f"  model TFLOP/step {out['model_tflops_per_step']:.3f} | achieved "
         f"{out['achieved_tflops']:.2f} TFLOP/s | MFU {100 * mfu:.1f}% of "
         f"{args.peak_tflops:g} TFLOP/s/device")

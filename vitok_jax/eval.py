@@ -59,6 +59,8 @@ def evaluate(config, workdir: str, step=None) -> dict:
   for name, ev in evals.items():
     r = dict(ev.run(params))
     results.update(r)
+    if hasattr(ev, "summary") and jax.process_index() == 0:
+      print(ev.summary(r), flush=True)
     if ev.last_picture is not None:
       writer.write_images(step, {f"{name}/reconstruction": ev.last_picture})
       if jax.process_index() == 0:

@@ -13,7 +13,8 @@ import numpy as np
 from vitok_jax.models import vitok
 from vitok_jax.torch import convert
 
-_JAX_ONLY = {"parent", "name", "dtype", "param_dtype", "remat", "attn_impl"}
+_JAX_ONLY = {"parent", "name", "dtype", "param_dtype", "stream_dtype", "remat",
+             "attn_impl"}
 
 
 def model_config(model: vitok.Model, params) -> dict:

@@ -6,7 +6,10 @@ Sources, named by a string in `config.input.data`:
                              "tfds:imagenet2012:train", "tfds:coco/2017:validation";
   * "folder:<path>"          every .jpg/.jpeg/.png/.webp/.bmp below path;
   * "embedded"               real photos shipped inside scikit-image (no
-                             network, the default of `:runlocal` and the demo).
+                             network, the default of `:runlocal` and the demo);
+  * "heldout"                other real photos, never in "embedded": the ones
+                             scikit-learn and matplotlib ship, cut into tiles
+                             (the demo's evaluation data).
 
 Training: random-resized crop, random flip, values in [-1, 1]; evaluation:
 resize shorter side + centre crop. Each process reads its own 1/n of the
@@ -43,6 +46,38 @@ class EmbeddedPhotos:
       img = getattr(skimage.data, n)()
       img = img[0] if isinstance(img, tuple) else img  # stereo pair
       self.images.append(ops.to_rgb_uint8(img))
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, i):
+    return self.images[i]
+
+
+class HeldOutPhotos:
+  """Photos that scikit-learn and matplotlib ship (none is in EmbeddedPhotos),
+  each cut into non-overlapping square tiles of half its shorter side.
+
+  Tiles give 16 evaluation images out of 3 photos, at about the scale of the
+  training crops of the embedded photos (random crops of 50-100% of a photo).
+  """
+
+  def __init__(self):
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    import sklearn  # pylint: disable=g-import-not-at-top
+    files = [
+        os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images",
+                     name) for name in ("china.jpg", "flower.jpg")]
+    files.append(os.path.join(matplotlib.get_data_path(), "sample_data",
+                              "grace_hopper.jpg"))
+    self.images = []
+    for f in files:
+      with Image.open(f) as im:
+        img = ops.to_rgb_uint8(np.asarray(im.convert("RGB")))
+      s = min(img.shape[:2]) // 2
+      for top in range(0, img.shape[0] - s + 1, s):
+        for left in range(0, img.shape[1] - s + 1, s):
+          self.images.append(img[top:top + s, left:left + s])
 
   def __len__(self):
     return len(self.images)
@@ -100,6 +135,8 @@ def get_source(data: str, data_dir=None, image_key="image"):
   """Parses a source string (see the module docstring)."""
   if data == "embedded":
     return EmbeddedPhotos()
+  if data == "heldout":
+    return HeldOutPhotos()
   kind, _, rest = data.partition(":")
   if kind == "folder" and rest:
     return FolderImages(os.path.expanduser(rest))
@@ -107,7 +144,7 @@ def get_source(data: str, data_dir=None, image_key="image"):
     name, _, split = rest.partition(":")
     return TfdsImages(name, split or "train", data_dir, image_key)
   raise ValueError(f"config.input.data={data!r}: expected 'embedded', "
-                   "'folder:<path>' or 'tfds:<name>[:<split>]'")
+                   "'heldout', 'folder:<path>' or 'tfds:<name>[:<split>]'")
 
 
 # --------------------------------------------------------------------------

@@ -24,18 +24,29 @@ def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
       end_value=peak_lr * end_factor)
 
 
+def peak_lr(optim_config, input_config) -> float:
+  """The paper's rule: peak lr = base_lr * batch * frames / 256.
+
+  `optim.base_lr` is the peak lr per 256 samples (1e-4 in the paper); a
+  sample is a frame, so a video batch of 256 clips of 16 frames trains at
+  16x the lr of 256 images.
+  """
+  frames = input_config.get("frames", 1) or 1
+  return float(optim_config.base_lr) * input_config.batch_size * frames / 256
+
+
 def decay_mask(params, patterns=(r".*/kernel",)):
   """Weight decay applies to matrix/conv kernels, not norms or embeddings."""
   return u.make_mask(params, patterns)
 
 
-def make(config, params, total_steps: int):
-  """-> (optax.GradientTransformation, lr schedule).
+def make(config, params, total_steps: int, lr: float):
+  """-> (optax.GradientTransformation, lr schedule) peaking at `lr`.
 
-  config fields: lr, b1, b2, weight_decay, warmup_steps, end_lr_factor,
+  config fields: b1, b2, weight_decay, warmup_steps, end_lr_factor,
   grad_clip (None/0 = off), freeze (list of regexes over param names).
   """
-  sched = lr_schedule(config.lr, total_steps, config.warmup_steps,
+  sched = lr_schedule(lr, total_steps, config.warmup_steps,
                       config.get("end_lr_factor", 0.0))
   parts = []
   if config.get("grad_clip"):

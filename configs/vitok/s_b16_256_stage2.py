@@ -1,17 +1,22 @@
 r"""ViTok S-B/16 at 256p, stage 2 (paper §2.3): decoder fine-tuning with a GAN.
 
-  python -m vitok_jax.train --config=configs/vitok/s_b16_256_stage2.py:init_from=STAGE1_DIR --workdir=DIR
+  python -m vitok_jax.train --config=configs/vitok/s_b16_256_stage2.py:init_from=/runs/s1 --workdir=DIR
 
 The encoder and bottleneck are frozen through the optimizer; the decoder
 trains with L2 + 1e-3 KL + 1.0 LPIPS + lambda GAN against a StyleGAN2
 discriminator (lr 2e-5, linear warm-up over 25k steps); EMA 0.9999 of the
 params is what evaluation uses. Batch 256, 100k steps.
 
+The encoder is frozen, so the step encodes outside the differentiated
+function and pays for no encoder backward pass.
+
 Fig. 18 ablations (arguments after the colon):
-  no GAN:                 gan=0
-  disc lr:                dlr=1e-5 | dlr=2e-5 | dlr=4e-5   (with gan=0.05)
-  higher GAN weight:      gan=0.1,dlr=1e-5
-  full fine-tuning:       full      (encoder trains too)
+  no GAN:            --config=configs/vitok/s_b16_256_stage2.py:init_from=/runs/s1,gan=0
+  disc lr:           --config=configs/vitok/s_b16_256_stage2.py:init_from=/runs/s1,gan=0.05,dlr=1e-5
+                     (dlr in {1e-5, 2e-5, 4e-5})
+  higher GAN weight: --config=configs/vitok/s_b16_256_stage2.py:init_from=/runs/s1,gan=0.1,dlr=1e-5
+  full fine-tuning:  --config=configs/vitok/s_b16_256_stage2.py:init_from=/runs/s1,full
+                     (encoder trains too)
 Lambda defaults to the main text's 1.0; the appendix's best is gan=0.05.
 """
 import os
@@ -30,7 +35,8 @@ def get_config(arg=None):
                                               "steps", "data", "lpips_weights"))
   c = s_b16_256.get_config(base + (",runlocal" if arg.runlocal else ""))
   c.init_from = arg.init_from or None
-  c.optim.lr = 1e-4 * c.input.batch_size / 256 if not arg.runlocal else 5e-4
+  # Peak lr 1e-4 x batch / 256 (the trainer scales base_lr).
+  c.optim.base_lr = 1e-4 if not arg.runlocal else 0.016
   c.optim.warmup_steps = 0 if arg.runlocal else 1000
   if not arg.full:
     from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top

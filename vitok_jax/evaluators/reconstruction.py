@@ -10,6 +10,10 @@ config.evals.<name> fields:
                      rIS are skipped with a warning, PSNR/SSIM still run
   ref_stats:         optional .npz from tools/compute_ref_stats.py (Inception
                      statistics of the originals); otherwise computed here
+  label:             how summary lines name the data (default: the name)
+  bicubic_baseline:  also score bicubic down/up-sampling through the same
+                     number of floats as the code (E = codes x c per frame):
+                     <name>/bicubic_rpsnr, <name>/bicubic_rssim
 
 Videos [B, T, H, W, 3] are scored frame-wise. The model runs in evaluation
 mode (z = mean); params are whatever the caller passes (the EMA when there is
@@ -25,6 +29,7 @@ import numpy as np
 
 from vitok_jax import input_pipeline
 from vitok_jax import sharding as sh
+from vitok_jax.evaluators import bicubic
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import metrics
 from vitok_jax.models import inception
@@ -35,6 +40,7 @@ class Evaluator:
   def __init__(self, name: str, config, *, model, mesh, params_sharding,
                input_config=None):
     self.name = name
+    self.label = config.get("label") or name
     self.model = model
     self.mesh = mesh
     data = dict(input_config or {})
@@ -62,6 +68,9 @@ class Evaluator:
     if config.get("ref_stats"):
       with np.load(os.path.expanduser(config.get("ref_stats"))) as f:
         self.ref_stats = (f["mu"], f["sigma"])
+    self.bicubic_floats = None
+    if config.get("bicubic_baseline"):
+      self.bicubic_floats = code_floats_per_frame(model, self.data_config)
     self.last_picture: Optional[np.ndarray] = None
     self._step = self._make_step(params_sharding)
 
@@ -71,13 +80,19 @@ class Evaluator:
     need_real_feats = with_inception and self.ref_stats is None
     inc = inception.FIDInceptionV3()
 
-    def step(params, images, inc_params):
+    with_bicubic = self.bicubic_floats is not None
+
+    def step(params, images, inc_params, bicubic_images):
       recon = model.apply({"params": params}, images)[0]
       frames = lambda x: x.reshape((-1,) + x.shape[-3:])
       real_q, fake_q = (metrics.quantize(frames(images)),
                         metrics.quantize(frames(recon)))
       out = dict(recon=recon, psnr=metrics.psnr(real_q, fake_q),
                  ssim=metrics.ssim(real_q, fake_q))
+      if with_bicubic:
+        bic_q = metrics.quantize(frames(bicubic_images))
+        out.update(bicubic_psnr=metrics.psnr(real_q, bic_q),
+                   bicubic_ssim=metrics.ssim(real_q, bic_q))
       if with_inception:  # Inception takes [0, 1] uint8-grid images
         out["fake_pool"], out["fake_logits"] = inc.apply(
             {"params": inc_params}, fake_q / 255.0)
@@ -87,14 +102,38 @@ class Evaluator:
 
     batch_sh = sh.batch_sharding(self.mesh)
     inc_sh = sh.replicated(self.mesh) if with_inception else None
-    return jax.jit(step, in_shardings=(params_sharding, batch_sh, inc_sh),
+    bic_sh = batch_sh if with_bicubic else None
+    return jax.jit(step, in_shardings=(params_sharding, batch_sh, inc_sh,
+                                       bic_sh),
                    out_shardings=sh.replicated(self.mesh))
+
+  def summary(self, results: dict) -> str:
+    """One line for people: rPSNR/rSSIM (and rFID) beside the bicubic
+    baseline at the same number of floats when it was computed."""
+    r = lambda k: results.get(f"{self.name}/{k}")
+    n = int(r("num_examples") or 0)
+    line = f"{self.label}: rPSNR {r('rpsnr'):.2f} dB"
+    if r("bicubic_rpsnr") is not None:
+      line += (f" (bicubic at the same E = {int(r('code_floats'))} floats: "
+               f"{r('bicubic_rpsnr'):.2f})")
+    line += f", rSSIM {r('rssim'):.3f}"
+    if r("bicubic_rssim") is not None:
+      line += f" (bicubic: {r('bicubic_rssim'):.3f})"
+    if r("rfid") is not None:
+      line += f", rFID {r('rfid'):.2f}"
+    return line + f" [{n} images]"
+
+  def _bicubic(self, images: np.ndarray) -> np.ndarray:
+    """This process's rows, bicubic-resampled frame by frame."""
+    flat = images.reshape((-1,) + images.shape[-3:])
+    return bicubic.reconstruct(flat, self.bicubic_floats).reshape(images.shape)
 
   def run(self, params) -> common.Results:
     ds = input_pipeline.make_eval_dataset(self.data_config, self.batch_size,
                                           self.num_examples)
     batches = ds
     psnr, ssim, n = 0.0, 0.0, 0
+    bic_psnr, bic_ssim = 0.0, 0.0
     fake_stats = real_stats = score = None
     if self.inception_params is not None:
       fake_stats, real_stats = metrics.GaussianStats(), metrics.GaussianStats()
@@ -107,12 +146,20 @@ class Evaluator:
     for batch in batches:
       images = sh.put_global_batch(batch["image"], sh.batch_sharding(self.mesh))
       mask = np.asarray(sh.put_global_batch(batch["mask"], mask_sh))  # global
-      out = jax.device_get(self._step(params, images, self.inception_params))
+      bic = None
+      if self.bicubic_floats is not None:
+        bic = sh.put_global_batch(self._bicubic(batch["image"]),
+                                  sh.batch_sharding(self.mesh))
+      out = jax.device_get(self._step(params, images, self.inception_params,
+                                      bic))
       frames = out["psnr"].shape[0] // mask.shape[0]
       fmask = np.repeat(mask, frames)
       psnr += float(out["psnr"][fmask].sum())
       ssim += float(out["ssim"][fmask].sum())
       n += int(fmask.sum())
+      if bic is not None:
+        bic_psnr += float(out["bicubic_psnr"][fmask].sum())
+        bic_ssim += float(out["bicubic_ssim"][fmask].sum())
       if fake_stats is not None:
         fake_stats.update(out["fake_pool"][fmask])
         score.update(out["fake_logits"][fmask])
@@ -128,6 +175,10 @@ class Evaluator:
     yield f"{self.name}/rpsnr", psnr / n
     yield f"{self.name}/rssim", ssim / n
     yield f"{self.name}/num_examples", float(n)
+    if self.bicubic_floats is not None:
+      yield f"{self.name}/bicubic_rpsnr", bic_psnr / n
+      yield f"{self.name}/bicubic_rssim", bic_ssim / n
+      yield f"{self.name}/code_floats", float(self.bicubic_floats)
     if fake_stats is not None:
       ref = self.ref_stats or real_stats.mean_cov()
       yield f"{self.name}/rfid", metrics.frechet_distance(
@@ -135,3 +186,15 @@ class Evaluator:
       is_mean, is_std = score.result()
       yield f"{self.name}/ris", is_mean
       yield f"{self.name}/ris_std", is_std
+
+
+def code_floats_per_frame(model, data_config) -> int:
+  """E / frames: the floats a frame's code holds (codes x c; l_eval codes for
+  Masked ViTok)."""
+  frames = data_config.get("frames") or 1
+  res = data_config.res
+  grid = model.token_grid((1, frames, res, res, 3))
+  codes = model.num_codes(grid)
+  if model.mask_lengths and model.eval_length is not None:
+    codes = model.eval_length
+  return codes * model.code_channels // frames

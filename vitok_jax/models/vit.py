@@ -1,8 +1,13 @@
 """Llama-style ViT pieces shared by the ViTok encoder/decoder (and the DiT).
 
 Paper §2.3: pre-norm blocks, multi-head self-attention, SwiGLU MLP, 3D axial
-RoPE over (t, h, w), residual connections, final norm. Parameters are float32,
-compute runs in `dtype` (bfloat16 on GPU).
+RoPE over (t, h, w), residual connections, final norm.
+
+Mixed precision follows the paper's bfloat16 autocast: parameters are
+float32; matmuls (qkv, attention, MLP, projections) run in `dtype`; the
+residual stream and the norms stay in `stream_dtype` (float32 by default),
+and the attention softmax is float32 whatever the inputs. stream_dtype =
+bfloat16 gives the all-bf16 policy (less memory traffic, less precision).
 """
 from typing import Any, Optional, Sequence
 
@@ -112,7 +117,11 @@ def layer_norm(dtype, param_dtype, name=None):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)); x + mlp(norm(x))."""
+  """Pre-norm residual block: x + attn(norm(x)); x + mlp(norm(x)).
+
+  The stream x and the norms are in x's dtype (the stream dtype); the
+  branches compute in `dtype` and are added back in the stream's.
+  """
   num_heads: int
   mlp_dim: int
   dtype: Dtype = jnp.float32
@@ -122,11 +131,12 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, angles):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = x + Attention(self.num_heads, attn_impl=self.attn_impl, name="attn",
-                      **kw)(layer_norm(name="norm1", **kw)(x), angles)
-    x = x + SwiGLU(self.mlp_dim, name="mlp", **kw)(
-        layer_norm(name="norm2", **kw)(x))
-    return x
+    norm = lambda name: layer_norm(x.dtype, self.param_dtype, name=name)
+    y = Attention(self.num_heads, attn_impl=self.attn_impl, name="attn",
+                  **kw)(norm("norm1")(x), angles)
+    x = x + y.astype(x.dtype)
+    y = SwiGLU(self.mlp_dim, name="mlp", **kw)(norm("norm2")(x))
+    return x + y.astype(x.dtype)
 
 
 class Transformer(nn.Module):
@@ -135,8 +145,9 @@ class Transformer(nn.Module):
   depth: int
   num_heads: int
   mlp_dim: int
-  dtype: Dtype = jnp.float32
+  dtype: Dtype = jnp.float32  # matmuls
   param_dtype: Dtype = jnp.float32
+  stream_dtype: Dtype = jnp.float32  # residual stream and norms
   remat: bool = False  # activation checkpointing per block
   attn_impl: Optional[str] = None
   rope_base: float = 10000.0
@@ -149,12 +160,12 @@ class Transformer(nn.Module):
     angles = jnp.asarray(rope_angles(coords, self.width // self.num_heads,
                                      self.rope_base))
     block = nn.remat(Block) if self.remat else Block
-    x = x.astype(self.dtype)
+    x = x.astype(self.stream_dtype)
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_dim, dtype=self.dtype,
                 param_dtype=self.param_dtype, attn_impl=self.attn_impl,
                 name=f"block_{i}")(x, angles)
-    return layer_norm(self.dtype, self.param_dtype, name="norm")(x)
+    return layer_norm(self.stream_dtype, self.param_dtype, name="norm")(x)
 
 
 class PosEmbedding(nn.Module):

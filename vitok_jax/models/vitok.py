@@ -108,8 +108,9 @@ class Model(nn.Module):
   mask_lengths: Tuple[int, ...] = ()  # non-empty: Masked ViTok
   eval_length: Optional[int] = None  # l_eval of Masked ViTok
   logvar_range: Tuple[float, float] = (-30.0, 20.0)
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # matmuls and convolutions
   param_dtype: Any = jnp.float32
+  stream_dtype: Any = jnp.float32  # residual stream and norms (autocast)
   remat: bool = False
   attn_impl: Optional[str] = None
   rope_base: float = 10000.0
@@ -129,7 +130,7 @@ class Model(nn.Module):
       raise ValueError(f"mask_lengths must be positive: {self.mask_lengths}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     tkw = dict(remat=self.remat, attn_impl=self.attn_impl,
-               rope_base=self.rope_base, **kw)
+               rope_base=self.rope_base, stream_dtype=self.stream_dtype, **kw)
     kernel = (self.tubelet, self.patch, self.patch)
     self.tubelet_embed = nn.Conv(self.enc_width, kernel, strides=kernel,
                                  padding="VALID", **kw)
@@ -188,7 +189,8 @@ class Model(nn.Module):
     """x -> dict(mean, logvar, z, kl, keep); z is sampled only if `train`."""
     grid = self.token_grid(x.shape)  # validates rank, channels, divisibility
     x5 = x if x.ndim == 5 else x[:, None]
-    tokens = self.tubelet_embed(x5.astype(self.dtype))
+    tokens = self.tubelet_embed(x5.astype(self.dtype)).astype(
+        self.stream_dtype)
     b = tokens.shape[0]
     tokens = tokens.reshape(b, -1, self.enc_width)
     n_patch = tokens.shape[1]
@@ -246,7 +248,7 @@ class Model(nn.Module):
     if z.shape[1] != self.num_codes(grid):
       raise ValueError(f"decode got {z.shape[1]} codes but grid {grid} needs "
                        f"{self.num_codes(grid)}")
-    h = self.from_code(z.astype(self.dtype))
+    h = self.from_code(z.astype(self.dtype)).astype(self.stream_dtype)
     b = h.shape[0]
     if self.num_latent_tokens:
       masks = jnp.broadcast_to(self.dec_mask_token.astype(h.dtype),

@@ -50,9 +50,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.async_ckpt = True
   c.image_every = 1000  # reconstruction picture; 0 = only at the end
   c.num_preview = 8
-  c.model = dict(variant="S-B/16", code_channels=16, posemb="learn",
-                 num_latent_tokens=0, mask_lengths=(), eval_length=None,
-                 dtype="bfloat16", remat=False, attn_impl=None)
+  # Every vitok.Model field a user may set (the variant gives the sizes).
+  # dtype: matmuls; stream_dtype: residual stream and norms (the paper's
+  # bf16 autocast is dtype=bfloat16, stream_dtype=float32).
+  c.model = model_config_fields()
   c.input = dict(data="embedded", data_dir=None, image_key="image", res=256,
                  frames=1, batch_size=1024, crop_scale=(0.5, 1.0), flip=True,
                  num_workers=0)
@@ -61,7 +62,8 @@ def default_config() -> ml_collections.ConfigDict:
                 lpips_allow_random=False,  # None weights -> random VGG
                 gan_weight=0.0, gan_loss="hinge", gan_start_step=0,
                 r1_weight=0.0, lecam_weight=0.0, lecam_decay=0.999)
-  c.optim = dict(lr=4e-4, b1=0.9, b2=0.95, weight_decay=1e-4,
+  # Peak lr = base_lr * batch * frames / 256 (optim.peak_lr).
+  c.optim = dict(base_lr=1e-4, b1=0.9, b2=0.95, weight_decay=1e-4,
                  warmup_steps=5000, end_lr_factor=0.0, grad_clip=1.0,
                  freeze=())
   # StyleGAN2 discriminator, used when loss.gan_weight > 0: lr 2e-5 with a
@@ -78,6 +80,25 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh = [("data", -1), ("fsdp", 1)]
   c.sharding = dict(rules=[], fsdp_min_size=2**18)
   return c
+
+
+def model_config_fields() -> ml_collections.ConfigDict:
+  """config.model with its defaults; the configs start from this, so every
+  field exists (and can be set from the command line) in a locked config.
+
+  Fields that default to None are typed placeholders, so that
+  `--config.model.eval_length=64` parses as an int.
+  """
+  placeholder = ml_collections.config_dict.placeholder
+  return ml_collections.ConfigDict(dict(
+      variant="S-B/16", code_channels=16, posemb="learn",
+      num_latent_tokens=0,  # > 0: Latent ViTok (appendix 8.3)
+      mask_lengths=(),  # e.g. (32, 64, 128, 256): Masked ViTok
+      eval_length=placeholder(int),  # l_eval of Masked ViTok
+      enc_mlp_dim=placeholder(int), dec_mlp_dim=placeholder(int),
+      logvar_range=(-30.0, 20.0), rope_base=10000.0,
+      dtype="bfloat16", stream_dtype="float32", remat=False,
+      attn_impl=placeholder(str)))  # None | "xla" | "cudnn"
 
 
 def resolve_config(config) -> ml_collections.ConfigDict:
@@ -97,8 +118,10 @@ def resolve_config(config) -> ml_collections.ConfigDict:
 def build_model(model_config) -> vitok.Model:
   kw = dict(model_config)
   variant, c = kw.pop("variant"), kw.pop("code_channels")
-  kw["dtype"] = jnp.dtype(kw.get("dtype") or "float32")
+  for k in ("dtype", "stream_dtype"):
+    kw[k] = jnp.dtype(kw.get(k) or "float32")
   kw["mask_lengths"] = tuple(kw.get("mask_lengths") or ())
+  kw["logvar_range"] = tuple(kw.get("logvar_range") or (-30.0, 20.0))
   return vitok.create(variant, c, **kw)
 
 
@@ -111,6 +134,19 @@ def input_shape(config, batch: Optional[int] = None):
 # Stage 2 freezes these (encoder and bottleneck) through the optimizer.
 ENCODER_PATTERNS = ("tubelet_embed/.*", "enc_posemb/.*", "latent_tokens",
                     "encoder/.*", "to_moments/.*")
+# Everything Model.encode reads. When the optimizer freezes all of it, the
+# step encodes outside the differentiated function: stage 2 then pays for
+# the encoder's forward only, never for its backward.
+ENCODE_PATTERNS = ENCODER_PATTERNS + ("mask_token",)
+
+
+def encoder_is_frozen(params, freeze) -> bool:
+  """True if `freeze` (optim.freeze regexes) covers every encode-side param."""
+  if not freeze:
+    return False
+  frozen = jax.tree.leaves(u.make_mask(params, list(freeze)))
+  encode_side = jax.tree.leaves(u.make_mask(params, ENCODE_PATTERNS))
+  return all(f for f, e in zip(frozen, encode_side) if e)
 
 
 class Setup(NamedTuple):
@@ -171,7 +207,9 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
     return model.init({"params": rng, "sample": rng}, x)["params"]
 
   abstract_params = jax.eval_shape(init_params, base_rng)
-  tx, schedule = optim.make(config.optim, abstract_params, config.total_steps)
+  tx, schedule = optim.make(config.optim, abstract_params, config.total_steps,
+                            optim.peak_lr(config.optim, config.input))
+  encoder_frozen = encoder_is_frozen(abstract_params, config.optim.freeze)
   d_tx, d_sched = make_disc_tx(dc) if use_gan else (None, None)
 
   def init(rng):
@@ -205,9 +243,21 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
     gan_on = (step >= lc.gan_start_step).astype(jnp.float32)
 
     # --- generator (the ViTok auto-encoder)
+    if encoder_frozen:  # the code is an input, not a function of params
+      grid = model.token_grid(images.shape)
+      enc = jax.lax.stop_gradient(model.apply(
+          {"params": state["params"]}, images, train=True,
+          rngs={"sample": rng}, method="encode"))
+
+    def forward(params):
+      if not encoder_frozen:
+        return model.apply({"params": params}, images, train=True,
+                           rngs={"sample": rng})
+      recon = model.apply({"params": params}, enc["z"], grid, method="decode")
+      return (recon if images.ndim == 5 else recon[:, 0]), enc
+
     def g_loss_fn(params):
-      recon, aux = model.apply({"params": params}, images, train=True,
-                               rngs={"sample": rng})
+      recon, aux = forward(params)
       gen_adv = None
       if use_gan:
         fake_logits = disc.apply({"params": state["d_params"]},
@@ -334,6 +384,9 @@ def train_and_evaluate(config, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   mesh = sh.make_mesh(config.mesh)
   setup = make_setup(config, mesh)
+  logging.info("Peak lr %.4g = base_lr %g x batch %d x frames %d / 256",
+               optim.peak_lr(config.optim, config.input), config.optim.base_lr,
+               config.input.batch_size, config.input.frames)
   frozen = load_frozen(config, mesh)
   writer = metrics_writer.MetricWriter(workdir)
   logging.info("Mesh %s; model %s with %.1fM params", dict(mesh.shape),
@@ -369,6 +422,8 @@ def train_and_evaluate(config, workdir: str, *,
       params_sharding=setup.state_sharding["params"],
       input_config=config.input)
 
+  summaries = []  # one line per evaluator, from the final evaluation
+
   def run_evals(step, final):
     params = state.get("params_ema", state["params"])
     for name, ev in evals.items():
@@ -376,6 +431,8 @@ def train_and_evaluate(config, workdir: str, *,
         results = dict(ev.run(params))
         writer.write_scalars(step, results)
         logging.info("eval %s at step %d: %s", name, step, results)
+        if final and hasattr(ev, "summary"):
+          summaries.append(ev.summary(results))
 
   preview = _preview_batch(config, mesh)
   recon_fn = make_reconstruct_fn(setup)
@@ -420,13 +477,22 @@ def train_and_evaluate(config, workdir: str, *,
   ckpt.close()
   writer.close()
   logging.info("Done: %d steps in %.1fs", last - start, time.time() - t_start)
+  if jax.process_index() == 0:
+    for line in summaries:
+      print(line, flush=True)
   return jax.device_get(measurements)
 
 
 def _preview_batch(config, mesh) -> np.ndarray:
-  """A fixed set of evaluation crops, as many as fit the mesh evenly."""
+  """A fixed set of evaluation crops, as many as fit the mesh evenly: from
+  the first evaluator's data (images the model does not train on) when
+  there is one, else from the training data."""
   n = max(config.num_preview // mesh.size, 1) * mesh.size
-  ds = input_pipeline.make_eval_dataset(config.input, n, num_examples=n)
+  data = ml_collections.ConfigDict(dict(config.input))
+  if config.evals:
+    first = config.evals[sorted(config.evals)[0]]
+    data.update(dict(first.get("data") or {}))
+  ds = input_pipeline.make_eval_dataset(data, n, num_examples=n)
   images = next(iter(ds))["image"]
   if config.input.frames > 1:  # a still "video" for a video model's preview
     images = np.repeat(images[:, None], config.input.frames, axis=1)

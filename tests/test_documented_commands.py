@@ -1,0 +1,80 @@
+"""Every training/evaluation command that the README or a config's docstring
+documents resolves: the config file and its arguments parse, every
+--config.<key>=<value> override exists (the configs are locked) and arrives,
+and the model it describes builds for the configured input."""
+import ast
+import functools
+import os
+import pathlib
+import re
+import shlex
+
+from absl import flags
+from ml_collections import config_flags
+import pytest
+
+from vitok_jax.trainers import tokenizer
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def documented_commands():
+  """(where, [--config=..., --config.k=v, ...]) for each documented line."""
+  sources = [ROOT / "README.md"] + sorted((ROOT / "configs").rglob("*.py"))
+  out = []
+  for path in sources:
+    text = path.read_text()
+    if path.suffix == ".py":
+      text = ast.get_docstring(ast.parse(text)) or ""
+    for n, line in enumerate(text.splitlines(), 1):
+      i = line.find("--config=")
+      if i < 0:
+        continue
+      tokens = shlex.split(line[i:].split(" #")[0])
+      out.append((f"{path.relative_to(ROOT)}:{n}",
+                  [t for t in tokens if t.startswith("--config")]))
+  return out
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_docs_document_commands():
+  where = {w.split(":")[0] for w, _ in COMMANDS}
+  assert {"README.md", "configs/vitok/s_b16_256.py",
+          "configs/vitok/s_b16_256_stage2.py"} <= where
+  assert any("--config.model.mask_lengths" in " ".join(t) for _, t in COMMANDS)
+
+
+def _value(text):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+@pytest.mark.parametrize("where,tokens", COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_documented_command_resolves(where, tokens, tmp_path, monkeypatch):
+  del where
+  monkeypatch.chdir(ROOT)  # config paths in the docs are relative to the root
+  # Run directories of the docs (/runs/s1) become real, empty folders here.
+  tokens = [t.replace("/runs/", f"{tmp_path}/runs/") for t in tokens]
+  for m in re.finditer(r"init_from=([^,\s]+)", " ".join(tokens)):
+    os.makedirs(m.group(1), exist_ok=True)
+  argv = ["train"] + tokens
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv,
+                                  lock_config=True,  # as vitok_jax.train
+                                  sys_argv=argv)
+  fv(argv)
+  config = tokenizer.resolve_config(fv.config)
+  for t in tokens[1:]:  # every override reached the resolved config
+    key, _, text = t[len("--config."):].partition("=")
+    got = functools.reduce(lambda c, k: c[k], key.split("."), config)
+    want = _value(text)
+    assert (tuple(got) == tuple(want) if isinstance(want, tuple) else
+            got == want), (key, got, want)
+  model = tokenizer.build_model(config.model)
+  grid = model.token_grid(tokenizer.input_shape(config, batch=1))
+  if model.mask_lengths:
+    assert max(model.mask_lengths) <= model.num_codes(grid)
