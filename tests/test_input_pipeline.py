@@ -17,7 +17,7 @@ def cfg(**kw):
 
 def test_embedded_train_batches_are_augmented_and_in_range():
   it = iter(input_pipeline.make_train_dataset(cfg(), seed=0))
-  a, b = next(it), next(it)
+  a, b = next(it)["image"], next(it)["image"]
   assert a.shape == (4, 32, 32, 3) and a.dtype == np.float32
   assert -1.0 <= a.min() and a.max() <= 1.0
   assert not np.allclose(a, b)
@@ -31,7 +31,9 @@ def test_train_iterator_state_resumes_the_stream():
   it2 = iter(input_pipeline.make_train_dataset(cfg(), seed=0))
   it2.set_state(state)
   for e in expected:
-    np.testing.assert_array_equal(next(it2), e)
+    got = next(it2)
+    np.testing.assert_array_equal(got["image"], e["image"])
+    np.testing.assert_array_equal(got["skipped"], 0)
 
 
 def test_folder_source_reads_images(tmp_path):
@@ -55,7 +57,7 @@ def test_tfds_source_through_data_source():
     src = input_pipeline.get_source("tfds:mnist:train")
     assert len(src) == 6
     it = iter(input_pipeline.make_train_dataset(cfg(data="tfds:mnist:train", batch_size=2), 0))
-    x = next(it)
+    x = next(it)["image"]
   assert x.shape == (2, 32, 32, 3)  # grey images become RGB
 
 
@@ -76,3 +78,80 @@ def test_ops():
   flipped = [ops.random_flip(img, np.random.default_rng(s)) for s in range(8)]
   assert any(np.array_equal(f, img[:, ::-1]) for f in flipped)
   assert any(np.array_equal(f, img) for f in flipped)
+
+
+def _folder_with_bad_files(path, n_good=8):
+  rng = np.random.default_rng(0)
+  for i in range(n_good):
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+        path / f"good{i}.jpg")
+  whole = (path / "good0.jpg").read_bytes()
+  (path / "truncated.jpg").write_bytes(whole[:len(whole) // 2])
+  (path / "empty.jpg").write_bytes(b"")
+  (path / "text.jpg").write_text("this is not an image")
+  return {str(path / n) for n in ("truncated.jpg", "empty.jpg", "text.jpg")}
+
+
+def test_unreadable_records_are_skipped_counted_and_named(tmp_path, caplog):
+  bad = _folder_with_bad_files(tmp_path)
+  c = cfg(data=f"folder:{tmp_path}", batch_size=1)
+  src = input_pipeline.get_source(c.data)
+  # Grain's own epoch order (an oracle independent of our skipping): run up
+  # to the first good record after the last bad one of epoch 1.
+  import grain
+  order = list(grain.MapDataset.source(list(range(len(src)))).shuffle(
+      seed=0).repeat(None)[:len(src)])
+  is_bad = [src.files[i] in bad for i in order]
+  last_bad = max(k for k, b in enumerate(is_bad) if b)
+  n_good = sum(1 for b in is_bad[:last_bad] if not b) + 1
+  it = iter(input_pipeline.make_train_dataset(c, seed=0))
+  with caplog.at_level("WARNING"):
+    batches = [next(it) for _ in range(n_good)]
+  assert sum(int(b["skipped"].sum()) for b in batches) == 3
+  assert all(b["image"].shape == (1, 32, 32, 3) for b in batches)
+  named = {p for p in bad if any(p in r.getMessage() for r in caplog.records)}
+  assert named == bad
+
+
+def test_all_records_unreadable_fails_clearly(tmp_path):
+  (tmp_path / "a.jpg").write_bytes(b"")
+  (tmp_path / "b.png").write_text("no")
+  it = iter(input_pipeline.make_train_dataset(cfg(data=f"folder:{tmp_path}"), 0))
+  with pytest.raises(ValueError, match="unreadable records in a row"):
+    next(it)
+
+
+def test_bad_fraction_limit_names_the_key():
+  input_pipeline.check_bad_fraction(5, 1000, 0.01)  # 0.5%: fine
+  input_pipeline.check_bad_fraction(9, 20, 0.01)  # early: judged over 1000
+  with pytest.raises(ValueError, match="config.input.max_bad_fraction=0.01"):
+    input_pipeline.check_bad_fraction(30, 2000, 0.01)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "P", "CMYK", "L", "LA", "RGBA"])
+def test_every_pil_mode_decodes_to_the_right_rgb(tmp_path, mode):
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  if mode == "I;16":  # a 16-bit grey PNG: its true mean, not near-white
+    grey16 = rng.integers(0, 65536, (16, 16), dtype=np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "x.png")
+    want = np.repeat(np.round(grey16 / 257.0)[..., None], 3, -1)
+  elif mode in ("RGBA", "LA"):  # half transparent: over white
+    alpha = np.where(np.arange(16)[:, None] < 8, 255, 0).astype(np.uint8)
+    alpha = np.broadcast_to(alpha, (16, 16))
+    base = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+    im = base if mode == "RGBA" else base.convert(mode)
+    im.save(tmp_path / "x.png")
+    opaque = np.asarray(im.convert("RGBA"))[..., :3].astype(np.float64)
+    a = alpha[..., None] / 255.0
+    want = np.round(opaque * a + 255 * (1 - a))
+  else:
+    im = Image.fromarray(rgb).convert(mode)
+    im.save(tmp_path / ("x.jpg" if mode == "CMYK" else "x.png"))
+    with Image.open(tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")) as f:
+      want = np.asarray(f.convert("RGB"))
+  got = input_pipeline.get_source(f"folder:{tmp_path}")[0]
+  assert got.dtype == np.uint8 and got.shape == (16, 16, 3)
+  np.testing.assert_allclose(got, want, atol=1)
+  if mode == "I;16":
+    assert abs(got.mean() - grey16.mean() / 257) < 0.5

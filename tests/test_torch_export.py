@@ -136,3 +136,21 @@ def test_mismatched_or_truncated_checkpoints_name_the_parameter(tmp_path):
     vt.load(out)
   with pytest.raises(FileNotFoundError, match="tools/export_pytorch.py"):
     vt.load(str(tmp_path / "nope.safetensors"))
+
+
+def test_verify_fails_on_nan(tmp_path):
+  from configs.vitok import s_b16_256
+  from vitok_jax.trainers import tokenizer
+  c = tokenizer.resolve_config(s_b16_256.get_config("runlocal,lpips=0"))
+  c.input.update(res=32, batch_size=8)
+  mesh = sh.make_mesh([("data", 1)], jax.devices()[:1])
+  setup = tokenizer.make_setup(c, mesh)
+  state = jax.device_get(setup.init(jax.random.key(0)))
+  state["params"]["to_pixels"]["bias"] = np.full_like(
+      state["params"]["to_pixels"]["bias"], np.nan)
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "run"), async_save=False)
+  ck.save(0, state, {}, c)
+  ck.close()
+  with pytest.raises(SystemExit, match="NaN or above --tolerance"):
+    load_tool("export_pytorch").main(["--workdir", str(tmp_path / "run"), "--out",
+                                      str(tmp_path / "m.safetensors"), "--verify"])

@@ -166,3 +166,40 @@ def test_resolution_not_divisible_by_patch_fails_at_start(tmp_path):
   c.input.res = 36
   with pytest.raises(ValueError, match="height H=36 is not divisible"):
     tokenizer.train_and_evaluate(c, str(tmp_path))
+
+
+def test_unreadable_files_are_skipped_and_reported(tmp_path, caplog):
+  from tests.test_input_pipeline import _folder_with_bad_files
+  data = tmp_path / "data"
+  data.mkdir()
+  _folder_with_bad_files(data)  # 8 photos, 3 unreadable files
+  c = small_config(steps=6, data=f"folder:{data}", max_bad_fraction=0.5)
+  with caplog.at_level("WARNING"):
+    tokenizer.train_and_evaluate(c, str(tmp_path / "run"))
+  rows = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+  counts = [r["data/skipped_records"] for r in rows if "loss" in r]
+  assert [r["step"] for r in rows if "loss" in r][-1] == 6  # trained to the end
+  # 48 photos read = 6 epochs: the 3 bad files come up about 3 times each.
+  assert counts == sorted(counts) and counts[-1] >= 15
+  assert any("unreadable training records skipped so far" in r.getMessage()
+             for r in caplog.records)
+  # At the default 1% the same folder stops the run, naming the key.
+  c = small_config(steps=6, data=f"folder:{data}")
+  with pytest.raises(ValueError, match="config.input.max_bad_fraction"):
+    tokenizer.train_and_evaluate(c, str(tmp_path / "run2"))
+
+
+@pytest.mark.parametrize("key,value", [
+    ("total_steps", -5), ("total_steps", 0), ("log_every", 0),
+    ("input.batch_size", 0), ("optim.base_lr", -1e-4),
+    ("optim.base_lr", float("nan")), ("ema_decay", 1.0), ("optim.b2", 1.0),
+    ("loss.kl_weight", -1.0), ("input.max_bad_fraction", 1.0),
+    ("disc.lr", -2e-5), ("model.code_channels", 0)])
+def test_values_out_of_range_fail_at_start_naming_the_key(key, value):
+  c = tokenizer.resolve_config(small_config())  # every key present
+  parent = c
+  for part in key.split(".")[:-1]:
+    parent = parent[part]
+  parent[key.split(".")[-1]] = value
+  with pytest.raises(ValueError, match=f"config.{key}="):
+    tokenizer.resolve_config(c)

@@ -61,6 +61,8 @@ def main(argv=None):
   ap.add_argument("--ema", action="store_true")
   ap.add_argument("--out", required=True)
   ap.add_argument("--verify", action="store_true")
+  ap.add_argument("--tolerance", type=float, default=1e-4,
+                  help="--verify fails above this max relative error")
   args = ap.parse_args(argv)
   params, config, step = read_run(args.workdir, args.step, args.ema)
   model = tokenizer.build_model(config.model).clone(dtype=np.float32)
@@ -73,6 +75,9 @@ def main(argv=None):
     err = verify(params, model, args.out, config.input.res, config.input.frames)
     print(f"max relative error: {err:.3e}")
     sys.stdout.flush()
+    if not err <= args.tolerance:  # NaN fails too
+      raise SystemExit(f"--verify failed: max relative error {err:.3e} is "
+                       f"NaN or above --tolerance {args.tolerance:g}")
     return err
   return None
 

@@ -7,7 +7,10 @@ last complete step. Restores take target shardings, so a checkpoint written on
 one mesh restores onto any other.
 """
 import json
+import logging
 import os
+import shutil
+import threading
 from typing import Any, Optional, Tuple
 
 import jax
@@ -61,8 +64,44 @@ class Checkpointer:
         data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
     return out["state"], out["data"], out["config"]
 
+  def restore_latest_intact(self, abstract_state, shardings):
+    """restore() of the newest step that loads. A damaged one is moved to
+    <workdir>/checkpoints_damaged/<step> (kept for a post-mortem, out of
+    Orbax's way) with a warning naming it, and the previous step is tried."""
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return self.restore(abstract_state, shardings, step)
+      except Exception as e:  # pylint: disable=broad-except
+        damaged = os.path.join(os.path.dirname(self.directory),
+                               "checkpoints_damaged", str(step))
+        logging.warning("Checkpoint %s/%d is damaged (%s: %s); moving it to "
+                        "%s and falling back to the previous step",
+                        self.directory, step, type(e).__name__, e, damaged)
+        os.makedirs(os.path.dirname(damaged), exist_ok=True)
+        shutil.rmtree(damaged, ignore_errors=True)
+        shutil.move(os.path.join(self.directory, str(step)), damaged)
+        self.manager.reload()
+    raise FileNotFoundError(f"No intact checkpoint left in {self.directory}")
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
+
+  def abandon(self, timeout_s: float = 60.0) -> None:
+    """On a failure: finish a pending save within `timeout_s`, else leave it
+    (Orbax writes to a temporary folder, so the last complete step stays).
+    Never raises and never blocks longer than the timeout."""
+    def close():
+      try:
+        self.close()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.error("Discarding the pending checkpoint save: %s: %s",
+                      type(e).__name__, e)
+    t = threading.Thread(target=close, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+      logging.error("A pending checkpoint save did not finish in %.0f s; it is "
+                    "discarded", timeout_s)
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -35,6 +35,10 @@ _CHECKPOINT = flags.DEFINE_integer("checkpoint", None,
 def evaluate(config, workdir: str, step=None) -> dict:
   """Restores `step` (or the latest) of workdir and returns {metric: value}."""
   config = tokenizer.resolve_config(config)
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(ckpt_dir):  # a read-only job creates nothing
+    raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints folder "
+                            f"({ckpt_dir}): is it the training run's workdir?")
   if not config.evals:
     config.evals = {"recon": dict(type="reconstruction", batch_size=8,
                                   num_examples=None)}

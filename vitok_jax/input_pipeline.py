@@ -12,13 +12,17 @@ Sources, named by a string in `config.input.data`:
                              (the demo's evaluation data).
 
 Training: random-resized crop, random flip, values in [-1, 1]; evaluation:
-resize shorter side + centre crop. Each process reads its own 1/n of the
-records and builds its share of the global batch; the iterator state goes
-into the checkpoint so that a resumed run continues with the same batches.
+resize shorter side + centre crop. A record that does not decode (truncated,
+empty, not an image) is skipped, logged with its path and counted: each
+training batch carries how many records were skipped to fill it. Each
+process reads its own 1/n of the records and builds its share of the global
+batch; the iterator state goes into the checkpoint so that a resumed run
+continues with the same batches.
 """
+import logging
 import os
 import pathlib
-from typing import List
+from typing import List, NamedTuple
 
 import grain
 import jax
@@ -105,7 +109,11 @@ class FolderImages:
 
   def __getitem__(self, i):
     with Image.open(self.files[i]) as im:
-      return np.asarray(im.convert("RGB"))
+      im.load()  # decode now: a truncated file raises here
+      return ops.pil_to_rgb_uint8(im)
+
+  def describe(self, i) -> str:
+    return self.files[i]
 
 
 class TfdsImages:
@@ -148,6 +156,70 @@ def get_source(data: str, data_dir=None, image_key="image"):
 
 
 # --------------------------------------------------------------------------
+# Bad records: skipped and counted, never a crash mid-run
+# --------------------------------------------------------------------------
+class BadRecord(NamedTuple):
+  where: str  # the file, or "record i" of a source without paths
+  error: str
+
+
+class CheckedSource:
+  """A source whose unreadable records come back as BadRecord, not raise."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    try:
+      return ops.to_rgb_uint8(self.source[i])
+    except Exception as e:  # pylint: disable=broad-except
+      where = (self.source.describe(i) if hasattr(self.source, "describe")
+               else f"record {i}")
+      return BadRecord(where, f"{type(e).__name__}: {e}")
+
+
+class _SkipBadIterator(grain.DatasetIterator):
+  """Drops BadRecords; each good element says how many it replaced."""
+
+  def __init__(self, parent, max_in_a_row: int):
+    super().__init__(parent)
+    self._max_in_a_row = max_in_a_row
+
+  def __next__(self):
+    skipped = 0
+    while True:
+      rec = next(self._parent)
+      if not isinstance(rec, BadRecord):
+        return {"image": rec, "skipped": np.int32(skipped)}
+      skipped += 1
+      logging.warning("Skipping an unreadable training record %s (%s)",
+                      rec.where, rec.error)
+      if skipped > self._max_in_a_row:
+        raise ValueError(f"config.input.data: {skipped} unreadable records in "
+                         f"a row (the last: {rec.where}); is any record good?")
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state):
+    self._parent.set_state(state)
+
+
+class SkipBadRecords(grain.IterDataset):
+  """IterDataset of {"image", "skipped"} from one of images or BadRecords."""
+
+  def __init__(self, parent, max_in_a_row: int):
+    super().__init__(parent)
+    self._max_in_a_row = max_in_a_row
+
+  def __iter__(self):
+    return _SkipBadIterator(self._parent.__iter__(), self._max_in_a_row)
+
+
+# --------------------------------------------------------------------------
 # Pipelines
 # --------------------------------------------------------------------------
 def _check_batch(global_batch: int) -> int:
@@ -159,7 +231,11 @@ def _check_batch(global_batch: int) -> int:
 
 
 def make_train_dataset(config, seed: int) -> grain.IterDataset:
-  """Infinite, shuffled, augmented; this process's share of each batch."""
+  """Infinite, shuffled, augmented; this process's share of each batch.
+
+  Yields {"image": [b, res, res, 3] float32 in [-1, 1], "skipped": [b] int32
+  (unreadable records skipped before each example)}.
+  """
   local_batch = _check_batch(config.batch_size)
   if config.get("frames", 1) != 1:
     raise NotImplementedError(
@@ -171,21 +247,33 @@ def make_train_dataset(config, seed: int) -> grain.IterDataset:
   flip = config.get("flip", True)
 
   def augment(img, rng):
-    img = ops.random_resized_crop(ops.to_rgb_uint8(img), res, rng, scale)
+    if isinstance(img, BadRecord):
+      return img
+    img = ops.random_resized_crop(img, res, rng, scale)
     if flip:
       img = ops.random_flip(img, rng)
     return ops.value_range(img)
 
-  ds = grain.MapDataset.source(source)
+  ds = grain.MapDataset.source(CheckedSource(source))
   ds = ds.shuffle(seed=seed).repeat(None)  # reshuffled every epoch
   ds = ds[jax.process_index()::jax.process_count()]
   ds = ds.random_map(augment, seed=seed + 1)
-  ds = ds.batch(local_batch, drop_remainder=True)
-  it_ds = ds.to_iter_dataset()
+  it_ds = SkipBadRecords(ds.to_iter_dataset(), max_in_a_row=len(source))
+  it_ds = it_ds.batch(local_batch, drop_remainder=True)
   workers = config.get("num_workers", 0)
   if workers:  # needs parsed absl flags and a __main__ guard (train.py has both)
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return it_ds
+
+
+def check_bad_fraction(skipped: int, read: int, max_fraction: float) -> None:
+  """Raises once unreadable records exceed `max_fraction` of those read,
+  judged over at least 1000 records (a few bad files early on are noise)."""
+  if skipped > max_fraction * max(read, 1000):
+    raise ValueError(
+        f"{skipped} of {read} training records read so far are unreadable, "
+        f"more than config.input.max_bad_fraction={max_fraction} allows; the "
+        "log names each one")
 
 
 def eval_num_examples(config, num_examples=None) -> int:
@@ -198,21 +286,28 @@ def eval_num_examples(config, num_examples=None) -> int:
 def make_eval_dataset(config, batch_size: int, num_examples=None):
   """Deterministic centre crops; the last batch is padded and masked.
 
-  Yields dicts {"image": [b, res, res, 3] float32, "mask": [b] bool}.
+  Yields dicts {"image": [b, res, res, 3] float32, "mask": [b] bool}. An
+  unreadable record is logged and left out (masked like padding).
   """
   local_batch = _check_batch(batch_size)
   source = get_source(config.data, config.get("data_dir"),
                       config.get("image_key", "image"))
   n = len(source) if num_examples is None else min(num_examples, len(source))
   res = config.res
-  ds = grain.MapDataset.source(source)[:n]
+  ds = grain.MapDataset.source(CheckedSource(source))[:n]
   ds = ds[jax.process_index()::jax.process_count()]
-  ds = ds.map(lambda img: ops.value_range(ops.center_crop(
-      ops.to_rgb_uint8(img), res)))
+
+  def good(rec):
+    if isinstance(rec, BadRecord):
+      logging.warning("Leaving out an unreadable evaluation record %s (%s)",
+                      rec.where, rec.error)
+      return False
+    return True
+
   # Every process yields the same number of batches (collectives need it).
   per_process = -(-n // jax.process_count())
   num_batches = -(-per_process // local_batch)
-  it = iter(ds)
+  it = (ops.value_range(ops.center_crop(img, res)) for img in ds if good(img))
   for _ in range(num_batches):
     imgs = [img for _, img in zip(range(local_batch), it)]
     mask = np.array([True] * len(imgs) + [False] * (local_batch - len(imgs)))

@@ -25,6 +25,27 @@ class MetricWriter:
       self._tb = SummaryWriter(logdir, flush_secs=30)
       self._jsonl = open(os.path.join(logdir, jsonl_name), "a")
 
+  def drop_rows_after(self, step: int) -> None:
+    """Forgets metrics.jsonl rows logged after `step`: a resumed run logs
+    those steps again, and the file keeps one row per step and kind."""
+    if not self.active:
+      return
+    path = self._jsonl.name
+    self._jsonl.close()
+    with open(path) as f:
+      lines = f.readlines()
+    keep = []
+    for line in lines:
+      try:
+        if json.loads(line)["step"] <= step:
+          keep.append(line)
+      except (ValueError, KeyError):
+        pass  # a line cut by a kill
+    with open(path + ".tmp", "w") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
+    self._jsonl = open(path, "a")
+
   def write_scalars(self, step: int, scalars: dict) -> None:
     if not self.active:
       return

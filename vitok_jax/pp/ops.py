@@ -22,9 +22,37 @@ def to_rgb_uint8(img) -> np.ndarray:
     img = np.repeat(img, 3, axis=-1)
   if img.shape[-1] != 3:
     raise ValueError(f"Expected 1, 3 or 4 channels, got shape {img.shape}")
+  if img.dtype == np.uint16:  # 16-bit data: scale, don't clip to white
+    img = np.round(img / 257.0)
   if img.dtype != np.uint8:
     img = np.clip(img, 0, 255).astype(np.uint8)
   return img
+
+
+_HIGH_BIT_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def pil_to_rgb_uint8(im) -> np.ndarray:
+  """Any decoded PIL image -> uint8 [H, W, 3] with the right values.
+
+  16-bit (and 32-bit integer) grey is scaled to 8 bits, not clipped (a plain
+  convert("RGB") turns a 16-bit PNG nearly white); palette and CMYK images
+  are converted; alpha (RGBA, LA, palette transparency) is composited over
+  white instead of exposing whatever colour transparent pixels store.
+  """
+  if im.mode in _HIGH_BIT_GREY:
+    a = np.asarray(im).astype(np.float64)
+    peak = 65535.0 if im.mode != "I" or a.max() > 255 else 255.0
+    grey = np.clip(np.round(a * (255.0 / peak)), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if im.mode == "F":
+    grey = np.clip(np.round(np.asarray(im)), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if "A" in im.mode or "transparency" in im.info:
+    im = im.convert("RGBA")
+    white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+    im = Image.alpha_composite(white, im)
+  return np.asarray(im.convert("RGB"))
 
 
 def resize(img: np.ndarray, size) -> np.ndarray:

@@ -30,6 +30,8 @@ from vitok_jax import losses
 from vitok_jax import metrics_writer
 from vitok_jax import optim
 from vitok_jax import sharding as sh
+from vitok_jax import stop_request
+from vitok_jax import workdir_lock
 from vitok_jax.models import discriminator
 from vitok_jax.models import lpips as lpips_lib
 from vitok_jax.models import vitok
@@ -56,7 +58,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = model_config_fields()
   c.input = dict(data="embedded", data_dir=None, image_key="image", res=256,
                  frames=1, batch_size=1024, crop_scale=(0.5, 1.0), flip=True,
-                 num_workers=0)
+                 num_workers=0,
+                 # Unreadable records are skipped and counted; above this
+                 # fraction of the records read the run stops.
+                 max_bad_fraction=0.01)
   c.loss = dict(rec="l2", kl_weight=1e-3, lpips_weight=0.0,
                 lpips_weights=None,  # .npz from tools/convert_lpips.py
                 lpips_allow_random=False,  # None weights -> random VGG
@@ -101,14 +106,54 @@ def model_config_fields() -> ml_collections.ConfigDict:
       attn_impl=placeholder(str)))  # None | "xla" | "cudnn"
 
 
+# The valid range of every numeric key: (lowest, highest, lowest allowed?,
+# highest allowed?); None = unbounded. Checked at start, naming the key.
+_POSITIVE, _NON_NEGATIVE = (0, None, False, None), (0, None, True, None)
+_FRACTION = (0, 1, True, False)  # [0, 1)
+VALID_RANGES = {
+    "total_steps": _POSITIVE, "log_every": _POSITIVE, "ckpt_every": _POSITIVE,
+    "keep_ckpts": _POSITIVE, "image_every": _NON_NEGATIVE,
+    "num_preview": _POSITIVE, "ema_decay": _FRACTION,
+    "model.code_channels": _POSITIVE, "model.num_latent_tokens": _NON_NEGATIVE,
+    "input.res": _POSITIVE, "input.frames": _POSITIVE,
+    "input.batch_size": _POSITIVE, "input.num_workers": _NON_NEGATIVE,
+    "input.max_bad_fraction": _FRACTION,
+    "loss.kl_weight": _NON_NEGATIVE, "loss.lpips_weight": _NON_NEGATIVE,
+    "loss.gan_weight": _NON_NEGATIVE, "loss.gan_start_step": _NON_NEGATIVE,
+    "loss.r1_weight": _NON_NEGATIVE, "loss.lecam_weight": _NON_NEGATIVE,
+    "loss.lecam_decay": _FRACTION,
+    "optim.base_lr": _POSITIVE, "optim.b1": _FRACTION, "optim.b2": _FRACTION,
+    "optim.weight_decay": _NON_NEGATIVE, "optim.warmup_steps": _NON_NEGATIVE,
+    "optim.end_lr_factor": (0, 1, True, True), "optim.grad_clip": _NON_NEGATIVE,
+    "disc.lr": _NON_NEGATIVE, "disc.warmup_steps": _NON_NEGATIVE,
+    "disc.b1": _FRACTION, "disc.b2": _FRACTION,
+    "disc.weight_decay": _NON_NEGATIVE, "disc.grad_clip": _NON_NEGATIVE,
+}
+
+
+def check_ranges(config) -> None:
+  """Raises ValueError naming the first key outside its VALID_RANGES."""
+  for key, (lo, hi, lo_ok, hi_ok) in VALID_RANGES.items():
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if value is None:  # optional (ema_decay, grad_clip)
+      continue
+    bad = (value != value or (lo is not None and (
+        value < lo or (value == lo and not lo_ok))) or (hi is not None and (
+            value > hi or (value == hi and not hi_ok))))
+    if bad:
+      interval = (("[" if lo_ok else "(") + f"{lo}, " +
+                  (f"{hi}" if hi is not None else "inf") +
+                  ("]" if hi_ok else ")"))
+      raise ValueError(f"config.{key}={value!r} is outside its valid range "
+                       f"{interval}")
+
+
 def resolve_config(config) -> ml_collections.ConfigDict:
-  """Defaults + config; unknown keys and inconsistent sizes fail here."""
+  """Defaults + config; unknown keys and values out of range fail here."""
   config = config_utils.merge_defaults(config, default_config())
-  if config.ema_decay is not None and not 0.0 <= config.ema_decay < 1.0:
-    raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1)")
-  if config.input.frames < 1:
-    raise ValueError(f"config.input.frames must be >= 1, got "
-                     f"{config.input.frames}")
+  check_ranges(config)
   return config
 
 
@@ -315,6 +360,10 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
       new["params_ema"] = jax.tree.map(
           lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
           state["params_ema"], params)
+    # One flag per step, read by the host in batches (no sync per step):
+    # the loss terms and the norms of grads and new params are finite.
+    measurements["finite"] = jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(measurements)]))
     return new, measurements
 
   frozen_sharding = {"lpips": repl} if lc.lpips_weight else {}
@@ -379,9 +428,19 @@ def make_reconstruct_fn(setup: Setup):
 def train_and_evaluate(config, workdir: str, *,
                        max_steps: Optional[int] = None) -> dict:
   """Trains until config.total_steps (or `max_steps` more steps in this run,
-  which simulates a preemption in tests). Returns the last measurements."""
+  which simulates a preemption in tests). Returns the last measurements.
+
+  Holds the workdir's lock; SIGTERM/SIGINT save the current step and raise
+  StopRequested; any other failure leaves the last good checkpoint and
+  re-raises at once.
+  """
   config = resolve_config(config)
   os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir), stop_request.StopRequest() as stop:
+    return _train(config, workdir, max_steps, stop)
+
+
+def _train(config, workdir, max_steps, stop) -> dict:
   mesh = sh.make_mesh(config.mesh)
   setup = make_setup(config, mesh)
   logging.info("Peak lr %.4g = base_lr %g x batch %d x frames %d / 256",
@@ -402,26 +461,43 @@ def train_and_evaluate(config, workdir: str, *,
   ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_ckpts,
                                save_every=config.ckpt_every,
                                async_save=config.async_ckpt)
-  if ckpt.latest_step() is not None:
-    state, data_state, _ = ckpt.restore(setup.abstract_state,
-                                        setup.state_sharding)
-    train_it.set_state(data_state)
-    logging.info("Resumed from step %d", int(state["step"]))
-  else:
-    state = setup.init(jax.random.key(config.seed))
-    if config.init_from:
-      state = init_from_stage1(state, setup, config.init_from,
-                               config.init_from_step)
-      logging.info("Initialised params from %s", config.init_from)
-  start = int(state["step"])
-  last = config.total_steps if max_steps is None else min(
-      config.total_steps, start + max_steps)
+  try:
+    if ckpt.latest_step() is not None:
+      state, data_state, _ = ckpt.restore_latest_intact(setup.abstract_state,
+                                                        setup.state_sharding)
+      train_it.set_state(data_state)
+      logging.info("Resumed from step %d", int(state["step"]))
+    else:
+      state = setup.init(jax.random.key(config.seed))
+      if config.init_from:
+        state = init_from_stage1(state, setup, config.init_from,
+                                 config.init_from_step)
+        logging.info("Initialised params from %s", config.init_from)
+    start = int(state["step"])
+    writer.drop_rows_after(start)  # steps a killed run logged past its save
+    last = config.total_steps if max_steps is None else min(
+        config.total_steps, start + max_steps)
+    measurements = _loop(config, workdir, setup, mesh, frozen, writer, ckpt,
+                         train_it, state, start, last, stop)
+  except BaseException:
+    ckpt.abandon()  # the last complete checkpoint stays
+    writer.close()
+    raise
+  ckpt.close()
+  writer.close()
+  if stop.signum is not None:
+    stop.exit()
+  return measurements
 
+
+def _loop(config, workdir, setup, mesh, frozen, writer, ckpt, train_it, state,
+          start, last, stop) -> dict:
+  """Data -> jitted step -> finite check -> log -> checkpoint -> pictures ->
+  evaluators, from step start + 1 to last (or a stop request)."""
   evals = evaluators.build_all(
       config.evals, model=setup.model, mesh=mesh,
       params_sharding=setup.state_sharding["params"],
       input_config=config.input)
-
   summaries = []  # one line per evaluator, from the final evaluation
 
   def run_evals(step, final):
@@ -448,20 +524,53 @@ def train_and_evaluate(config, workdir: str, *,
       from PIL import Image  # pylint: disable=g-import-not-at-top
       Image.fromarray(pic).save(os.path.join(workdir, "reconstruction.png"))
 
+  finite_flags = []  # (step, device bool) not yet read by the host
+
+  def check_finite(step, measurements):
+    """Raises naming the first non-finite step since the last check; so no
+    non-finite state is ever saved (this runs before every save)."""
+    flags = jax.device_get([f for _, f in finite_flags])
+    bad = [s for (s, _), ok in zip(finite_flags, flags) if not ok]
+    finite_flags.clear()
+    if bad:
+      m = jax.device_get(measurements)
+      terms = {k: float(v) for k, v in m.items()
+               if k != "finite" and not np.all(np.isfinite(v))}
+      raise FloatingPointError(
+          f"Non-finite training state: first at step {bad[0]} (checked at "
+          f"step {step}; non-finite now: {terms}). The last good checkpoint, "
+          f"step {ckpt.latest_step()}, is kept; lower the lr or look at the "
+          "data of that step.")
+
   measurements = {}
   t0, n_img, t_start = time.time(), 0, time.time()
   images_per_step = config.input.batch_size * config.input.frames
+  skipped, read = 0, 0  # unreadable records of this process since (re)start
+  step = start
   for step in range(start + 1, last + 1):
-    batch = sh.put_global_batch(next(train_it), setup.batch_sharding)
+    local = next(train_it)
+    skipped += int(local["skipped"].sum())
+    read += len(local["skipped"]) + int(local["skipped"].sum())
+    input_pipeline.check_bad_fraction(skipped, read,
+                                      config.input.max_bad_fraction)
+    batch = sh.put_global_batch(local["image"], setup.batch_sharding)
     state, measurements = setup.step(state, batch, frozen)
+    finite_flags.append((step, measurements["finite"]))
     n_img += images_per_step
+    stopping = stop.requested()
     if step % config.log_every == 0 or step == last:
-      measurements = jax.device_get(measurements)
-      u.check_finite(measurements, step)
+      check_finite(step, measurements)
+      measurements = {k: v for k, v in jax.device_get(measurements).items()
+                      if k != "finite"}
       dt = time.time() - t0
       speed = dict(images_per_sec=n_img / dt,
                    step_time_ms=1000 * dt * images_per_step / n_img)
-      writer.write_scalars(step, {**measurements, **speed})
+      writer.write_scalars(step, {**measurements, **speed,
+                                  "data/skipped_records": skipped})
+      if skipped:
+        logging.warning("%d unreadable training records skipped so far (%.2f%%"
+                        " of %d read); the warnings above name them", skipped,
+                        100 * skipped / read, read)
       eta = (config.total_steps - step) * dt * images_per_step / n_img
       logging.info("step %d/%d loss %.4f rec %.4f kl %.4f | %.1f img/s | ETA %s",
                    step, config.total_steps, measurements["loss"],
@@ -469,18 +578,24 @@ def train_and_evaluate(config, workdir: str, *,
                    measurements["kl"], speed["images_per_sec"],
                    _fmt_time(eta))
       t0, n_img = time.time(), 0
-    if ckpt.should_save(step, last):
-      ckpt.save(step, state, train_it.get_state(), config)
+    if ckpt.should_save(step, last) or stopping:
+      check_finite(step, measurements)
+      if step not in ckpt.all_steps():
+        ckpt.save(step, state, train_it.get_state(), config, force=stopping)
+    if stopping:
+      ckpt.wait()  # synchronously: the process is about to end
+      logging.warning("Stopped at step %d, saved; run the same command to "
+                      "resume", step)
+      break
     if (config.image_every and step % config.image_every == 0) or step == last:
       write_picture(step)
     run_evals(step, final=step == last)
-  ckpt.close()
-  writer.close()
-  logging.info("Done: %d steps in %.1fs", last - start, time.time() - t_start)
+  logging.info("Done: %d steps in %.1fs", step - start, time.time() - t_start)
   if jax.process_index() == 0:
     for line in summaries:
       print(line, flush=True)
-  return jax.device_get(measurements)
+  return {k: v for k, v in jax.device_get(measurements).items()
+          if k != "finite"}
 
 
 def _preview_batch(config, mesh) -> np.ndarray:
