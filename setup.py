@@ -20,10 +20,11 @@ setuptools.setup(
         # torch is the CPU wheel the machines carry (a plain `torch` pulls GBs
         # of CUDA); torchvision is pinned to its matching release so that the
         # resolver never upgrades torch. Only the parity tests (lpips,
-        # pytorch-fid, torch-fidelity references) and the PyTorch export
-        # need them.
+        # pytorch-fid, torch-fidelity, diffusers' DDIM references) and the
+        # PyTorch export need them.
         "test": ["pytest>=7", "chex>=0.1.86", "tensorboard>=2.15",
                  "torch==2.13.0", "torchvision==0.28.0", "lpips==0.1.4",
-                 "pytorch-fid==0.3.0", "torch-fidelity==0.4.0"],
+                 "pytorch-fid==0.3.0", "torch-fidelity==0.4.0",
+                 "diffusers==0.42.1"],
     },
 )
