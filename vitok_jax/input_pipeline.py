@@ -77,7 +77,7 @@ class HeldOutPhotos:
     self.images = []
     for f in files:
       with Image.open(f) as im:
-        img = ops.to_rgb_uint8(np.asarray(im.convert("RGB")))
+        img = ops.pil_to_rgb_uint8(im)
       s = min(img.shape[:2]) // 2
       for top in range(0, img.shape[0] - s + 1, s):
         for left in range(0, img.shape[1] - s + 1, s):

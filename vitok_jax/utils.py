@@ -51,12 +51,19 @@ def count_params(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def check_finite(measurements: dict, step: int) -> None:
-  """The host loop raises on NaN/Inf instead of training on garbage."""
-  bad = [k for k, v in measurements.items() if not np.all(np.isfinite(v))]
-  if bad:
-    raise FloatingPointError(f"Non-finite values at step {step}: {bad} = "
-                             f"{[measurements[k] for k in bad]}")
+def check_finite(measurements: dict, step: int, first_bad_step=None,
+                 note: str = "") -> None:
+  """Raises on NaN/Inf instead of training on garbage, naming the non-finite
+  terms and the first bad step when the caller knows it (the host loop reads
+  per-step flags in batches)."""
+  terms = {k: float(np.max(np.asarray(v))) for k, v in measurements.items()
+           if not np.all(np.isfinite(v))}
+  if not terms and first_bad_step is None:
+    return
+  first = step if first_bad_step is None else first_bad_step
+  raise FloatingPointError(
+      f"Non-finite training state: first at step {first} (checked at step "
+      f"{step}; non-finite now: {terms}). {note}".rstrip())
 
 
 class _QuietLibraries:

@@ -166,7 +166,7 @@ def build_model(model_config) -> vitok.Model:
   for k in ("dtype", "stream_dtype"):
     kw[k] = jnp.dtype(kw.get(k) or "float32")
   kw["mask_lengths"] = tuple(kw.get("mask_lengths") or ())
-  kw["logvar_range"] = tuple(kw.get("logvar_range") or (-30.0, 20.0))
+  kw["logvar_range"] = tuple(kw["logvar_range"])
   return vitok.create(variant, c, **kw)
 
 
@@ -510,7 +510,11 @@ def _loop(config, workdir, setup, mesh, frozen, writer, ckpt, train_it, state,
         if final and hasattr(ev, "summary"):
           summaries.append(ev.summary(results))
 
-  preview = _preview_batch(config, mesh)
+  # The picture shows the first evaluator's data (images the model does not
+  # train on) when there is one, else the training data.
+  preview = _preview_batch(
+      evals[sorted(evals)[0]].data_config if evals else config.input,
+      config, mesh)
   recon_fn = make_reconstruct_fn(setup)
 
   def write_picture(step):
@@ -533,14 +537,10 @@ def _loop(config, workdir, setup, mesh, frozen, writer, ckpt, train_it, state,
     bad = [s for (s, _), ok in zip(finite_flags, flags) if not ok]
     finite_flags.clear()
     if bad:
-      m = jax.device_get(measurements)
-      terms = {k: float(v) for k, v in m.items()
-               if k != "finite" and not np.all(np.isfinite(v))}
-      raise FloatingPointError(
-          f"Non-finite training state: first at step {bad[0]} (checked at "
-          f"step {step}; non-finite now: {terms}). The last good checkpoint, "
-          f"step {ckpt.latest_step()}, is kept; lower the lr or look at the "
-          "data of that step.")
+      u.check_finite(
+          host_measurements(measurements), step, bad[0],
+          note=f"The last good checkpoint, step {ckpt.latest_step()}, is "
+          "kept; lower the lr or look at the data of that step.")
 
   measurements = {}
   t0, n_img, t_start = time.time(), 0, time.time()
@@ -549,8 +549,8 @@ def _loop(config, workdir, setup, mesh, frozen, writer, ckpt, train_it, state,
   step = start
   for step in range(start + 1, last + 1):
     local = next(train_it)
-    skipped += int(local["skipped"].sum())
-    read += len(local["skipped"]) + int(local["skipped"].sum())
+    n_bad = int(local["skipped"].sum())
+    skipped, read = skipped + n_bad, read + len(local["skipped"]) + n_bad
     input_pipeline.check_bad_fraction(skipped, read,
                                       config.input.max_bad_fraction)
     batch = sh.put_global_batch(local["image"], setup.batch_sharding)
@@ -560,8 +560,7 @@ def _loop(config, workdir, setup, mesh, frozen, writer, ckpt, train_it, state,
     stopping = stop.requested()
     if step % config.log_every == 0 or step == last:
       check_finite(step, measurements)
-      measurements = {k: v for k, v in jax.device_get(measurements).items()
-                      if k != "finite"}
+      measurements = host_measurements(measurements)
       dt = time.time() - t0
       speed = dict(images_per_sec=n_img / dt,
                    step_time_ms=1000 * dt * images_per_step / n_img)
@@ -594,20 +593,20 @@ def _loop(config, workdir, setup, mesh, frozen, writer, ckpt, train_it, state,
   if jax.process_index() == 0:
     for line in summaries:
       print(line, flush=True)
+  return host_measurements(measurements)
+
+
+def host_measurements(measurements) -> dict:
+  """The step's measurements on the host, less the per-step finite flag."""
   return {k: v for k, v in jax.device_get(measurements).items()
           if k != "finite"}
 
 
-def _preview_batch(config, mesh) -> np.ndarray:
-  """A fixed set of evaluation crops, as many as fit the mesh evenly: from
-  the first evaluator's data (images the model does not train on) when
-  there is one, else from the training data."""
+def _preview_batch(data_config, config, mesh) -> np.ndarray:
+  """A fixed set of evaluation crops of `data_config`'s data, as many as
+  fit the mesh evenly."""
   n = max(config.num_preview // mesh.size, 1) * mesh.size
-  data = ml_collections.ConfigDict(dict(config.input))
-  if config.evals:
-    first = config.evals[sorted(config.evals)[0]]
-    data.update(dict(first.get("data") or {}))
-  ds = input_pipeline.make_eval_dataset(data, n, num_examples=n)
+  ds = input_pipeline.make_eval_dataset(data_config, n, num_examples=n)
   images = next(iter(ds))["image"]
   if config.input.frames > 1:  # a still "video" for a video model's preview
     images = np.repeat(images[:, None], config.input.frames, axis=1)
