@@ -51,6 +51,31 @@ def test_folder_source_reads_images(tmp_path):
   assert np.all(batches[1]["image"][1:] == 0)
 
 
+def test_labels_are_photo_identity_and_folder_classes(tmp_path):
+  # Embedded photos: the class of a photo is its index, in train and eval.
+  ev = list(input_pipeline.make_eval_dataset(cfg(), 4))
+  labels = np.concatenate([b["label"][b["mask"]] for b in ev])
+  assert labels.tolist() == list(range(len(input_pipeline.EMBEDDED_PHOTOS)))
+  it = iter(input_pipeline.make_train_dataset(cfg(crop="center", flip=False),
+                                              seed=0))
+  ref = {int(l): img for b in ev for l, img, m in zip(b["label"], b["image"],
+                                                      b["mask"]) if m}
+  b = next(it)
+  for label, img in zip(b["label"], b["image"]):  # centre crop = eval crop
+    np.testing.assert_allclose(img, ref[int(label)], atol=1e-6)
+  # Folders: the top-level subfolder is the class, sorted; root files -1.
+  rng = np.random.default_rng(0)
+  for sub in ("zebra", "ant", "."):
+    (tmp_path / sub).mkdir(exist_ok=True)
+    img = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / sub / "x.png")
+  src = input_pipeline.get_source(f"folder:{tmp_path}")
+  got = {f.split("/")[-2]: src.label(i) for i, f in enumerate(src.files)}
+  assert got["ant"] == 0 and got["zebra"] == 1 and -1 in got.values()
+  with pytest.raises(ValueError, match="config.input.crop"):
+    input_pipeline.make_train_dataset(cfg(crop="middle"), seed=0)
+
+
 def test_tfds_source_through_data_source():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):

@@ -77,3 +77,26 @@ def merge_defaults(config, defaults) -> ml_collections.ConfigDict:
           dst[k] = v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
   _update(out, config)
   return out
+
+
+def check_ranges(config, ranges: dict) -> None:
+  """Raises ValueError naming the first key outside its valid range.
+
+  ranges: {"a.b": (lowest, highest, lowest allowed?, highest allowed?)},
+  None = unbounded; a None value (an optional key) is not checked.
+  """
+  for key, (lo, hi, lo_ok, hi_ok) in ranges.items():
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if value is None:
+      continue
+    bad = (value != value or (lo is not None and (
+        value < lo or (value == lo and not lo_ok))) or (hi is not None and (
+            value > hi or (value == hi and not hi_ok))))
+    if bad:
+      interval = (("[" if lo_ok else "(") + f"{lo}, " +
+                  (f"{hi}" if hi is not None else "inf") +
+                  ("]" if hi_ok else ")"))
+      raise ValueError(f"config.{key}={value!r} is outside its valid range "
+                       f"{interval}")

@@ -11,7 +11,8 @@ Sources, named by a string in `config.input.data`:
                              scikit-learn and matplotlib ship, cut into tiles
                              (the demo's evaluation data).
 
-Training: random-resized crop, random flip, values in [-1, 1]; evaluation:
+Training: random-resized crop (or `crop="center"`), random flip, values in
+[-1, 1]; evaluation:
 resize shorter side + centre crop. A record that does not decode (truncated,
 empty, not an image) is skipped, logged with its path and counted: each
 training batch carries how many records were skipped to fill it. Each
@@ -57,6 +58,9 @@ class EmbeddedPhotos:
   def __getitem__(self, i):
     return self.images[i]
 
+  def label(self, i) -> int:  # the class of a photo is the photo
+    return i
+
 
 class HeldOutPhotos:
   """Photos that scikit-learn and matplotlib ship (none is in EmbeddedPhotos),
@@ -74,14 +78,15 @@ class HeldOutPhotos:
                      name) for name in ("china.jpg", "flower.jpg")]
     files.append(os.path.join(matplotlib.get_data_path(), "sample_data",
                               "grace_hopper.jpg"))
-    self.images = []
-    for f in files:
+    self.images, self.photo = [], []
+    for k, f in enumerate(files):
       with Image.open(f) as im:
         img = ops.pil_to_rgb_uint8(im)
       s = min(img.shape[:2]) // 2
       for top in range(0, img.shape[0] - s + 1, s):
         for left in range(0, img.shape[1] - s + 1, s):
           self.images.append(img[top:top + s, left:left + s])
+          self.photo.append(k)
 
   def __len__(self):
     return len(self.images)
@@ -89,9 +94,14 @@ class HeldOutPhotos:
   def __getitem__(self, i):
     return self.images[i]
 
+  def label(self, i) -> int:  # the photo a tile was cut from
+    return self.photo[i]
+
 
 class FolderImages:
-  """Every image file below a folder, decoded on access."""
+  """Every image file below a folder, decoded on access. The class of a file
+  is its top-level subfolder (ImageNet's layout: root/<class>/<file>), in
+  sorted order; files directly in root have no class (-1)."""
 
   def __init__(self, root: str):
     root_path = pathlib.Path(root)
@@ -103,6 +113,10 @@ class FolderImages:
     if not self.files:
       raise FileNotFoundError(f"config.input.data: no {IMAGE_EXTS} images "
                               f"below {root!r}")
+    tops = [pathlib.Path(f).relative_to(root_path).parts for f in self.files]
+    self.classes = sorted({p[0] for p in tops if len(p) > 1})
+    index = {c: k for k, c in enumerate(self.classes)}
+    self.labels = [index[p[0]] if len(p) > 1 else -1 for p in tops]
 
   def __len__(self):
     return len(self.files)
@@ -114,6 +128,9 @@ class FolderImages:
 
   def describe(self, i) -> str:
     return self.files[i]
+
+  def label(self, i) -> int:
+    return self.labels[i]
 
 
 class TfdsImages:
@@ -137,6 +154,9 @@ class TfdsImages:
 
   def __getitem__(self, i):
     return self.source[i][self.image_key]
+
+  def label(self, i) -> int:
+    return int(self.source[i].get("label", -1))
 
 
 def get_source(data: str, data_dir=None, image_key="image"):
@@ -164,7 +184,8 @@ class BadRecord(NamedTuple):
 
 
 class CheckedSource:
-  """A source whose unreadable records come back as BadRecord, not raise."""
+  """Records {"image": uint8 [H, W, 3], "label": int32 (-1: no class)}; an
+  unreadable one comes back as a BadRecord instead of raising."""
 
   def __init__(self, source):
     self.source = source
@@ -174,7 +195,9 @@ class CheckedSource:
 
   def __getitem__(self, i):
     try:
-      return ops.to_rgb_uint8(self.source[i])
+      label = self.source.label(i) if hasattr(self.source, "label") else -1
+      return {"image": ops.to_rgb_uint8(self.source[i]),
+              "label": np.int32(label)}
     except Exception as e:  # pylint: disable=broad-except
       where = (self.source.describe(i) if hasattr(self.source, "describe")
                else f"record {i}")
@@ -193,7 +216,7 @@ class _SkipBadIterator(grain.DatasetIterator):
     while True:
       rec = next(self._parent)
       if not isinstance(rec, BadRecord):
-        return {"image": rec, "skipped": np.int32(skipped)}
+        return {**rec, "skipped": np.int32(skipped)}
       skipped += 1
       logging.warning("Skipping an unreadable training record %s (%s)",
                       rec.where, rec.error)
@@ -209,7 +232,8 @@ class _SkipBadIterator(grain.DatasetIterator):
 
 
 class SkipBadRecords(grain.IterDataset):
-  """IterDataset of {"image", "skipped"} from one of images or BadRecords."""
+  """IterDataset of {"image", "label", "skipped"} from one of records or
+  BadRecords."""
 
   def __init__(self, parent, max_in_a_row: int):
     super().__init__(parent)
@@ -233,8 +257,9 @@ def _check_batch(global_batch: int) -> int:
 def make_train_dataset(config, seed: int) -> grain.IterDataset:
   """Infinite, shuffled, augmented; this process's share of each batch.
 
-  Yields {"image": [b, res, res, 3] float32 in [-1, 1], "skipped": [b] int32
-  (unreadable records skipped before each example)}.
+  Yields {"image": [b, res, res, 3] float32 in [-1, 1], "label": [b] int32
+  (-1 for a source without classes), "skipped": [b] int32 (unreadable
+  records skipped before each example)}.
   """
   local_batch = _check_batch(config.batch_size)
   if config.get("frames", 1) != 1:
@@ -245,14 +270,21 @@ def make_train_dataset(config, seed: int) -> grain.IterDataset:
                       config.get("image_key", "image"))
   res, scale = config.res, tuple(config.get("crop_scale", (0.5, 1.0)))
   flip = config.get("flip", True)
+  crop = config.get("crop", "random_resized")
+  if crop not in ("random_resized", "center"):
+    raise ValueError(f"config.input.crop={crop!r}: expected 'random_resized' "
+                     "or 'center'")
 
-  def augment(img, rng):
-    if isinstance(img, BadRecord):
-      return img
-    img = ops.random_resized_crop(img, res, rng, scale)
+  def augment(rec, rng):
+    if isinstance(rec, BadRecord):
+      return rec
+    if crop == "center":  # ADM/DiT: resize + centre crop (+ flip)
+      img = ops.center_crop(rec["image"], res)
+    else:
+      img = ops.random_resized_crop(rec["image"], res, rng, scale)
     if flip:
       img = ops.random_flip(img, rng)
-    return ops.value_range(img)
+    return dict(rec, image=ops.value_range(img))
 
   ds = grain.MapDataset.source(CheckedSource(source))
   ds = ds.shuffle(seed=seed).repeat(None)  # reshuffled every epoch
@@ -286,8 +318,9 @@ def eval_num_examples(config, num_examples=None) -> int:
 def make_eval_dataset(config, batch_size: int, num_examples=None):
   """Deterministic centre crops; the last batch is padded and masked.
 
-  Yields dicts {"image": [b, res, res, 3] float32, "mask": [b] bool}. An
-  unreadable record is logged and left out (masked like padding).
+  Yields dicts {"image": [b, res, res, 3] float32, "label": [b] int32,
+  "mask": [b] bool}. An unreadable record is logged and left out (masked
+  like padding).
   """
   local_batch = _check_batch(batch_size)
   source = get_source(config.data, config.get("data_dir"),
@@ -307,10 +340,13 @@ def make_eval_dataset(config, batch_size: int, num_examples=None):
   # Every process yields the same number of batches (collectives need it).
   per_process = -(-n // jax.process_count())
   num_batches = -(-per_process // local_batch)
-  it = (ops.value_range(ops.center_crop(img, res)) for img in ds if good(img))
+  it = ((ops.value_range(ops.center_crop(rec["image"], res)), rec["label"])
+        for rec in ds if good(rec))
   for _ in range(num_batches):
-    imgs = [img for _, img in zip(range(local_batch), it)]
-    mask = np.array([True] * len(imgs) + [False] * (local_batch - len(imgs)))
-    blank = np.zeros((res, res, 3), np.float32)
-    imgs += [blank] * (local_batch - len(imgs))
-    yield dict(image=np.stack(imgs), mask=mask)
+    recs = [rec for _, rec in zip(range(local_batch), it)]
+    pad = local_batch - len(recs)
+    mask = np.array([True] * len(recs) + [False] * pad)
+    imgs = [img for img, _ in recs] + [np.zeros((res, res, 3), np.float32)] * pad
+    labels = [label for _, label in recs] + [-1] * pad
+    yield dict(image=np.stack(imgs), label=np.asarray(labels, np.int32),
+               mask=mask)

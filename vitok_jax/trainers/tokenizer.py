@@ -6,16 +6,14 @@
            discriminator (its own optax chain), EMA of the trained params.
 
 Reads top to bottom: config defaults, setup (model, optimizers, shardings, the
-jitted init and the one jitted step that updates G, D and the EMA), the host
-loop (data, logging, checkpoints, pictures).
+jitted init and the one jitted step that updates G, D and the EMA), and the
+Task that the shared host loop (trainers/host_loop.py) runs: data, step,
+log line, evaluators, the reconstruction picture.
 """
 import functools
 import logging
-import os
-import time
 from typing import Any, Callable, NamedTuple, Optional
 
-from clu import parameter_overview  # imports without TensorFlow (SPEC §6)
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -27,11 +25,9 @@ from vitok_jax.evaluators import common as evaluators
 from vitok_jax import config_utils
 from vitok_jax import input_pipeline
 from vitok_jax import losses
-from vitok_jax import metrics_writer
 from vitok_jax import optim
 from vitok_jax import sharding as sh
-from vitok_jax import stop_request
-from vitok_jax import workdir_lock
+from vitok_jax.trainers import host_loop
 from vitok_jax.models import discriminator
 from vitok_jax.models import lpips as lpips_lib
 from vitok_jax.models import vitok
@@ -57,7 +53,8 @@ def default_config() -> ml_collections.ConfigDict:
   # bf16 autocast is dtype=bfloat16, stream_dtype=float32).
   c.model = model_config_fields()
   c.input = dict(data="embedded", data_dir=None, image_key="image", res=256,
-                 frames=1, batch_size=1024, crop_scale=(0.5, 1.0), flip=True,
+                 frames=1, batch_size=1024, crop="random_resized",
+                 crop_scale=(0.5, 1.0), flip=True,
                  num_workers=0,
                  # Unreadable records are skipped and counted; above this
                  # fraction of the records read the run stops.
@@ -132,22 +129,8 @@ VALID_RANGES = {
 
 
 def check_ranges(config) -> None:
-  """Raises ValueError naming the first key outside its VALID_RANGES."""
-  for key, (lo, hi, lo_ok, hi_ok) in VALID_RANGES.items():
-    value = config
-    for part in key.split("."):
-      value = value[part]
-    if value is None:  # optional (ema_decay, grad_clip)
-      continue
-    bad = (value != value or (lo is not None and (
-        value < lo or (value == lo and not lo_ok))) or (hi is not None and (
-            value > hi or (value == hi and not hi_ok))))
-    if bad:
-      interval = (("[" if lo_ok else "(") + f"{lo}, " +
-                  (f"{hi}" if hi is not None else "inf") +
-                  ("]" if hi_ok else ")"))
-      raise ValueError(f"config.{key}={value!r} is outside its valid range "
-                       f"{interval}")
+  """Raises ValueError naming the first key outside VALID_RANGES."""
+  config_utils.check_ranges(config, VALID_RANGES)
 
 
 def resolve_config(config) -> ml_collections.ConfigDict:
@@ -357,13 +340,9 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
 
     # --- EMA of the trained params (frozen ones stay equal to themselves)
     if ema_decay is not None:
-      new["params_ema"] = jax.tree.map(
-          lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
-          state["params_ema"], params)
-    # One flag per step, read by the host in batches (no sync per step):
-    # the loss terms and the norms of grads and new params are finite.
-    measurements["finite"] = jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(measurements)]))
+      new["params_ema"] = host_loop.ema_update(state["params_ema"], params,
+                                               ema_decay)
+    measurements["finite"] = host_loop.finite_flag(measurements)
     return new, measurements
 
   frozen_sharding = {"lpips": repl} if lc.lpips_weight else {}
@@ -423,93 +402,45 @@ def make_reconstruct_fn(setup: Setup):
 
 
 # ==========================================================================
-# The host loop
+# The task the shared host loop (trainers/host_loop.py) runs
 # ==========================================================================
 def train_and_evaluate(config, workdir: str, *,
                        max_steps: Optional[int] = None) -> dict:
   """Trains until config.total_steps (or `max_steps` more steps in this run,
   which simulates a preemption in tests). Returns the last measurements.
-
-  Holds the workdir's lock; SIGTERM/SIGINT save the current step and raise
-  StopRequested; any other failure leaves the last good checkpoint and
-  re-raises at once.
-  """
-  config = resolve_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  with workdir_lock.WorkdirLock(workdir), stop_request.StopRequest() as stop:
-    return _train(config, workdir, max_steps, stop)
+  See host_loop.train_and_evaluate for resume, signals and failures."""
+  return host_loop.train_and_evaluate(resolve_config(config), workdir,
+                                      make_task, max_steps=max_steps)
 
 
-def _train(config, workdir, max_steps, stop) -> dict:
-  mesh = sh.make_mesh(config.mesh)
+def make_task(config, mesh, workdir) -> host_loop.Task:
+  del workdir  # the tokenizer keeps nothing outside its checkpoints
   setup = make_setup(config, mesh)
   logging.info("Peak lr %.4g = base_lr %g x batch %d x frames %d / 256",
                optim.peak_lr(config.optim, config.input), config.optim.base_lr,
                config.input.batch_size, config.input.frames)
   frozen = load_frozen(config, mesh)
-  writer = metrics_writer.MetricWriter(workdir)
-  logging.info("Mesh %s; model %s with %.1fM params", dict(mesh.shape),
-               config.model.variant,
-               u.count_params(setup.abstract_state["params"]) / 1e6)
-  if jax.process_index() == 0:
-    writer.write_texts(0, {"config": config.to_json_best_effort(indent=2)})
-    logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(
-        setup.abstract_state["params"], include_stats=False))
 
-  train_ds = input_pipeline.make_train_dataset(config.input, config.seed)
-  train_it = iter(train_ds)
-  ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_ckpts,
-                               save_every=config.ckpt_every,
-                               async_save=config.async_ckpt)
-  try:
-    if ckpt.latest_step() is not None:
-      state, data_state, _ = ckpt.restore_latest_intact(setup.abstract_state,
-                                                        setup.state_sharding)
-      train_it.set_state(data_state)
-      logging.info("Resumed from step %d", int(state["step"]))
-    else:
-      state = setup.init(jax.random.key(config.seed))
-      if config.init_from:
-        state = init_from_stage1(state, setup, config.init_from,
-                                 config.init_from_step)
-        logging.info("Initialised params from %s", config.init_from)
-    start = int(state["step"])
-    writer.drop_rows_after(start)  # steps a killed run logged past its save
-    last = config.total_steps if max_steps is None else min(
-        config.total_steps, start + max_steps)
-    measurements = _loop(config, workdir, setup, mesh, frozen, writer, ckpt,
-                         train_it, state, start, last, stop)
-  except BaseException:
-    ckpt.abandon()  # the last complete checkpoint stays
-    writer.close()
-    raise
-  ckpt.close()
-  writer.close()
-  if stop.signum is not None:
-    stop.exit()
-  return measurements
+  def init_state():
+    state = setup.init(jax.random.key(config.seed))
+    if config.init_from:
+      state = init_from_stage1(state, setup, config.init_from,
+                               config.init_from_step)
+      logging.info("Initialised params from %s", config.init_from)
+    return state
 
+  def train_step(state, local):
+    batch = sh.put_global_batch(local["image"], setup.batch_sharding)
+    return setup.step(state, batch, frozen)
 
-def _loop(config, workdir, setup, mesh, frozen, writer, ckpt, train_it, state,
-          start, last, stop) -> dict:
-  """Data -> jitted step -> finite check -> log -> checkpoint -> pictures ->
-  evaluators, from step start + 1 to last (or a stop request)."""
+  def log_line(m):
+    return (f"loss {m['loss']:.4f} rec "
+            f"{m.get(f'rec_{config.loss.rec}', np.nan):.4f} kl {m['kl']:.4f}")
+
   evals = evaluators.build_all(
       config.evals, model=setup.model, mesh=mesh,
       params_sharding=setup.state_sharding["params"],
       input_config=config.input)
-  summaries = []  # one line per evaluator, from the final evaluation
-
-  def run_evals(step, final):
-    params = state.get("params_ema", state["params"])
-    for name, ev in evals.items():
-      if final or (ev.log_steps and step % ev.log_steps == 0):
-        results = dict(ev.run(params))
-        writer.write_scalars(step, results)
-        logging.info("eval %s at step %d: %s", name, step, results)
-        if final and hasattr(ev, "summary"):
-          summaries.append(ev.summary(results))
-
   # The picture shows the first evaluator's data (images the model does not
   # train on) when there is one, else the training data.
   preview = _preview_batch(
@@ -517,89 +448,22 @@ def _loop(config, workdir, setup, mesh, frozen, writer, ckpt, train_it, state,
       config, mesh)
   recon_fn = make_reconstruct_fn(setup)
 
-  def write_picture(step):
-    params = state.get("params_ema", state["params"])
+  def pictures(params):
     recons = np.asarray(recon_fn(params, sh.put_global_batch(
         preview, setup.batch_sharding)))
     # Process 0's rows come first in the global batch.
-    pic = evaluators.comparison_picture(preview, recons[:len(preview)])
-    writer.write_images(step, {"reconstruction": pic})
-    if jax.process_index() == 0:
-      from PIL import Image  # pylint: disable=g-import-not-at-top
-      Image.fromarray(pic).save(os.path.join(workdir, "reconstruction.png"))
+    return {"reconstruction": evaluators.comparison_picture(
+        preview, recons[:len(preview)])}
 
-  finite_flags = []  # (step, device bool) not yet read by the host
-
-  def check_finite(step, measurements):
-    """Raises naming the first non-finite step since the last check; so no
-    non-finite state is ever saved (this runs before every save)."""
-    flags = jax.device_get([f for _, f in finite_flags])
-    bad = [s for (s, _), ok in zip(finite_flags, flags) if not ok]
-    finite_flags.clear()
-    if bad:
-      u.check_finite(
-          host_measurements(measurements), step, bad[0],
-          note=f"The last good checkpoint, step {ckpt.latest_step()}, is "
-          "kept; lower the lr or look at the data of that step.")
-
-  measurements = {}
-  t0, n_img, t_start = time.time(), 0, time.time()
-  images_per_step = config.input.batch_size * config.input.frames
-  skipped, read = 0, 0  # unreadable records of this process since (re)start
-  step = start
-  for step in range(start + 1, last + 1):
-    local = next(train_it)
-    n_bad = int(local["skipped"].sum())
-    skipped, read = skipped + n_bad, read + len(local["skipped"]) + n_bad
-    input_pipeline.check_bad_fraction(skipped, read,
-                                      config.input.max_bad_fraction)
-    batch = sh.put_global_batch(local["image"], setup.batch_sharding)
-    state, measurements = setup.step(state, batch, frozen)
-    finite_flags.append((step, measurements["finite"]))
-    n_img += images_per_step
-    stopping = stop.requested()
-    if step % config.log_every == 0 or step == last:
-      check_finite(step, measurements)
-      measurements = host_measurements(measurements)
-      dt = time.time() - t0
-      speed = dict(images_per_sec=n_img / dt,
-                   step_time_ms=1000 * dt * images_per_step / n_img)
-      writer.write_scalars(step, {**measurements, **speed,
-                                  "data/skipped_records": skipped})
-      if skipped:
-        logging.warning("%d unreadable training records skipped so far (%.2f%%"
-                        " of %d read); the warnings above name them", skipped,
-                        100 * skipped / read, read)
-      eta = (config.total_steps - step) * dt * images_per_step / n_img
-      logging.info("step %d/%d loss %.4f rec %.4f kl %.4f | %.1f img/s | ETA %s",
-                   step, config.total_steps, measurements["loss"],
-                   measurements.get(f"rec_{config.loss.rec}", np.nan),
-                   measurements["kl"], speed["images_per_sec"],
-                   _fmt_time(eta))
-      t0, n_img = time.time(), 0
-    if ckpt.should_save(step, last) or stopping:
-      check_finite(step, measurements)
-      if step not in ckpt.all_steps():
-        ckpt.save(step, state, train_it.get_state(), config, force=stopping)
-    if stopping:
-      ckpt.wait()  # synchronously: the process is about to end
-      logging.warning("Stopped at step %d, saved; run the same command to "
-                      "resume", step)
-      break
-    if (config.image_every and step % config.image_every == 0) or step == last:
-      write_picture(step)
-    run_evals(step, final=step == last)
-  logging.info("Done: %d steps in %.1fs", step - start, time.time() - t_start)
-  if jax.process_index() == 0:
-    for line in summaries:
-      print(line, flush=True)
-  return host_measurements(measurements)
-
-
-def host_measurements(measurements) -> dict:
-  """The step's measurements on the host, less the per-step finite flag."""
-  return {k: v for k, v in jax.device_get(measurements).items()
-          if k != "finite"}
+  return host_loop.Task(
+      abstract_state=setup.abstract_state,
+      state_sharding=setup.state_sharding, init_state=init_state,
+      train_step=train_step,
+      train_data=input_pipeline.make_train_dataset(config.input, config.seed),
+      examples_per_step=config.input.batch_size * config.input.frames,
+      log_line=log_line, evaluators=evals, pictures=pictures,
+      description=f"ViTok {config.model.variant} with "
+      f"{u.count_params(setup.abstract_state['params']) / 1e6:.1f}M params")
 
 
 def _preview_batch(data_config, config, mesh) -> np.ndarray:
@@ -611,8 +475,3 @@ def _preview_batch(data_config, config, mesh) -> np.ndarray:
   if config.input.frames > 1:  # a still "video" for a video model's preview
     images = np.repeat(images[:, None], config.input.frames, axis=1)
   return images
-
-
-def _fmt_time(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

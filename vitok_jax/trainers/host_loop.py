@@ -1,0 +1,221 @@
+"""The host loop every trainer shares: data -> jitted step -> finite checks
+-> logs -> checkpoints -> pictures -> evaluators, with exact resume.
+
+A trainer (trainers/tokenizer.py, trainers/dit.py) describes itself as a
+`Task`: its state's shapes and shardings, how to make a fresh state, the
+jitted step, its data, its evaluators and its pictures. Everything else is
+here, once:
+
+  * the workdir lock and SIGTERM/SIGINT handling (save this step, exit
+    128 + signal);
+  * resume from the newest intact checkpoint (state + data iterator), with
+    the rows a killed run logged after its last save dropped;
+  * unreadable records counted against config.input.max_bad_fraction;
+  * per-step "finite" flags read at log steps and before every save, so a
+    non-finite state is never written;
+  * metrics (TensorBoard + metrics.jsonl), pictures (TensorBoard and
+    <workdir>/<name>.png), evaluators every `log_steps` and at the end, whose
+    summary lines are printed last.
+"""
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, NamedTuple, Optional
+
+from clu import parameter_overview  # imports without TensorFlow (SPEC §6)
+import jax
+import numpy as np
+
+from vitok_jax import checkpoint as ckpt_lib
+from vitok_jax import input_pipeline
+from vitok_jax import metrics_writer
+from vitok_jax import sharding as sh
+from vitok_jax import stop_request
+from vitok_jax import workdir_lock
+import vitok_jax.utils as u
+
+
+class Task(NamedTuple):
+  """What a trainer hands the host loop."""
+  abstract_state: Any  # shapes of the train state (a dict with "step")
+  state_sharding: Any
+  init_state: Callable[[], Any]  # a fresh, sharded state (seeded init, init_from)
+  train_step: Callable[[Any, dict], Any]  # (state, local batch) -> (state, measurements)
+  train_data: Any  # grain IterDataset of dicts (with "skipped" counts)
+  examples_per_step: int  # images (frames) per step, for images/s
+  log_line: Callable[[dict], str]  # host measurements -> "loss .. rec .."
+  evaluators: Dict[str, Any]  # name -> .run(params), .log_steps, [.summary]
+  pictures: Callable[[Any], Dict[str, np.ndarray]]  # eval params -> uint8 images
+  description: str  # "ViTok S-B/16 with 22.1M params"
+
+
+def eval_params(state):
+  """The params evaluators and pictures see: the EMA when there is one."""
+  return state.get("params_ema", state["params"])
+
+
+def train_and_evaluate(config, workdir: str,
+                       make_task: Callable[[Any, Any, str], Task], *,
+                       max_steps: Optional[int] = None) -> dict:
+  """Trains until config.total_steps (or `max_steps` more steps in this run,
+  which simulates a preemption in tests). Returns the last measurements.
+
+  `config` is resolved (defaults merged, ranges checked) by the trainer;
+  make_task(config, mesh, workdir) builds its Task. Holds the workdir's lock;
+  SIGTERM/SIGINT save the current step and raise StopRequested; any other
+  failure leaves the last good checkpoint and re-raises at once.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir), stop_request.StopRequest() as stop:
+    return _train(config, workdir, make_task, max_steps, stop)
+
+
+def _train(config, workdir, make_task, max_steps, stop) -> dict:
+  mesh = sh.make_mesh(config.mesh)
+  task = make_task(config, mesh, workdir)
+  writer = metrics_writer.MetricWriter(workdir)
+  logging.info("Mesh %s; %s", dict(mesh.shape), task.description)
+  if jax.process_index() == 0:
+    writer.write_texts(0, {"config": config.to_json_best_effort(indent=2)})
+    logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(
+        task.abstract_state["params"], include_stats=False))
+
+  train_it = iter(task.train_data)
+  ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_ckpts,
+                               save_every=config.ckpt_every,
+                               async_save=config.async_ckpt)
+  try:
+    if ckpt.latest_step() is not None:
+      state, data_state, _ = ckpt.restore_latest_intact(task.abstract_state,
+                                                        task.state_sharding)
+      train_it.set_state(data_state)
+      logging.info("Resumed from step %d", int(state["step"]))
+    else:
+      state = task.init_state()
+    start = int(state["step"])
+    writer.drop_rows_after(start)  # steps a killed run logged past its save
+    last = config.total_steps if max_steps is None else min(
+        config.total_steps, start + max_steps)
+    measurements = _loop(config, workdir, task, writer, ckpt, train_it, state,
+                         start, last, stop)
+  except BaseException:
+    ckpt.abandon()  # the last complete checkpoint stays
+    writer.close()
+    raise
+  ckpt.close()
+  writer.close()
+  if stop.signum is not None:
+    stop.exit()
+  return measurements
+
+
+def _loop(config, workdir, task: Task, writer, ckpt, train_it, state, start,
+          last, stop) -> dict:
+  """From step start + 1 to last (or a stop request)."""
+  summaries = []  # one line per evaluator, from the final evaluation
+
+  def run_evals(step, final):
+    for name, ev in task.evaluators.items():
+      if final or (ev.log_steps and step % ev.log_steps == 0):
+        results = dict(ev.run(eval_params(state)))
+        writer.write_scalars(step, results)
+        logging.info("eval %s at step %d: %s", name, step, results)
+        if final and hasattr(ev, "summary"):
+          summaries.append(ev.summary(results))
+
+  def write_pictures(step):
+    pictures = task.pictures(eval_params(state))
+    writer.write_images(step, pictures)
+    if jax.process_index() == 0:
+      from PIL import Image  # pylint: disable=g-import-not-at-top
+      for name, pic in pictures.items():
+        Image.fromarray(pic).save(os.path.join(workdir, f"{name}.png"))
+
+  finite_flags = []  # (step, device bool) not yet read by the host
+
+  def check_finite(step, measurements):
+    """Raises naming the first non-finite step since the last check; so no
+    non-finite state is ever saved (this runs before every save)."""
+    flags = jax.device_get([f for _, f in finite_flags])
+    bad = [s for (s, _), ok in zip(finite_flags, flags) if not ok]
+    finite_flags.clear()
+    if bad:
+      u.check_finite(
+          host_measurements(measurements), step, bad[0],
+          note=f"The last good checkpoint, step {ckpt.latest_step()}, is "
+          "kept; lower the lr or look at the data of that step.")
+
+  measurements = {}
+  t0, n_ex, t_start = time.time(), 0, time.time()
+  per_step = task.examples_per_step
+  skipped, read = 0, 0  # unreadable records of this process since (re)start
+  step = start
+  for step in range(start + 1, last + 1):
+    local = next(train_it)
+    n_bad = int(local["skipped"].sum())
+    skipped, read = skipped + n_bad, read + len(local["skipped"]) + n_bad
+    input_pipeline.check_bad_fraction(skipped, read,
+                                      config.input.max_bad_fraction)
+    state, measurements = task.train_step(state, local)
+    finite_flags.append((step, measurements["finite"]))
+    n_ex += per_step
+    stopping = stop.requested()
+    if step % config.log_every == 0 or step == last:
+      check_finite(step, measurements)
+      measurements = host_measurements(measurements)
+      dt = time.time() - t0
+      speed = dict(images_per_sec=n_ex / dt,
+                   step_time_ms=1000 * dt * per_step / n_ex)
+      writer.write_scalars(step, {**measurements, **speed,
+                                  "data/skipped_records": skipped})
+      if skipped:
+        logging.warning("%d unreadable training records skipped so far (%.2f%%"
+                        " of %d read); the warnings above name them", skipped,
+                        100 * skipped / read, read)
+      eta = (config.total_steps - step) * dt * per_step / n_ex
+      logging.info("step %d/%d %s | %.1f img/s | ETA %s", step,
+                   config.total_steps, task.log_line(measurements),
+                   speed["images_per_sec"], _fmt_time(eta))
+      t0, n_ex = time.time(), 0
+    if ckpt.should_save(step, last) or stopping:
+      check_finite(step, measurements)
+      if step not in ckpt.all_steps():
+        ckpt.save(step, state, train_it.get_state(), config, force=stopping)
+    if stopping:
+      ckpt.wait()  # synchronously: the process is about to end
+      logging.warning("Stopped at step %d, saved; run the same command to "
+                      "resume", step)
+      break
+    if (config.image_every and step % config.image_every == 0) or step == last:
+      write_pictures(step)
+    run_evals(step, final=step == last)
+  logging.info("Done: %d steps in %.1fs", step - start, time.time() - t_start)
+  if jax.process_index() == 0:
+    for line in summaries:
+      print(line, flush=True)
+  return host_measurements(measurements)
+
+
+def host_measurements(measurements) -> dict:
+  """The step's measurements on the host, less the per-step finite flag."""
+  return {k: v for k, v in jax.device_get(measurements).items()
+          if k != "finite"}
+
+
+def finite_flag(measurements: dict):
+  """One device bool per step (read by the host in batches, no sync per
+  step): every measurement (loss terms, norms of grads and params) is
+  finite."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(measurements)]))
+
+
+def ema_update(ema, params, decay: float):
+  """ema <- decay * ema + (1 - decay) * params."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
