@@ -24,7 +24,9 @@ def test_fresh_dit_is_the_identity_on_its_residual_stream():
                            capture_intermediates=True, mutable=["intermediates"])
   inter = {n.rsplit("/__call__", 1)[0]: v for n, v in
            u.tree_flatten_with_names(state["intermediates"])}
-  embedded = inter["embed"]
+  # The stream starts as embed(x) + the fixed sin-cos position embedding.
+  embedded = inter["embed"] + dit.sincos_posemb(dit.latent_coords(16, (1, 4, 4)),
+                                                model.width)[None]
   for i in range(model.depth):  # zero gates: every block passes x through
     np.testing.assert_array_equal(inter[f"block_{i}"], embedded)
   np.testing.assert_array_equal(out, 0.0)  # zero-initialised final layer
@@ -54,6 +56,25 @@ def test_parameter_counts_match_the_dit_paper(size, paper_m):
       jax.random.key(0), jnp.zeros((1, 256, 16)), jnp.zeros((1,), jnp.int32),
       jnp.zeros((1,), jnp.int32), (1, 16, 16)))["params"]
   assert abs(u.count_params(params) / 1e6 - paper_m) / paper_m < 0.01
+
+
+def test_sincos_posemb_tells_positions_apart():
+  coords = dit.latent_coords(16, (1, 4, 4))
+  emb = dit.sincos_posemb(coords, 64)
+  assert emb.shape == (16, 64)
+  # Distinct positions, distinct embeddings; position 0 is [0, 1, 0, 1...].
+  d = np.linalg.norm(emb[:, None] - emb[None], axis=-1)
+  assert np.all(d[~np.eye(16, dtype=bool)] > 1e-3)
+  # 64 wide: 20 dims per axis (10 sin, 10 cos), t then h then w, 4 zeros.
+  np.testing.assert_allclose(emb[:, 0:10], 0.0)  # sin(0): one frame
+  np.testing.assert_allclose(emb[:, 10:20], 1.0)  # cos(0)
+  np.testing.assert_allclose(emb[:, 60:], 0.0)
+  # Tokens 0 and 1 share a row (h) and differ in column (w); 0 and 4 the
+  # other way round.
+  np.testing.assert_array_equal(emb[0, 20:40], emb[1, 20:40])
+  assert not np.allclose(emb[0, 40:60], emb[1, 40:60])
+  np.testing.assert_array_equal(emb[0, 40:60], emb[4, 40:60])
+  assert not np.allclose(emb[0, 20:40], emb[4, 20:40])
 
 
 def test_latent_coordinates_grid_or_1d():

@@ -13,6 +13,8 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
+from vitok_jax import train
+from vitok_jax.trainers import dit
 from vitok_jax.trainers import tokenizer
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -42,7 +44,10 @@ COMMANDS = documented_commands()
 def test_the_docs_document_commands():
   where = {w.split(":")[0] for w, _ in COMMANDS}
   assert {"README.md", "configs/vitok/s_b16_256.py",
-          "configs/vitok/s_b16_256_stage2.py"} <= where
+          "configs/vitok/s_b16_256_stage2.py",
+          "configs/dit/dit_l_vitok_s_b16_256.py",
+          "configs/dit/dit_xl_vitok_s_b16_256.py",
+          "configs/dit/dit_xl_vitok_s_b16_512.py"} <= where
   assert any("--config.model.mask_lengths" in " ".join(t) for _, t in COMMANDS)
 
 
@@ -67,13 +72,19 @@ def test_documented_command_resolves(where, tokens, tmp_path, monkeypatch):
                                   lock_config=True,  # as vitok_jax.train
                                   sys_argv=argv)
   fv(argv)
-  config = tokenizer.resolve_config(fv.config)
+  trainer = train.get_trainer(fv.config.trainer)
+  config = trainer.resolve_config(fv.config)
   for t in tokens[1:]:  # every override reached the resolved config
     key, _, text = t[len("--config."):].partition("=")
     got = functools.reduce(lambda c, k: c[k], key.split("."), config)
     want = _value(text)
     assert (tuple(got) == tuple(want) if isinstance(want, tuple) else
             got == want), (key, got, want)
+  if trainer is dit:  # the tokenizer's latents are checked at start
+    model = dit.build_model(config, config.latents.channels)
+    assert model.in_channels == config.latents.channels
+    assert model.num_classes == config.num_classes
+    return
   model = tokenizer.build_model(config.model)
   grid = model.token_grid(tokenizer.input_shape(config, batch=1))
   if model.mask_lengths:

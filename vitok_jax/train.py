@@ -1,5 +1,8 @@
 r"""Entry point: `python -m vitok_jax.train --config=configs/... --workdir=DIR`.
 
+`config.trainer` picks the trainer: "tokenizer" (configs/vitok/) or "dit"
+(configs/dit/); both run the same host loop (trainers/host_loop.py).
+
 Multi-host start-up is in vitok_jax/distributed.py (jax.distributed, only for
 multi-process launches).
 
@@ -39,6 +42,18 @@ def load_config():
                          f"{os.getcwd()}): {e}") from e
 
 
+TRAINERS = ("tokenizer", "dit")
+
+
+def get_trainer(name: str):
+  """config.trainer -> its module in vitok_jax/trainers/."""
+  if name not in TRAINERS:
+    raise ValueError(f"config.trainer={name!r}: known trainers: "
+                     f"{list(TRAINERS)}")
+  import importlib  # pylint: disable=g-import-not-at-top
+  return importlib.import_module(f"vitok_jax.trainers.{name}")
+
+
 def main(argv):
   del argv
   if _WORKDIR.value is None:
@@ -46,13 +61,9 @@ def main(argv):
   config = load_config()
   u.quiet_library_logs()
   distributed.maybe_initialize()
-  trainer = config.get("trainer", "tokenizer")
-  if trainer != "tokenizer":
-    raise ValueError(f"config.trainer={trainer!r}: known trainers: "
-                     "['tokenizer']")
-  from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
+  trainer = get_trainer(config.get("trainer", "tokenizer"))
   try:
-    tokenizer.train_and_evaluate(config, _WORKDIR.value)
+    trainer.train_and_evaluate(config, _WORKDIR.value)
   except stop_request.StopRequested:
     raise
   except Exception:  # pylint: disable=broad-except

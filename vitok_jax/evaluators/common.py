@@ -22,6 +22,21 @@ def comparison_picture(originals, recons) -> np.ndarray:
   return np.concatenate([top, bottom], axis=0)
 
 
+def grid_picture(images, cols: int = 8) -> np.ndarray:
+  """[N, H, W, 3] in [-1, 1] (first frame of videos) -> one uint8 grid."""
+  images = np.asarray(images)
+  if images.ndim == 5:
+    images = images[:, 0]
+  images = ops.to_uint8(images)
+  cols = min(cols, len(images))
+  rows = -(-len(images) // cols)
+  pad = rows * cols - len(images)
+  images = np.concatenate([images, np.zeros((pad,) + images.shape[1:],
+                                            np.uint8)])
+  return np.concatenate([np.concatenate(list(images[r * cols:(r + 1) * cols]),
+                                        axis=1) for r in range(rows)], axis=0)
+
+
 def build(name: str, eval_config, **kw) -> Any:
   """Instantiates config.evals[name] by its `type`."""
   kind = eval_config.get("type")

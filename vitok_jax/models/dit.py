@@ -7,7 +7,7 @@
 With the tokenizer's Llama upgrades: pre-norm blocks with multi-head
 attention and a SwiGLU MLP from models/vit.py, RoPE over the latent token
 grid (3D axial for a grid of codes, 1D along one axis for Latent ViTok's 1D
-codes). Conditioning is adaLN-Zero: c = emb(t) + emb(y) sets a shift, scale
+codes), on top of DiT's fixed sin-cos position embedding. Conditioning is adaLN-Zero: c = emb(t) + emb(y) sets a shift, scale
 and gate for each branch; the gates and the final layer start at zero, so a
 fresh DiT is the identity on its residual stream and predicts 0.
 """
@@ -20,9 +20,10 @@ import numpy as np
 
 from vitok_jax.models import vit
 
-# width, depth, heads (DiT paper Table 1); "mu" is a test size.
+# width, depth, heads (DiT paper Table 1); "mu" and "T" are test sizes.
 SIZES = {
     "mu": (64, 2, 2),
+    "T": (128, 4, 4),
     "S": (384, 12, 6),
     "B": (768, 12, 12),
     "L": (1024, 24, 16),
@@ -53,6 +54,25 @@ def latent_coords(num_tokens: int,
     raise ValueError(f"DiT: {num_tokens} latent tokens do not fill the token "
                      f"grid {tuple(grid)}")
   return vit.token_coords(tuple(grid))
+
+
+def sincos_posemb(coords: np.ndarray, width: int) -> np.ndarray:
+  """DiT's fixed sin-cos position embedding [N, width], over the 3 axes of
+  `coords` [N, 3]: width // 3 dims per axis (rounded down to even), each
+  [sin(c w_i), cos(c w_i)] with w_i = 10000^(-i / (d/2)), zero-padded.
+
+  RoPE alone tells a token its offsets to others, not where it is; a DiT
+  must place class content at absolute positions even from pure noise.
+  """
+  per_axis = (width // 3) // 2 * 2
+  half = per_axis // 2
+  omega = 1.0 / 10000 ** (np.arange(half, dtype=np.float64) / max(half, 1))
+  parts = []
+  for axis in range(3):
+    angles = coords[:, axis, None].astype(np.float64) * omega[None]
+    parts += [np.sin(angles), np.cos(angles)]
+  emb = np.concatenate(parts, axis=1)
+  return np.pad(emb, ((0, 0), (0, width - emb.shape[1]))).astype(np.float32)
 
 
 def _modulate(x, shift, scale):
@@ -95,6 +115,7 @@ class DiT(nn.Module):
   stream_dtype: Any = jnp.float32  # residual stream, norms (autocast)
   attn_impl: Optional[str] = None
   rope_base: float = 10000.0
+  posemb: str = "sincos"  # "sincos" (fixed, as DiT) | "none" (RoPE alone)
   remat: bool = False
 
   @nn.compact
@@ -105,10 +126,14 @@ class DiT(nn.Module):
                        f"{x.shape}")
     b, n, _ = x.shape
     head_dim = self.width // self.num_heads
-    angles = jnp.asarray(vit.rope_angles(latent_coords(n, grid), head_dim,
-                                         self.rope_base))
+    coords = latent_coords(n, grid)
+    angles = jnp.asarray(vit.rope_angles(coords, head_dim, self.rope_base))
     h = nn.Dense(self.width, dtype=self.dtype, name="embed")(x)
     h = h.astype(self.stream_dtype)
+    if self.posemb == "sincos":
+      h = h + jnp.asarray(sincos_posemb(coords, self.width), h.dtype)[None]
+    elif self.posemb != "none":
+      raise ValueError(f"DiT posemb={self.posemb!r}: 'sincos' or 'none'")
     temb = timestep_embedding(t, 256)
     temb = nn.Dense(self.width, name="t_mlp_0")(temb)
     temb = nn.Dense(self.width, name="t_mlp_1")(nn.silu(temb))

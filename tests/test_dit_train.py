@@ -1,0 +1,178 @@
+"""The generation chain: a ViTok run -> latents (on the fly or shards) -> a DiT
+trained by the shared host loop -> samples; and its bad-input errors."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs.dit import dit_l_vitok_s_b16_256 as dit_config
+from configs.vitok import s_b16_256
+from tests import helpers
+from vitok_jax import latent_shards
+from vitok_jax import latents as latents_lib
+from vitok_jax import sample as sample_lib
+from vitok_jax import sharding as sh
+from vitok_jax.trainers import dit
+from vitok_jax.trainers import tokenizer
+
+
+@pytest.fixture(scope="module")
+def vitok_run(tmp_path_factory):
+  """The demo ViTok (mu-mu/8 at 64x64: 64 codes of c=16), 300 steps."""
+  workdir = str(tmp_path_factory.mktemp("vitok"))
+  c = s_b16_256.get_config("runlocal,lpips=0,steps=300")
+  c.evals, c.image_every, c.log_every = {}, 0, 100
+  tokenizer.train_and_evaluate(c, workdir)
+  return workdir
+
+
+def dit_cfg(vitok_dir, steps=600, **kw):
+  c = dit_config.get_config(f"runlocal,tokenizer={vitok_dir},steps={steps}")
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def dit_run(vitok_run, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("dit"))
+  c = dit_cfg(vitok_run)
+  c.log_every = 10
+  dit.train_and_evaluate(c, workdir)
+  return workdir
+
+
+def test_runlocal_chain_learns_each_class(dit_run, capsys):
+  del capsys
+  rows = [json.loads(l) for l in open(os.path.join(dit_run, "metrics.jsonl"))]
+  loss = [r["loss"] for r in rows if "loss" in r]
+  assert len(loss) == 60
+  # The diffusion loss falls: a fresh DiT predicts 0 (loss ~ E[eps^2] = 1),
+  # and it keeps falling after the first 100 steps.
+  assert loss[0] > 0.7, loss
+  assert np.mean(loss[-10:]) < 0.25 * loss[0], loss
+  assert np.mean(loss[-10:]) < 0.75 * np.mean(loss[1:11]), loss
+  assert "samples.png" in os.listdir(dit_run)
+  stats = latents_lib.LatentStats.load(os.path.join(dit_run, "latent_stats.npz"))
+  assert stats.mean.shape == (16,) and np.all(stats.std > 0)
+  # Samples at CFG 3.0 of class k (photo k) are nearer photo k than any other.
+  ev = [r for r in rows if "classes/own_class_psnr" in r][-1]
+  assert ev["classes/num_samples"] == 18
+  assert ev["classes/own_class_psnr"] > ev["classes/other_class_psnr"] + 2.0, ev
+  assert ev["classes/nearest_is_own_class"] >= 0.6, ev
+
+
+def test_sample_writes_grid_npz_and_scores_classes(dit_run, vitok_run):
+  c = dit_cfg(vitok_run)
+  out = sample_lib.sample(c, dit_run, 9, cfg=3.0, steps=50, batch_size=8)
+  assert out["step"] == 600
+  with np.load(out["npz"]) as f:
+    assert f["arr_0"].shape == (9, 64, 64, 3) and f["arr_0"].dtype == np.uint8
+    np.testing.assert_array_equal(f["labels"], np.arange(9))
+  from PIL import Image
+  assert np.asarray(Image.open(out["png"])).shape == (2 * 64, 8 * 64, 3)
+  # The same samples scored against the photos (class k = photo k).
+  from vitok_jax.evaluators import generation
+  refs = generation.reference_photos(c.input)
+  scorer = generation.Scorer(9, references=refs)
+  scorer.update(out["images"].astype(np.float32) / 127.5 - 1.0, out["labels"])
+  r = scorer.results("s")
+  assert r["s/own_class_psnr"] > r["s/other_class_psnr"], r
+  with pytest.raises(ValueError, match=r"--classes \[12\]"):
+    sample_lib.sample(c, dit_run, 2, classes=["12"], steps=5)
+
+
+def test_resume_is_exact(vitok_run, tmp_path):
+  c = dit_cfg(vitok_run, steps=4, log_every=1, ckpt_every=2, image_every=0,
+              evals={})
+  dit.train_and_evaluate(c, str(tmp_path / "split"), max_steps=2)
+  dit.train_and_evaluate(c, str(tmp_path / "split"))
+  dit.train_and_evaluate(c, str(tmp_path / "straight"))
+  from vitok_jax import checkpoint as ckpt_lib
+  a = ckpt_lib.load_state_tree(str(tmp_path / "split"))
+  b = ckpt_lib.load_state_tree(str(tmp_path / "straight"))
+  assert int(a["step"]) == 4
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_sharded_step_matches_single_device(vitok_run):
+  c = dit.resolve_config(dit_cfg(vitok_run, steps=2))
+  codec = dit.load_codec(c)
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (16, 64, 64, 3)).astype(np.float32)
+  labels = np.arange(16, dtype=np.int32) % 9
+  stats = (np.zeros(16, np.float32), np.ones(16, np.float32))
+  out = []
+  for mesh in (sh.make_mesh([("data", 1)], jax.devices()[:1]),
+               sh.make_mesh([("data", 2), ("fsdp", 4)])):
+    setup = dit.make_setup(c, mesh, codec)
+    state = setup.init(jax.random.key(0))
+    for _ in range(2):
+      state, m = setup.step(state, *sh.put_global_batch(
+          (images, labels), setup.batch_sharding), codec.params, stats)
+    out.append((float(m["loss"]), jax.device_get(state["params"])))
+  np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6),
+               out[0][1], out[1][1])
+
+
+def test_shards_resume_and_train(vitok_run, tmp_path, capsys):
+  enc = helpers.load_tool("encode_dataset")
+  out = str(tmp_path / "shards")
+  meta = enc.encode(vitok_run, "embedded", 64, out, shard_size=4,
+                    batch_size=4)
+  assert (meta["num_shards"], meta["tokens"], meta["channels"]) == (3, 64, 16)
+  src = latent_shards.LatentShards(out)
+  assert len(src) == 9 and src[5]["label"] == 5
+  # The shards hold what the tokenizer encodes on the fly.
+  c = dit.resolve_config(dit_cfg(vitok_run))
+  codec = dit.load_codec(c)
+  setup = dit.make_setup(c, sh.make_mesh([("data", 1)], jax.devices()[:1]),
+                         codec)
+  on_the_fly = dit.compute_latent_stats(c, setup, codec.params)
+  c_sh = dit.resolve_config(dit_cfg(vitok_run))
+  c_sh.latents.source = f"shards:{out}"
+  from_shards = dit.compute_latent_stats(c_sh, setup, None)
+  np.testing.assert_allclose(from_shards.mean, on_the_fly.mean, atol=1e-4)
+  np.testing.assert_allclose(from_shards.std, on_the_fly.std, rtol=1e-4)
+  # An interrupted encoding goes on from the missing shard only.
+  os.remove(latent_shards.shard_paths(out, 1)[1])
+  capsys.readouterr()
+  enc.encode(vitok_run, "embedded", 64, out, shard_size=4, batch_size=4)
+  printed = capsys.readouterr().out
+  assert "2 of 3 shards already" in printed and "shard 2/3" in printed
+  assert "shard 1/3" not in printed
+  # A DiT trains from them.
+  c = dit_cfg(vitok_run, steps=3, log_every=1, image_every=0, evals={})
+  c.latents.source = f"shards:{out}"
+  m = dit.train_and_evaluate(c, str(tmp_path / "dit"))
+  assert np.isfinite(m["loss"])
+  with pytest.raises(ValueError, match="another encoding"):
+    enc.encode(vitok_run, "embedded", 32, out, shard_size=4)
+
+
+def test_bad_latent_shapes_and_missing_tokenizer_are_named(vitok_run, tmp_path):
+  c = dit_cfg(vitok_run)
+  c.latents.tokens = 32
+  with pytest.raises(ValueError, match=r"wants latents of 32 tokens x 16 .*"
+                     r"gives 64 tokens x 16 channels"):
+    dit.train_and_evaluate(c, str(tmp_path / "a"))
+  c = dit_cfg(vitok_run)
+  c.latents.channels = 8
+  with pytest.raises(ValueError, match=r"64 tokens x 8 channels.*64 tokens x "
+                     r"16 channels"):
+    dit.train_and_evaluate(c, str(tmp_path / "b"))
+  c = dit_cfg(str(tmp_path / "no_such_run"))
+  with pytest.raises(FileNotFoundError, match="config.tokenizer.workdir=.*"
+                     "no_such_run.*no ViTok checkpoint"):
+    dit.train_and_evaluate(c, str(tmp_path / "c"))
+  c = dit_config.get_config("runlocal")
+  with pytest.raises(ValueError, match="config.tokenizer.workdir is not set"):
+    dit.train_and_evaluate(c, str(tmp_path / "d"))
+  c = dit_cfg(vitok_run, steps=2, evals={}, image_every=0)
+  c.num_classes = 3  # the embedded photos have labels up to 8
+  with pytest.raises(ValueError, match="config.num_classes=3"):
+    dit.train_and_evaluate(c, str(tmp_path / "e"))

@@ -1,0 +1,111 @@
+r"""Encodes a data set into latent shards for DiT training.
+
+  python tools/encode_dataset.py --tokenizer=WORKDIR --data=tfds:imagenet2012:train \
+      --res=256 --out=latents/imagenet_s_b16_256
+
+then train with `--config=configs/dit/...:tokenizer=WORKDIR,shards=latents/...`.
+Each record is the evaluation crop (resize the shorter side, centre crop) of
+an image, encoded by the tokenizer run's EMA params (the posterior mean), with
+its class label. Shards of --shard_size records (vitok_jax/latent_shards.py)
+are written atomically, with a progress line each; run the same command
+again after an interruption and it goes on from the first missing shard.
+Unreadable records are skipped and counted. One process (all its local
+devices through jit).
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from vitok_jax import input_pipeline
+from vitok_jax import latent_shards
+from vitok_jax import latents as latents_lib
+from vitok_jax.pp import ops
+
+
+def encode(tokenizer: str, data: str, res: int, out: str, *, step=None,
+           shard_size: int = 1024, batch_size: int = 64, num_examples=None,
+           data_dir=None, image_key: str = "image", log=print) -> dict:
+  """Writes (or completes) the shards; returns the meta dict."""
+  codec = latents_lib.Codec.load(tokenizer, step, res=res, key="--tokenizer")
+  source = input_pipeline.CheckedSource(
+      input_pipeline.get_source(data, data_dir, image_key))
+  n = len(source) if num_examples is None else min(num_examples, len(source))
+  meta = dict(tokenizer=codec.workdir, step=codec.step, data=data, res=res,
+              num_examples=n, shard_size=shard_size,
+              num_shards=math.ceil(n / shard_size), tokens=codec.num_tokens,
+              channels=codec.channels,
+              rope_grid=list(codec.rope_grid) if codec.rope_grid else None)
+  if os.path.exists(os.path.join(out, latent_shards.META)):
+    old = latent_shards.read_meta(out)
+    differ = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+    if differ:
+      raise ValueError(f"--out={out!r} holds shards of another encoding "
+                       f"(stored vs asked: {differ}); use a new --out")
+  latent_shards.write_meta(out, meta)
+  encode_fn = jax.jit(codec.encode)
+  params = jax.device_put(codec.params)
+  done = set(latent_shards.complete_shards(out))
+  if done:
+    log(f"{len(done)} of {meta['num_shards']} shards already in {out}")
+  t0, encoded, skipped = time.time(), 0, 0
+  for s in range(meta["num_shards"]):
+    if s in done:
+      continue
+    images, labels = [], []
+    for i in range(s * shard_size, min((s + 1) * shard_size, n)):
+      rec = source[i]
+      if isinstance(rec, input_pipeline.BadRecord):
+        skipped += 1
+        log(f"skipping unreadable record {rec.where}: {rec.error}")
+        continue
+      images.append(ops.value_range(ops.center_crop(rec["image"], res)))
+      labels.append(rec["label"])
+    zs = []
+    for b in range(0, len(images), batch_size):
+      chunk = np.stack(images[b:b + batch_size])
+      pad = batch_size - len(chunk)  # one compiled shape
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
+                                              chunk.dtype)])
+      zs.append(np.asarray(encode_fn(params, chunk))[:batch_size - pad])
+    z = (np.concatenate(zs) if zs else
+         np.zeros((0, codec.num_tokens, codec.channels), np.float32))
+    latent_shards.write_shard(out, s, z, np.asarray(labels, np.int32))
+    encoded += len(z)
+    rate = encoded / max(time.time() - t0, 1e-9)
+    log(f"shard {s + 1}/{meta['num_shards']}: {len(z)} latents "
+        f"[{codec.num_tokens} x {codec.channels}] ({rate:.1f} img/s"
+        f"{f', {skipped} unreadable skipped' if skipped else ''})")
+  log(f"done: {meta['num_shards']} shards of {n} records in {out}")
+  return meta
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--tokenizer", required=True, help="a ViTok run's workdir")
+  ap.add_argument("--step", type=int, default=None)
+  ap.add_argument("--data", required=True, help="as config.input.data")
+  ap.add_argument("--data_dir", default=None)
+  ap.add_argument("--image_key", default="image")
+  ap.add_argument("--res", type=int, required=True)
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--shard_size", type=int, default=1024)
+  ap.add_argument("--batch_size", type=int, default=64)
+  ap.add_argument("--num_examples", type=int, default=None)
+  args = ap.parse_args(argv)
+  try:
+    encode(args.tokenizer, args.data, args.res, args.out, step=args.step,
+           shard_size=args.shard_size, batch_size=args.batch_size,
+           num_examples=args.num_examples, data_dir=args.data_dir,
+           image_key=args.image_key, log=lambda s: print(s, flush=True))
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"encode_dataset: {e}")
+
+
+if __name__ == "__main__":
+  main()

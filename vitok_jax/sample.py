@@ -1,0 +1,160 @@
+r"""Samples a trained DiT: `python -m vitok_jax.sample --config=... --workdir=DIR --num=N --cfg=1.5 [--classes=...]`.
+
+Restores the DiT run's checkpoint (its EMA params), the frozen tokenizer that
+the config names and the run's latent statistics, draws N images with DDIM
+and classifier-free guidance (classes cycle through --classes, default all
+classes, balanced), and writes under DIR/samples/:
+
+  samples_<step>_cfg<s>.png   a grid of the first 64 samples
+  samples_<step>_cfg<s>.npz   arr_0: uint8 [N, H, W, 3] (the layout of the
+                              ADM/DiT evaluation suite), labels: int32 [N]
+  results_<step>_cfg<s>.json  gFID/gIS against the training set's Inception
+                              statistics when Inception weights exist
+                              (--inception, default the config's generation
+                              evaluator's), with --ref_stats or computed
+
+Use the same --config (and arguments) as the training run.
+"""
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+from vitok_jax import checkpoint as ckpt_lib
+from vitok_jax import distributed
+from vitok_jax import sharding as sh
+from vitok_jax.evaluators import common
+from vitok_jax.evaluators import generation
+from vitok_jax.models import inception
+from vitok_jax.pp import ops
+from vitok_jax.trainers import dit
+import vitok_jax.utils as u
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "The DiT run's training config (optionally ':args').",
+    lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The DiT run's workdir.")
+_NUM = flags.DEFINE_integer("num", 64, "How many samples.")
+_CFG = flags.DEFINE_float("cfg", None, "Guidance scale (default: "
+                          "config.sampling.cfg_scale); 1 = no guidance.")
+_CLASSES = flags.DEFINE_list("classes", None, "Class labels to cycle through "
+                             "(default: all classes).")
+_STEPS = flags.DEFINE_integer("steps", None, "DDIM steps (default: "
+                              "config.sampling.num_steps).")
+_ETA = flags.DEFINE_float("eta", None, "DDIM eta (default: config.sampling.eta).")
+_SEED = flags.DEFINE_integer("seed", 0, "Noise seed.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Samples per jitted call.")
+_CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Step (default: latest).")
+_INCEPTION = flags.DEFINE_string("inception", None, "Inception .npz for "
+                                 "gFID/gIS (tools/convert_inception.py).")
+_REF_STATS = flags.DEFINE_string("ref_stats", None, "Reference statistics "
+                                 "(tools/compute_ref_stats.py).")
+
+
+def _default_inception(config):
+  for ec in config.evals.values():
+    if ec.get("type") == "generation":
+      return ec.get("inception_weights"), ec.get("ref_stats")
+  return None, None
+
+
+def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
+           steps=None, eta=None, seed: int = 0, batch_size: int = 64,
+           checkpoint=None, inception_weights=None, ref_stats=None) -> dict:
+  """Writes the files above; returns {"png", "npz", "step", metrics...}."""
+  config = dit.resolve_config(config)
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(ckpt_dir):  # a read-only job creates nothing
+    raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints folder "
+                            f"({ckpt_dir}): is it a DiT run's workdir?")
+  mesh = sh.make_mesh(config.mesh)
+  setup = dit.make_setup(config, mesh, dit.load_codec(config), batch=mesh.size)
+  ckpt = ckpt_lib.Checkpointer(workdir)
+  state, _, _ = ckpt.restore(setup.abstract_state, setup.state_sharding,
+                             checkpoint)
+  ckpt.close()
+  step = int(state["step"])
+  params = state.get("params_ema", state["params"])
+  stats = dit.load_run_stats(workdir)
+  repl = sh.replicated(mesh)
+  tok_params = jax.device_put(setup.codec.params, repl)
+  stats_dev = jax.device_put((jnp.asarray(stats.mean), jnp.asarray(stats.std)),
+                             repl)
+  cfg = config.sampling.cfg_scale if cfg is None else float(cfg)
+  sampler = dit.make_sampler(config, setup, cfg_scale=cfg, num_steps=steps,
+                             eta=eta)
+  if classes:
+    pool = np.asarray([int(c) for c in classes], np.int32)
+    bad = pool[(pool < 0) | (pool > config.num_classes)]
+    if bad.size:
+      raise ValueError(f"--classes {bad.tolist()} are outside [0, "
+                       f"{config.num_classes}] ({config.num_classes} = "
+                       "unconditional)")
+    labels = pool[np.arange(num) % len(pool)]
+  else:
+    labels = generation.sample_labels(num, config.num_classes)
+  batch = -(-min(batch_size, num) // mesh.size) * mesh.size
+  inception_weights = inception_weights or _default_inception(config)[0]
+  ref_stats = ref_stats or _default_inception(config)[1]
+  inc_params = None
+  if inception_weights and os.path.exists(inception_weights):
+    inc_params = jax.device_put(inception.load(inception_weights), repl)
+  else:
+    logging.warning("No Inception weights (%s): gFID/gIS are skipped; make "
+                    "them with tools/convert_inception.py", inception_weights)
+  scorer = generation.Scorer(num, inc_params)
+  images = []
+  fn = lambda p, y, r: sampler(p, tok_params, stats_dev, y, r)[0]
+  for imgs, y in generation.generate(fn, params, labels, batch, mesh, seed):
+    scorer.update(imgs, y)
+    images.append(ops.to_uint8(imgs))
+    logging.info("%d/%d samples", sum(len(i) for i in images), num)
+  images = np.concatenate(images)
+  ref = None
+  if inc_params is not None:
+    if ref_stats:
+      with np.load(os.path.expanduser(ref_stats)) as f:
+        ref = (f["mu"], f["sigma"])
+    else:
+      ref = generation.reference_stats(config.input, inc_params)
+  results = scorer.results("sample", ref)
+  out_dir = os.path.join(workdir, "samples")
+  name = f"{step}_cfg{cfg:g}"
+  paths = dict(png=os.path.join(out_dir, f"samples_{name}.png"),
+               npz=os.path.join(out_dir, f"samples_{name}.npz"))
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    Image.fromarray(common.grid_picture(
+        ops.value_range(images[:64]))).save(paths["png"])
+    np.savez(paths["npz"], arr_0=images, labels=labels)
+    with open(os.path.join(out_dir, f"results_{name}.json"), "w") as f:
+      json.dump(dict(step=step, cfg=cfg, **results), f, indent=2)
+  line = f"{len(images)} samples of step {step} at CFG {cfg:g} -> {paths['png']}"
+  if "sample/gfid" in results:
+    line += f"; gFID {results['sample/gfid']:.2f}, gIS {results['sample/gis']:.2f}"
+  print(line, flush=True)
+  return dict(paths, step=step, labels=labels, images=images, **results)
+
+
+def main(argv):
+  del argv
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required")
+  u.quiet_library_logs()
+  distributed.maybe_initialize()
+  sample(_CONFIG.value, _WORKDIR.value, _NUM.value, cfg=_CFG.value,
+         classes=_CLASSES.value, steps=_STEPS.value, eta=_ETA.value,
+         seed=_SEED.value, batch_size=_BATCH.value, checkpoint=_CHECKPOINT.value,
+         inception_weights=_INCEPTION.value, ref_stats=_REF_STATS.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

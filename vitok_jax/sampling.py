@@ -1,0 +1,52 @@
+"""Class labels -> images: DDIM with classifier-free guidance in the DiT's
+latent space, then the frozen ViTok decodes (paper §2.3, SPEC §4).
+
+One jitted function serves the training pictures, the generation evaluator
+and `python -m vitok_jax.sample`:
+
+  x_T ~ N(0, I) [B, N, c] -> DDIM (num_steps, eta) on guided eps -> x_0
+  -> z = x_0 * std + mean (the run's latent statistics) -> ViTok decode
+"""
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from vitok_jax import diffusion
+from vitok_jax import sharding as sh
+
+
+def make_sample_fn(dit_model, codec, sched: diffusion.Schedule, *, mesh,
+                   dit_params_sharding, num_steps: int = 250,
+                   eta: float = 0.0, cfg_scale: float = 1.5,
+                   grid=None) -> Callable:
+  """-> jitted fn(dit_params, tok_params, stats (mean, std), labels [B], rng)
+  -> (images [B, H, W, 3] in [-1, 1], latents z [B, N, c]), replicated.
+
+  cfg_scale 1 runs the conditional DiT alone (half the work); labels equal
+  to dit_model.num_classes sample unconditionally.
+  """
+  null = dit_model.num_classes
+  shape = (codec.num_tokens, codec.channels)
+  diffusion.ddim_timesteps(sched.num_steps, num_steps)  # validates num_steps
+
+  def sample(dit_params, tok_params, stats, labels, rng):
+    rng_x, rng_ddim = jax.random.split(rng)
+    x_t = jax.random.normal(rng_x, (labels.shape[0],) + shape, jnp.float32)
+    dit = lambda x, t, y: dit_model.apply({"params": dit_params}, x, t, y,
+                                          grid)
+    if cfg_scale == 1.0:
+      eps_fn = lambda x, t: dit(x, t, labels)
+    else:
+      eps_fn = lambda x, t: diffusion.guided_eps(dit, x, t, labels, null,
+                                                 cfg_scale)
+    x0 = diffusion.ddim_sample(eps_fn, sched, x_t, rng_ddim,
+                               num_steps=num_steps, eta=eta)
+    mean, std = stats
+    z = x0 * std + mean
+    return codec.decode(tok_params, z), z
+
+  repl = sh.replicated(mesh)
+  return jax.jit(sample, in_shardings=(dit_params_sharding, repl, repl,
+                                       sh.batch_sharding(mesh), repl),
+                 out_shardings=(repl, repl))

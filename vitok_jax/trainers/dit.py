@@ -1,0 +1,399 @@
+"""Trains a class-conditional DiT on a frozen ViTok's latents (paper §2.3).
+
+  latents: encoded on the fly from images by the tokenizer run at
+           config.tokenizer.workdir (latents.source="encode"), or read from
+           shards that tools/encode_dataset.py wrote (source="shards:<dir>");
+           standardised per channel with statistics computed once when the
+           run starts and stored with it (<workdir>/latent_stats.npz);
+  loss:    DDPM epsilon loss (1000 steps, linear betas), labels replaced by
+           the null class at rate diffusion.label_dropout (for CFG);
+  optim:   AdamW at a constant lr (DiT's recipe), EMA of the params (0.9999)
+           that pictures, evaluators and sampling use.
+
+Reads like trainers/tokenizer.py: config defaults, setup (model, optimizer,
+shardings, jitted init and step), then the Task that the shared host loop
+(trainers/host_loop.py) runs: data, step, log line, generation evaluators,
+the samples picture.
+"""
+import logging
+import os
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vitok_jax import config_utils
+from vitok_jax import diffusion
+from vitok_jax import input_pipeline
+from vitok_jax import latents as latents_lib
+from vitok_jax import optim
+from vitok_jax import sampling
+from vitok_jax import sharding as sh
+from vitok_jax.evaluators import common as evaluators
+from vitok_jax.models import dit as dit_lib
+from vitok_jax.trainers import host_loop
+import vitok_jax.utils as u
+
+
+# ==========================================================================
+# Config: every key the trainer knows, with its default
+# ==========================================================================
+def default_config() -> ml_collections.ConfigDict:
+  placeholder = ml_collections.config_dict.placeholder
+  c = ml_collections.ConfigDict()
+  c.trainer = "dit"
+  c.seed = 0
+  c.total_steps = 500_000
+  c.log_every = 100
+  c.ckpt_every = 5000
+  c.keep_ckpts = 3
+  c.async_ckpt = True
+  c.image_every = 5000  # samples picture; 0 = only at the end
+  c.num_preview = 16  # samples in the picture (classes 0, 1, ...)
+  # The frozen ViTok: a tokenizer run's workdir (its EMA params if any).
+  c.tokenizer = dict(workdir=placeholder(str), step=placeholder(int),
+                     use_ema=True)
+  # source: "encode" (on the fly) or "shards:<dir>" (tools/encode_dataset.py).
+  # tokens/channels: what this DiT is built for; checked against the
+  # tokenizer (None = take the tokenizer's). stats_examples: training
+  # examples the normalisation statistics are computed over.
+  c.latents = dict(source="encode", tokens=placeholder(int),
+                   channels=placeholder(int), stats_examples=10_000,
+                   stats_batch=64)
+  c.num_classes = 1000
+  c.model = dict(size="L", dtype="bfloat16", stream_dtype="float32",
+                 remat=False, attn_impl=placeholder(str),
+                 mlp_dim=placeholder(int), rope_base=10000.0)
+  # Images for source="encode" (the tokenizer's resolution); ADM/DiT crop:
+  # resize + centre crop + random flip.
+  c.input = dict(data="embedded", data_dir=None, image_key="image", res=256,
+                 frames=1, batch_size=256, crop="center",
+                 crop_scale=(0.5, 1.0), flip=True, num_workers=0,
+                 max_bad_fraction=0.01)
+  c.diffusion = dict(train_steps=1000, beta_start=1e-4, beta_end=0.02,
+                     label_dropout=0.1)
+  # Sampling for pictures and `python -m vitok_jax.sample` defaults.
+  c.sampling = dict(num_steps=250, eta=0.0, cfg_scale=1.5)
+  # DiT: AdamW, lr 1e-4 at batch 256, constant (end_lr_factor 1), no decay.
+  c.optim = dict(base_lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.0,
+                 warmup_steps=0, end_lr_factor=1.0, grad_clip=0.0, freeze=())
+  c.ema_decay = 0.9999
+  # name -> dict(type="generation", ...); see evaluators/generation.py.
+  c.evals = {}
+  c.mesh = [("data", -1), ("fsdp", 1)]
+  c.sharding = dict(rules=[], fsdp_min_size=2**18)
+  return c
+
+
+_POSITIVE, _NON_NEGATIVE = (0, None, False, None), (0, None, True, None)
+_FRACTION = (0, 1, True, False)
+VALID_RANGES = {
+    "total_steps": _POSITIVE, "log_every": _POSITIVE, "ckpt_every": _POSITIVE,
+    "keep_ckpts": _POSITIVE, "image_every": _NON_NEGATIVE,
+    "num_preview": _POSITIVE, "ema_decay": _FRACTION, "num_classes": _POSITIVE,
+    "latents.tokens": _POSITIVE, "latents.channels": _POSITIVE,
+    "latents.stats_examples": _POSITIVE, "latents.stats_batch": _POSITIVE,
+    "input.res": _POSITIVE, "input.batch_size": _POSITIVE,
+    "input.num_workers": _NON_NEGATIVE, "input.max_bad_fraction": _FRACTION,
+    "diffusion.train_steps": _POSITIVE, "diffusion.beta_start": (0, 1, False, False),
+    "diffusion.beta_end": (0, 1, False, False),
+    "diffusion.label_dropout": _FRACTION, "sampling.num_steps": _POSITIVE,
+    "sampling.eta": _NON_NEGATIVE, "sampling.cfg_scale": _NON_NEGATIVE,
+    "optim.base_lr": _POSITIVE, "optim.b1": _FRACTION, "optim.b2": _FRACTION,
+    "optim.weight_decay": _NON_NEGATIVE, "optim.warmup_steps": _NON_NEGATIVE,
+    "optim.end_lr_factor": (0, 1, True, True), "optim.grad_clip": _NON_NEGATIVE,
+}
+
+
+def resolve_config(config) -> ml_collections.ConfigDict:
+  """Defaults + config; unknown keys and values out of range fail here."""
+  config = config_utils.merge_defaults(config, default_config())
+  config_utils.check_ranges(config, VALID_RANGES)
+  source = config.latents.source
+  if source != "encode" and not source.startswith("shards:"):
+    raise ValueError(f"config.latents.source={source!r}: expected 'encode' or "
+                     "'shards:<dir>' (tools/encode_dataset.py)")
+  return config
+
+
+# ==========================================================================
+# Setup: the frozen tokenizer, the DiT, optimizer, shardings, jitted steps
+# ==========================================================================
+def load_codec(config) -> latents_lib.Codec:
+  """The frozen ViTok, checked against what the DiT config wants."""
+  tc = config.tokenizer
+  meta = None
+  workdir = tc.workdir
+  if config.latents.source.startswith("shards:"):
+    from vitok_jax import latent_shards  # pylint: disable=g-import-not-at-top
+    meta = latent_shards.read_meta(config.latents.source[len("shards:"):])
+    workdir = workdir or meta["tokenizer"]
+  codec = latents_lib.Codec.load(workdir, tc.step, res=config.input.res,
+                                 use_ema=tc.use_ema)
+  latents_lib.check_matches(codec.num_tokens, codec.channels,
+                            config.latents.tokens, config.latents.channels,
+                            f"the tokenizer {codec.workdir} at "
+                            f"{config.input.res}p")
+  if meta is not None:
+    latents_lib.check_matches(int(meta["tokens"]), int(meta["channels"]),
+                              codec.num_tokens, codec.channels,
+                              f"the shards in {config.latents.source[7:]}")
+  return codec
+
+
+def build_model(config, channels: int) -> dit_lib.DiT:
+  """The DiT of config.model for latents of `channels` channels."""
+  mc = dict(config.model)
+  size = mc.pop("size")
+  for k in ("dtype", "stream_dtype"):
+    mc[k] = jnp.dtype(mc[k] or "float32")
+  return dit_lib.create(size, channels, config.num_classes, **mc)
+
+
+def make_schedule(config) -> diffusion.Schedule:
+  dc = config.diffusion
+  return diffusion.linear_schedule(dc.train_steps, dc.beta_start, dc.beta_end)
+
+
+class Setup(NamedTuple):
+  model: dit_lib.DiT
+  codec: latents_lib.Codec
+  sched: diffusion.Schedule
+  mesh: Any
+  abstract_state: Any
+  state_sharding: Any
+  batch_sharding: Any
+  init: Callable  # rng -> sharded state
+  step: Callable  # (state, inputs, labels, tok_params, stats) -> (state, m)
+  encode: Callable  # (tok_params, images) -> z (replicated)
+
+
+def make_setup(config, mesh, codec: latents_lib.Codec, *,
+               batch: Optional[int] = None) -> Setup:
+  """Everything jitted, with explicit shardings over `mesh`. The step takes
+  images (source "encode") or latents (shards) as `inputs`."""
+  model = build_model(config, codec.channels)
+  b = config.input.batch_size if batch is None else batch
+  n_batch_devices = int(np.prod([mesh.shape[a] for a in sh.batch_axes(mesh)]))
+  if b % n_batch_devices:
+    raise ValueError(f"config.input.batch_size={b} is not divisible by the "
+                     f"{n_batch_devices} devices of the data axes "
+                     f"{dict(mesh.shape)}")
+  sched = make_schedule(config)
+  grid = codec.rope_grid
+  base_rng = jax.random.key(config.seed)
+  ema_decay = config.ema_decay
+  null = config.num_classes
+  dropout = config.diffusion.label_dropout
+  encode_inputs = config.latents.source == "encode"
+  x_shape = (1, codec.num_tokens, codec.channels)
+
+  def init_params(rng):
+    return model.init(rng, jnp.zeros(x_shape), jnp.zeros((1,), jnp.int32),
+                      jnp.zeros((1,), jnp.int32), grid)["params"]
+
+  abstract_params = jax.eval_shape(init_params, base_rng)
+  tx, schedule = optim.make(config.optim, abstract_params, config.total_steps,
+                            optim.peak_lr(config.optim, config.input))
+
+  def init(rng):
+    params = init_params(rng)
+    state = dict(step=jnp.zeros((), jnp.int32), params=params,
+                 opt=tx.init(params))
+    if ema_decay is not None:
+      state["params_ema"] = params
+    return state
+
+  abstract_state = jax.eval_shape(init, base_rng)
+  state_sharding = sh.infer_state_sharding(
+      abstract_state, mesh, [tuple(r) for r in config.sharding.rules],
+      min_size=config.sharding.fsdp_min_size)
+  batch_sharding = sh.batch_sharding(mesh)
+  repl = sh.replicated(mesh)
+
+  def train_step(state, inputs, labels, tok_params, stats):
+    step = state["step"]
+    rng_drop, rng_loss = jax.random.split(jax.random.fold_in(base_rng, step))
+    # The tokenizer is frozen: its latents are inputs, never differentiated.
+    z = codec.encode(tok_params, inputs) if encode_inputs else inputs
+    mean, std = stats
+    x0 = jax.lax.stop_gradient((z.astype(jnp.float32) - mean) / std)
+    labels = jnp.where(labels < 0, null, labels)  # no class: unconditional
+    labels = diffusion.drop_labels(rng_drop, labels, dropout, null)
+
+    def loss_fn(params):
+      eps_fn = lambda x, t: model.apply({"params": params}, x, t, labels, grid)
+      return diffusion.epsilon_loss(eps_fn, sched, x0, rng_loss)
+
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new = dict(state, step=step + 1, params=params, opt=opt)
+    if ema_decay is not None:
+      new["params_ema"] = host_loop.ema_update(state["params_ema"], params,
+                                               ema_decay)
+    measurements = dict(loss=loss, l2_grads=u.l2_norm(grads),
+                        l2_params=u.l2_norm(params), lr=schedule(step),
+                        latent_std=jnp.std(x0))
+    measurements["finite"] = host_loop.finite_flag(measurements)
+    return new, measurements
+
+  init_jit = jax.jit(init, out_shardings=state_sharding)
+  step_jit = jax.jit(
+      train_step, in_shardings=(state_sharding, batch_sharding, batch_sharding,
+                                repl, repl),
+      out_shardings=(state_sharding, repl), donate_argnums=(0,))
+  encode_jit = jax.jit(codec.encode, in_shardings=(repl, batch_sharding),
+                       out_shardings=repl)
+  return Setup(model, codec, sched, mesh, abstract_state, state_sharding,
+               batch_sharding, init_jit, step_jit, encode_jit)
+
+
+def compute_latent_stats(config, setup: Setup, tok_params
+                         ) -> latents_lib.LatentStats:
+  """Per-channel mean/std over latents.stats_examples training latents."""
+  moments = latents_lib.RunningMoments()
+  lc = config.latents
+  if lc.source.startswith("shards:"):
+    from vitok_jax import latent_shards  # pylint: disable=g-import-not-at-top
+    for z in latent_shards.iterate_latents(lc.source[7:], lc.stats_examples):
+      moments.update(z)
+    return moments.result()
+  n_dev = setup.mesh.size
+  batch = max(lc.stats_batch // n_dev, 1) * n_dev
+  for b in input_pipeline.make_eval_dataset(config.input, batch,
+                                            lc.stats_examples):
+    z = np.asarray(setup.encode(tok_params, sh.put_global_batch(
+        b["image"], setup.batch_sharding)))
+    mask = np.asarray(sh.put_global_batch(b["mask"], setup.batch_sharding))
+    moments.update(z[mask])
+  return moments.result()
+
+
+def latent_stats(config, setup: Setup, tok_params, workdir: str
+                 ) -> latents_lib.LatentStats:
+  """The run's statistics: read from <workdir>/latent_stats.npz, or computed
+  (first start) and written there before the first step."""
+  path = os.path.join(workdir, latents_lib.STATS_FILE)
+  if os.path.exists(path):
+    stats = latents_lib.LatentStats.load(path)
+    if stats.mean.shape != (setup.codec.channels,):
+      raise ValueError(f"{path} holds statistics of {stats.mean.shape[0]} "
+                       f"channels, the tokenizer has {setup.codec.channels}")
+    return stats
+  stats = compute_latent_stats(config, setup, tok_params)
+  if jax.process_index() == 0:
+    stats.save(path, tokenizer=setup.codec.workdir, step=setup.codec.step,
+               source=config.latents.source)
+  logging.info("Latent statistics (stored in %s): mean %s, std %s", path,
+               np.round(stats.mean, 3), np.round(stats.std, 3))
+  return stats
+
+
+def load_run_stats(workdir: str) -> latents_lib.LatentStats:
+  path = os.path.join(workdir, latents_lib.STATS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: it is written when a DiT run "
+                            f"starts; is {workdir!r} a DiT run's workdir?")
+  return latents_lib.LatentStats.load(path)
+
+
+def make_sampler(config, setup: Setup, *, cfg_scale=None, num_steps=None,
+                 eta=None) -> Callable:
+  """sampling.make_sample_fn with config.sampling's defaults."""
+  sc = config.sampling
+  return sampling.make_sample_fn(
+      setup.model, setup.codec, setup.sched, mesh=setup.mesh,
+      dit_params_sharding=setup.state_sharding["params"],
+      num_steps=num_steps or sc.num_steps,
+      eta=sc.eta if eta is None else eta,
+      cfg_scale=sc.cfg_scale if cfg_scale is None else cfg_scale,
+      grid=setup.codec.rope_grid)
+
+
+def preview_labels(config, mesh) -> np.ndarray:
+  n = max(config.num_preview // mesh.size, 1) * mesh.size
+  return (np.arange(n) % config.num_classes).astype(np.int32)
+
+
+# ==========================================================================
+# The task the shared host loop runs
+# ==========================================================================
+def train_and_evaluate(config, workdir: str, *,
+                       max_steps: Optional[int] = None) -> dict:
+  """As tokenizer.train_and_evaluate, for a DiT."""
+  return host_loop.train_and_evaluate(resolve_config(config), workdir,
+                                      make_task, max_steps=max_steps)
+
+
+def make_task(config, mesh, workdir) -> host_loop.Task:
+  codec = load_codec(config)
+  setup = make_setup(config, mesh, codec)
+  repl = sh.replicated(mesh)
+  tok_params = jax.device_put(codec.params, repl)
+  stats = latent_stats(config, setup, tok_params, workdir)
+  stats_dev = jax.device_put((jnp.asarray(stats.mean), jnp.asarray(stats.std)),
+                             repl)
+  logging.info("Peak lr %.4g; latents %s", optim.peak_lr(
+      config.optim, config.input), codec.describe())
+
+  if config.latents.source == "encode":
+    train_data = input_pipeline.make_train_dataset(config.input, config.seed)
+    key = "image"
+  else:
+    from vitok_jax import latent_shards  # pylint: disable=g-import-not-at-top
+    train_data = latent_shards.make_train_dataset(
+        config.latents.source[7:], config.input.batch_size, config.seed)
+    key = "latent"
+
+  def train_step(state, local):
+    labels = np.asarray(local["label"])
+    if labels.size and labels.max() >= config.num_classes:
+      raise ValueError(f"A training label is {labels.max()}, but "
+                       f"config.num_classes={config.num_classes}")
+    inputs, labels = sh.put_global_batch((local[key], labels),
+                                         setup.batch_sharding)
+    return setup.step(state, inputs, labels, tok_params, stats_dev)
+
+  evals = build_evaluators(config, setup, tok_params, stats_dev)
+  labels = preview_labels(config, mesh)
+  sample_fn = make_sampler(config, setup)
+
+  def pictures(params):
+    images, _ = sample_fn(params, tok_params, stats_dev,
+                          sh.put_global_batch(labels, setup.batch_sharding),
+                          jax.random.key(config.seed + 1))
+    return {"samples": evaluators.grid_picture(np.asarray(images))}
+
+  return host_loop.Task(
+      abstract_state=setup.abstract_state,
+      state_sharding=setup.state_sharding,
+      init_state=lambda: setup.init(jax.random.key(config.seed)),
+      train_step=train_step, train_data=train_data,
+      examples_per_step=config.input.batch_size,
+      log_line=lambda m: f"loss {m['loss']:.4f}", evaluators=evals,
+      pictures=pictures,
+      description=f"DiT-{config.model.size} with "
+      f"{u.count_params(setup.abstract_state['params']) / 1e6:.1f}M params on "
+      f"{codec.describe()}")
+
+
+def build_evaluators(config, setup: Setup, tok_params, stats) -> dict:
+  out = {}
+  for name, ec in config.evals.items():
+    if ec.get("type") != "generation":
+      raise ValueError(f"config.evals.{name}.type={ec.get('type')!r}: a DiT "
+                       "run knows ['generation']")
+    from vitok_jax.evaluators import generation  # pylint: disable=g-import-not-at-top
+    sampler = make_sampler(config, setup, cfg_scale=ec.get("cfg_scale"),
+                           num_steps=ec.get("num_steps"))
+    out[name] = generation.Evaluator(
+        name, ec, sample=lambda p, y, r, s=sampler: s(p, tok_params, stats, y,
+                                                      r)[0],
+        num_classes=config.num_classes, mesh=setup.mesh,
+        input_config=config.input)
+  return out
