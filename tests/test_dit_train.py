@@ -176,3 +176,16 @@ def test_bad_latent_shapes_and_missing_tokenizer_are_named(vitok_run, tmp_path):
   c.num_classes = 3  # the embedded photos have labels up to 8
   with pytest.raises(ValueError, match="config.num_classes=3"):
     dit.train_and_evaluate(c, str(tmp_path / "e"))
+
+
+def test_export_tool_on_a_dit_run(dit_run, tmp_path, capsys):
+  out = str(tmp_path / "dit.safetensors")
+  err = helpers.load_tool("export_pytorch").main(
+      ["--workdir", dit_run, "--ema", "--out", out, "--verify"])
+  assert err < 1e-4
+  assert capsys.readouterr().out.strip().splitlines()[-1].startswith(
+      "max relative error: ")
+  cfg = json.load(open(str(tmp_path / "dit.json")))
+  assert cfg["kind"] == "dit" and cfg["model"]["grid"] == [1, 8, 8]
+  stats = latents_lib.LatentStats.load(os.path.join(dit_run, "latent_stats.npz"))
+  np.testing.assert_allclose(cfg["latent_stats"]["std"], stats.std)

@@ -1,7 +1,14 @@
-r"""Exports a ViTok checkpoint to PyTorch (safetensors + JSON config).
+r"""Exports a ViTok or DiT checkpoint to PyTorch (safetensors + JSON config).
 
   python tools/export_pytorch.py --workdir=/runs/s2 [--step=N] [--ema] \
       --out=s_b16.safetensors [--verify]
+  python tools/export_pytorch.py --workdir=/runs/dit --ema --out=dit.safetensors --verify
+
+A DiT run (config.trainer "dit") exports the DiT with the run's latent
+statistics and RoPE grid (its tokenizer's workdir must still exist); load it
+with `vitok_jax.torch.load_dit(out)` and sample with
+`vitok_jax.torch.dit.ddim_sample`. --verify then compares the JAX and torch
+DiT's noise predictions on random latents, timesteps and classes.
 
 Reads the Orbax checkpoint of a training run (its params, or with --ema the
 EMA params) and the config saved with it, maps names and layouts, and writes
@@ -22,6 +29,7 @@ import numpy as np
 from vitok_jax import checkpoint as ckpt_lib
 from vitok_jax import export
 from vitok_jax import input_pipeline
+from vitok_jax.trainers import dit
 from vitok_jax.trainers import tokenizer
 
 
@@ -36,7 +44,42 @@ def read_run(workdir: str, step=None, ema: bool = False):
   cfg_file = os.path.join(folder, "config", "metadata")
   with open(cfg_file) as f:
     config = ml_collections.ConfigDict(json.load(f))
+  if config.get("trainer") == "dit":
+    return state[key], dit.resolve_config(config), step
   return state[key], tokenizer.resolve_config(config), step
+
+
+def verify_dit(params, model, out: str, num_tokens: int, grid) -> float:
+  """Max relative error of the torch DiT's eps vs ours."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import vitok_jax.torch as vt  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((4, num_tokens, model.in_channels)).astype(np.float32)
+  t = np.array([0, 250, 500, 999], np.int32)
+  y = np.array([0, 1 % model.num_classes, model.num_classes, 0], np.int32)
+  ours = np.asarray(jax.jit(model.apply, static_argnums=4)(
+      {"params": params}, x, t, y, tuple(grid) if grid else None))
+  tmodel, _ = vt.load_dit(out)
+  with torch.no_grad():
+    theirs = tmodel(torch.from_numpy(x), torch.from_numpy(t).long(),
+                    torch.from_numpy(y).long()).numpy()
+  return float(np.abs(ours - theirs).max() / np.abs(ours).max())
+
+
+def export_dit_run(workdir, params, config, step, ema, out, do_verify):
+  codec = dit.load_codec(config)
+  model = dit.build_model(config, codec.channels).clone(dtype=np.float32)
+  export.export_dit(params, model, out, dit.load_run_stats(workdir),
+                    grid=codec.rope_grid,
+                    extra=dict(step=step, ema=ema, workdir=workdir,
+                               tokenizer=codec.workdir,
+                               tokenizer_step=codec.step, res=codec.res,
+                               num_tokens=codec.num_tokens))
+  print(f"exported DiT step {step} ({'EMA' if ema else 'raw'} params) to "
+        f"{out}")
+  if do_verify:
+    return verify_dit(params, model, out, codec.num_tokens, codec.rope_grid)
+  return None
 
 
 def verify(params, model, out: str, res: int, frames: int = 1) -> float:
@@ -65,14 +108,19 @@ def main(argv=None):
                   help="--verify fails above this max relative error")
   args = ap.parse_args(argv)
   params, config, step = read_run(args.workdir, args.step, args.ema)
-  model = tokenizer.build_model(config.model).clone(dtype=np.float32)
-  export.export(params, model, args.out,
-                extra=dict(step=step, ema=args.ema, workdir=args.workdir,
-                           res=config.input.res, frames=config.input.frames))
-  print(f"exported step {step} ({'EMA' if args.ema else 'raw'} params) to "
-        f"{args.out}")
+  if config.trainer == "dit":
+    err = export_dit_run(args.workdir, params, config, step, args.ema,
+                         args.out, args.verify)
+  else:
+    model = tokenizer.build_model(config.model).clone(dtype=np.float32)
+    export.export(params, model, args.out,
+                  extra=dict(step=step, ema=args.ema, workdir=args.workdir,
+                             res=config.input.res, frames=config.input.frames))
+    print(f"exported step {step} ({'EMA' if args.ema else 'raw'} params) to "
+          f"{args.out}")
+    err = verify(params, model, args.out, config.input.res,
+                 config.input.frames) if args.verify else None
   if args.verify:
-    err = verify(params, model, args.out, config.input.res, config.input.frames)
     print(f"max relative error: {err:.3e}")
     sys.stdout.flush()
     if not err <= args.tolerance:  # NaN fails too

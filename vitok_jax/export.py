@@ -1,4 +1,4 @@
-"""Export of ViTok params to PyTorch (safetensors + JSON config).
+"""Export of ViTok and DiT params to PyTorch (safetensors + JSON config).
 
 The JAX side of vitok_jax.torch: maps the Flax tree to the torch module's
 state dict (vitok_jax/torch/convert.py), checks that it is exactly what the
@@ -41,13 +41,39 @@ def export(params, model: vitok.Model, out: str, extra: dict = None) -> dict:
   return state
 
 
-def _check_against_torch_module(state, model_cfg):
+def dit_model_config(model, grid=None) -> dict:
+  """The torch DiT's constructor arguments (vitok_jax/torch/dit.py)."""
+  return dict(width=model.width, depth=model.depth, num_heads=model.num_heads,
+              in_channels=model.in_channels, num_classes=model.num_classes,
+              mlp_dim=model.mlp_dim, rope_base=model.rope_base,
+              posemb=model.posemb, grid=list(grid) if grid else None)
+
+
+def export_dit(params, model, out: str, latent_stats, grid=None,
+               extra: dict = None) -> dict:
+  """A DiT and its run's latent statistics -> <out> + JSON (kind "dit")."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  state = convert.flax_to_torch(params)
+  cfg = dict(kind="dit", model=dit_model_config(model, grid),
+             latent_stats=dict(mean=np.asarray(latent_stats.mean).tolist(),
+                               std=np.asarray(latent_stats.std).tolist()),
+             **(extra or {}))
+  _check_against_torch_module(state, cfg["model"], kind="dit")
+  os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
+  save_file(state, out, metadata={"format": "vitok_jax", "kind": "dit"})
+  with open(os.path.splitext(out)[0] + ".json", "w") as f:
+    json.dump(cfg, f, indent=2)
+  return state
+
+
+def _check_against_torch_module(state, model_cfg, kind: str = "vitok"):
   """Fails with the parameter names if the tree doesn't fit the module."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec("torch") is None:
     return  # exporting without torch: the loader checks instead
   import torch  # pylint: disable=g-import-not-at-top
   import vitok_jax.torch as vt  # pylint: disable=g-import-not-at-top
+  module = vt.DiT(**model_cfg) if kind == "dit" else vt.ViTok(**model_cfg)
   vt.load_state_dict_checked(
-      vt.ViTok(**model_cfg),
+      module,
       {k: torch.from_numpy(v) for k, v in state.items()}, "The checkpoint")

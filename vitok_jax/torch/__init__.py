@@ -9,6 +9,8 @@ Importing this subpackage needs torch and safetensors only, never jax.
 import json
 import os
 
+from vitok_jax.torch import dit  # noqa: F401
+from vitok_jax.torch.dit import DiT  # noqa: F401
 from vitok_jax.torch.vitok import ViTok  # noqa: F401
 
 
@@ -29,10 +31,35 @@ def load(path: str, map_location: str = "cpu") -> ViTok:
                             "is missing")
   with open(cfg_file) as f:
     cfg = json.load(f)
+  if cfg.get("kind", "vitok") != "vitok":
+    raise ValueError(f"{path} is an exported {cfg['kind']!r}, not a ViTok; "
+                     "use vitok_jax.torch.load_dit")
   model = ViTok(**cfg["model"])
   state = load_file(path, device=map_location)
   load_state_dict_checked(model, state, path)
   return model.eval()
+
+
+def load_dit(path: str, map_location: str = "cpu"):
+  """-> (DiT module, {"mean", "std"} latent statistics as tensors) from an
+  exported DiT run (tools/export_pytorch.py on a DiT workdir)."""
+  from safetensors.torch import load_file  # pylint: disable=g-import-not-at-top
+  cfg_file = config_path(path)
+  for f in (path, cfg_file):
+    if not os.path.exists(f):
+      raise FileNotFoundError(f"{f!r} is missing (make it with "
+                              "tools/export_pytorch.py --workdir=<DiT run>)")
+  with open(cfg_file) as f:
+    cfg = json.load(f)
+  if cfg.get("kind") != "dit":
+    raise ValueError(f"{path} is not an exported DiT (kind "
+                     f"{cfg.get('kind', 'vitok')!r}); use vitok_jax.torch.load")
+  model = DiT(**cfg["model"])
+  state = load_file(path, device=map_location)
+  load_state_dict_checked(model, state, path)
+  import torch  # pylint: disable=g-import-not-at-top
+  stats = {k: torch.tensor(cfg["latent_stats"][k]) for k in ("mean", "std")}
+  return model.eval(), stats
 
 
 def load_state_dict_checked(model, state: dict, source: str = "state dict"):
