@@ -10,3 +10,12 @@ def test_bench_runs_and_prints(capsys):
   assert "images/s" in text and "MFU" in text
   assert out["images_per_sec"] > 0 and out["devices"] == 8
   assert 0 < out["mfu"] < 1
+
+
+def test_bench_times_the_dit_step(capsys):
+  out = load_tool("bench").main(["--dit", "mu", "--variant", "mu-mu/8", "--res", "32",
+                   "--batch", "8", "--dtype", "float32", "--steps", "2",
+                   "--warmup", "1", "--mesh", "data:8,fsdp:1", "--classes", "5"])
+  text = capsys.readouterr().out
+  assert text.startswith("DiT-mu on 16 tokens x 16") and "MFU" in text
+  assert out["images_per_sec"] > 0 and 0 < out["mfu"] < 1

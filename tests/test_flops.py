@@ -57,3 +57,12 @@ def test_flops_tool_prints(capsys):
   load_tool("flops").main(["--variant", "S-B/16", "--res", "256"])
   out = capsys.readouterr().out
   assert "129.1" in out and "34.4" in out
+
+
+@pytest.mark.parametrize("size,paper_gflops", [("S", 6.1), ("B", 23.0), ("L", 80.7),
+                                               ("XL", 118.6)])
+def test_dit_flops_match_the_dit_paper(size, paper_gflops):
+  # DiT paper Table 4: DiT-*/2 at 256x256 = 256 tokens, 1 MAC = 1 FLOP.
+  from vitok_jax.models import dit
+  model = dit.create(size, 4, 1000)
+  assert abs(flops.dit_macs(model, 256)["paper"] / 1e9 - paper_gflops) / paper_gflops < 0.01

@@ -1,8 +1,14 @@
-r"""Times the jitted ViTok train step (after compilation). A benchmark, not a test.
+r"""Times the jitted ViTok or DiT train step (after compilation). A benchmark, not a test.
 
   python tools/bench.py --variant S-B/16 --res 256 --batch 64
   python tools/bench.py --variant mu-mu/8 --res 64 --batch 8 --dtype float32  # CPU
   python tools/bench.py --variant S-B/16 --res 256 --batch 64 --stream_dtype bfloat16
+  python tools/bench.py --dit L --variant S-B/16 --res 256 --batch 256   # DiT-L step
+
+--dit SIZE times the DiT step on the latents of --variant at --res (e.g.
+S-B/16 at 256p: 256 tokens x c=16), fed as precomputed latents (the shards
+path: no tokenizer forward in the step); its model FLOPs are the DiT's
+forward + backward (flops.dit_macs).
 
 Prints images/s, step ms, compile s, peak device memory and model-FLOP
 utilisation (MFU) against --peak_tflops per device (default: H100 SXM bf16
@@ -49,7 +55,12 @@ def main(argv=None):
   ap.add_argument("--lpips", type=float, default=0.0,
                   help="LPIPS weight (random VGG: same FLOPs as the real one)")
   ap.add_argument("--peak_tflops", type=float, default=989.0)
+  ap.add_argument("--dit", default=None, help="time a DiT of this size "
+                  "(mu|T|S|B|L|XL) on --variant's latents instead")
+  ap.add_argument("--classes", type=int, default=1000)
   args = ap.parse_args(argv)
+  if args.dit:
+    return bench_dit(args)
 
   config = tokenizer.default_config()
   config.model.update(variant=args.variant, code_channels=args.code_channels,
@@ -106,6 +117,79 @@ def main(argv=None):
         f"{out['devices']}x {out['device_kind']} (matmuls {args.dtype}, stream "
         f"{args.stream_dtype}, mesh "
         f"{dict(mesh.shape)})")
+  print(f"  images/s {out['images_per_sec']:.1f} | step {out['step_ms']:.1f} ms"
+        f" | compile {compile_s:.1f} s | peak mem {peak_gib:.2f} GiB"
+        f" | XLA temp {temp_gib:.2f} GiB")
+  print(f"  model TFLOP/step {out['model_tflops_per_step']:.3f} | achieved "
+        f"{out['achieved_tflops']:.2f} TFLOP/s | MFU {100 * mfu:.1f}% of "
+        f"{args.peak_tflops:g} TFLOP/s/device")
+  return out
+
+
+def _time(compiled, state, args_tuple, warmup, steps):
+  for _ in range(warmup):
+    state, m = compiled(state, *args_tuple)
+  jax.block_until_ready(m)
+  t0 = time.time()
+  for _ in range(steps):
+    state, m = compiled(state, *args_tuple)
+  jax.block_until_ready(m)
+  return (time.time() - t0) / steps, m
+
+
+def bench_dit(args):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vitok_jax import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  from vitok_jax.models import vitok  # pylint: disable=g-import-not-at-top
+  from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
+  # The tokenizer only sets the latent shape here (its params are unused).
+  codec = latents_lib.Codec(vitok.create(args.variant, args.code_channels),
+                            None, args.res, args.frames)
+  config = dit.default_config()
+  config.tokenizer.workdir = "unused"
+  config.latents.source = "shards:unused"
+  config.model.update(size=args.dit, dtype=args.dtype,
+                      stream_dtype=args.stream_dtype, remat=args.remat,
+                      attn_impl=args.attn_impl)
+  config.num_classes = args.classes
+  config.input.update(res=args.res, frames=args.frames, batch_size=args.batch)
+  mesh = sh.make_mesh(parse_mesh(args.mesh))
+  setup = dit.make_setup(config, mesh, codec)
+  b_local = args.batch // jax.process_count()
+  rng = np.random.default_rng(0)
+  z, y = sh.put_global_batch(
+      (rng.standard_normal((b_local, codec.num_tokens, codec.channels)
+                           ).astype(np.float32),
+       rng.integers(0, args.classes, (b_local,)).astype(np.int32)),
+      setup.batch_sharding)
+  repl = sh.replicated(mesh)
+  stats = jax.device_put((jnp.zeros(codec.channels), jnp.ones(codec.channels)),
+                         repl)
+  t0 = time.time()
+  state = setup.init(jax.random.key(0))
+  compiled = setup.step.lower(state, z, y, {}, stats).compile()
+  compile_s = time.time() - t0
+  temp_gib = getattr(compiled.memory_analysis(), "temp_size_in_bytes",
+                     0) / 2**30
+  step_s, m = _time(compiled, state, (z, y, {}, stats), args.warmup,
+                    args.steps)
+  model_flops = flops.dit_train_step_flops(setup.model, codec.num_tokens,
+                                           args.batch)
+  achieved = model_flops / step_s
+  mfu = achieved / (args.peak_tflops * 1e12 * jax.device_count())
+  mem = jax.local_devices()[0].memory_stats() or {}
+  peak_gib = mem.get("peak_bytes_in_use", 0) / 2**30
+  out = dict(dit=args.dit, tokens=codec.num_tokens, batch=args.batch,
+             devices=jax.device_count(), platform=jax.devices()[0].platform,
+             device_kind=jax.devices()[0].device_kind,
+             images_per_sec=args.batch / step_s, step_ms=1000 * step_s,
+             compile_s=compile_s, peak_mem_gib=peak_gib, temp_gib=temp_gib,
+             model_tflops_per_step=model_flops / 1e12,
+             achieved_tflops=achieved / 1e12, mfu=mfu, loss=float(m["loss"]))
+  print(f"DiT-{args.dit} on {codec.num_tokens} tokens x {codec.channels} "
+        f"({args.variant} at {args.res}p) batch {args.batch} on "
+        f"{out['devices']}x {out['device_kind']} (matmuls {args.dtype}, "
+        f"stream {args.stream_dtype}, mesh {dict(mesh.shape)})")
   print(f"  images/s {out['images_per_sec']:.1f} | step {out['step_ms']:.1f} ms"
         f" | compile {compile_s:.1f} s | peak mem {peak_gib:.2f} GiB"
         f" | XLA temp {temp_gib:.2f} GiB")

@@ -79,3 +79,23 @@ def train_step_flops(model: vitok.Model, input_shape: Sequence[int]) -> float:
   per_example = count_macs(model, (1,) + tuple(input_shape[1:]))["total"]
   return 3 * 2 * per_example * batch
 
+
+
+def dit_macs(model, tokens: int) -> Dict[str, int]:
+  """Multiply-adds of one DiT forward pass for ONE example of `tokens`
+  latent tokens (models/dit.py). `paper` counts what the DiT paper's Gflops
+  count (the blocks, the adaLN and the in/out linears; its DiT-XL/2 at 256
+  tokens is 118.6), `total` adds the timestep MLP."""
+  w = model.width
+  mlp = model.mlp_dim or vit.swiglu_hidden(w)
+  blocks = trunk_macs(w, model.depth, mlp, tokens)
+  ada = model.depth * 6 * w * w + 2 * w * w  # per example, not per token
+  io = tokens * model.in_channels * w * 2  # embed + out
+  t_mlp = 256 * w + w * w
+  return dict(blocks=blocks, paper=blocks + ada + io,
+              total=blocks + ada + io + t_mlp)
+
+
+def dit_train_step_flops(model, tokens: int, batch: int) -> float:
+  """Real FLOPs (2 per multiply-add) of a DiT forward+backward, for MFU."""
+  return 3 * 2 * dit_macs(model, tokens)["total"] * batch
