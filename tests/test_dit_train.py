@@ -189,3 +189,15 @@ def test_export_tool_on_a_dit_run(dit_run, tmp_path, capsys):
   assert cfg["kind"] == "dit" and cfg["model"]["grid"] == [1, 8, 8]
   stats = latents_lib.LatentStats.load(os.path.join(dit_run, "latent_stats.npz"))
   np.testing.assert_allclose(cfg["latent_stats"]["std"], stats.std)
+
+
+def test_eval_job_runs_the_generation_evaluators(dit_run, vitok_run, capsys):
+  from vitok_jax import eval as eval_lib
+  c = dit_cfg(vitok_run)
+  c.evals.classes.num_samples = 9
+  r = eval_lib.evaluate(c, dit_run)
+  assert r["classes/num_samples"] == 9
+  assert r["classes/own_class_psnr"] > r["classes/other_class_psnr"]
+  assert "9 samples at CFG 3.0" in capsys.readouterr().out
+  saved = json.load(open(os.path.join(dit_run, "eval", "results_600.json")))
+  assert saved["classes/own_class_psnr"] == pytest.approx(r["classes/own_class_psnr"])

@@ -13,7 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
-from vitok_jax import train
+from vitok_jax import trainers
 from vitok_jax.trainers import dit
 from vitok_jax.trainers import tokenizer
 
@@ -72,7 +72,7 @@ def test_documented_command_resolves(where, tokens, tmp_path, monkeypatch):
                                   lock_config=True,  # as vitok_jax.train
                                   sys_argv=argv)
   fv(argv)
-  trainer = train.get_trainer(fv.config.trainer)
+  trainer = trainers.get(fv.config.trainer)
   config = trainer.resolve_config(fv.config)
   for t in tokens[1:]:  # every override reached the resolved config
     key, _, text = t[len("--config."):].partition("=")

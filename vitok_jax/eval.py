@@ -5,7 +5,8 @@ the current mesh, runs every evaluator of `config.evals` (a default
 reconstruction evaluator on the training data when there is none), and writes
 under DIR/eval/: TensorBoard scalars, results_<step>.json and
 reconstruction_<step>.png (originals on top, reconstructions below, like the
-paper's Fig. 3).
+paper's Fig. 3). For a DiT run (config.trainer "dit") the evaluators are its
+generation evaluators (gFID/gIS).
 """
 import json
 import os
@@ -34,11 +35,13 @@ _CHECKPOINT = flags.DEFINE_integer("checkpoint", None,
 
 def evaluate(config, workdir: str, step=None) -> dict:
   """Restores `step` (or the latest) of workdir and returns {metric: value}."""
-  config = tokenizer.resolve_config(config)
   ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(ckpt_dir):  # a read-only job creates nothing
     raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints folder "
                             f"({ckpt_dir}): is it the training run's workdir?")
+  if config.get("trainer") == "dit":
+    return _evaluate_dit(config, workdir, step)
+  config = tokenizer.resolve_config(config)
   if not config.evals:
     config.evals = {"recon": dict(type="reconstruction", batch_size=8,
                                   num_examples=None)}
@@ -77,6 +80,40 @@ def evaluate(config, workdir: str, step=None) -> dict:
     with open(os.path.join(out_dir, f"results_{step}.json"), "w") as f:
       json.dump(dict(step=step, ema=use_ema, **results), f, indent=2)
   logging.info("Results at step %d: %s", step, results)
+  return results
+
+
+def _evaluate_dit(config, workdir: str, step=None) -> dict:
+  """The generation evaluators of a DiT run's config on its EMA params."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
+  config = dit.resolve_config(config)
+  if not config.evals:
+    raise ValueError("config.evals has no generation evaluator to run")
+  mesh = sh.make_mesh(config.mesh)
+  setup = dit.make_setup(config, mesh, dit.load_codec(config), batch=mesh.size)
+  ckpt = ckpt_lib.Checkpointer(workdir)
+  state, _, _ = ckpt.restore(setup.abstract_state, setup.state_sharding, step)
+  ckpt.close()
+  step = int(state["step"])
+  stats = dit.load_run_stats(workdir)
+  repl = sh.replicated(mesh)
+  evals = dit.build_evaluators(
+      config, setup, jax.device_put(setup.codec.params, repl),
+      jax.device_put((jnp.asarray(stats.mean), jnp.asarray(stats.std)), repl))
+  out_dir = os.path.join(workdir, "eval")
+  writer = metrics_writer.MetricWriter(out_dir)
+  results = {}
+  for ev in evals.values():
+    r = dict(ev.run(state.get("params_ema", state["params"])))
+    results.update(r)
+    if jax.process_index() == 0:
+      print(ev.summary(r), flush=True)
+  writer.write_scalars(step, results)
+  writer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(out_dir, f"results_{step}.json"), "w") as f:
+      json.dump(dict(step=step, **results), f, indent=2)
   return results
 
 

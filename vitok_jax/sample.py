@@ -36,27 +36,6 @@ from vitok_jax.pp import ops
 from vitok_jax.trainers import dit
 import vitok_jax.utils as u
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The DiT run's training config (optionally ':args').",
-    lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The DiT run's workdir.")
-_NUM = flags.DEFINE_integer("num", 64, "How many samples.")
-_CFG = flags.DEFINE_float("cfg", None, "Guidance scale (default: "
-                          "config.sampling.cfg_scale); 1 = no guidance.")
-_CLASSES = flags.DEFINE_list("classes", None, "Class labels to cycle through "
-                             "(default: all classes).")
-_STEPS = flags.DEFINE_integer("steps", None, "DDIM steps (default: "
-                              "config.sampling.num_steps).")
-_ETA = flags.DEFINE_float("eta", None, "DDIM eta (default: config.sampling.eta).")
-_SEED = flags.DEFINE_integer("seed", 0, "Noise seed.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Samples per jitted call.")
-_CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Step (default: latest).")
-_INCEPTION = flags.DEFINE_string("inception", None, "Inception .npz for "
-                                 "gFID/gIS (tools/convert_inception.py).")
-_REF_STATS = flags.DEFINE_string("ref_stats", None, "Reference statistics "
-                                 "(tools/compute_ref_stats.py).")
-
-
 def _default_inception(config):
   for ec in config.evals.values():
     if ec.get("type") == "generation":
@@ -143,18 +122,48 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   return dict(paths, step=step, labels=labels, images=images, **results)
 
 
-def main(argv):
+def define_flags() -> dict:
+  """The command line's flags; defined only when run as a program, so that
+  importing this module (tests, other tools) defines no absl flags."""
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "The DiT run's training config (optionally ':args').",
+      lock_config=False)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "The DiT run's workdir.")
+  _NUM = flags.DEFINE_integer("num", 64, "How many samples.")
+  _CFG = flags.DEFINE_float("cfg", None, "Guidance scale (default: "
+                            "config.sampling.cfg_scale); 1 = no guidance.")
+  _CLASSES = flags.DEFINE_list("classes", None, "Class labels to cycle through "
+                               "(default: all classes).")
+  _STEPS = flags.DEFINE_integer("steps", None, "DDIM steps (default: "
+                                "config.sampling.num_steps).")
+  _ETA = flags.DEFINE_float("eta", None, "DDIM eta (default: config.sampling.eta).")
+  _SEED = flags.DEFINE_integer("seed", 0, "Noise seed.")
+  _BATCH = flags.DEFINE_integer("batch_size", 64, "Samples per jitted call.")
+  _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Step (default: latest).")
+  _INCEPTION = flags.DEFINE_string("inception", None, "Inception .npz for "
+                                   "gFID/gIS (tools/convert_inception.py).")
+  _REF_STATS = flags.DEFINE_string("ref_stats", None, "Reference statistics "
+                                   "(tools/compute_ref_stats.py).")
+  return dict(config=_CONFIG, workdir=_WORKDIR, num=_NUM, cfg=_CFG,
+              classes=_CLASSES, steps=_STEPS, eta=_ETA, seed=_SEED,
+              batch=_BATCH, checkpoint=_CHECKPOINT, inception=_INCEPTION,
+              ref_stats=_REF_STATS)
+
+
+def main(argv, f: dict):
   del argv
-  if _WORKDIR.value is None:
+  if f["workdir"].value is None:
     raise app.UsageError("--workdir is required")
   u.quiet_library_logs()
   distributed.maybe_initialize()
-  sample(_CONFIG.value, _WORKDIR.value, _NUM.value, cfg=_CFG.value,
-         classes=_CLASSES.value, steps=_STEPS.value, eta=_ETA.value,
-         seed=_SEED.value, batch_size=_BATCH.value, checkpoint=_CHECKPOINT.value,
-         inception_weights=_INCEPTION.value, ref_stats=_REF_STATS.value)
+  v = {k: flag.value for k, flag in f.items()}
+  sample(v["config"], v["workdir"], v["num"], cfg=v["cfg"],
+         classes=v["classes"], steps=v["steps"], eta=v["eta"], seed=v["seed"],
+         batch_size=v["batch"], checkpoint=v["checkpoint"],
+         inception_weights=v["inception"], ref_stats=v["ref_stats"])
 
 
 if __name__ == "__main__":
+  _FLAGS = define_flags()
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(lambda argv: main(argv, _FLAGS))

@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from vitok_jax import distributed
 from vitok_jax import stop_request
+from vitok_jax import trainers
 import vitok_jax.utils as u
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,18 +43,6 @@ def load_config():
                          f"{os.getcwd()}): {e}") from e
 
 
-TRAINERS = ("tokenizer", "dit")
-
-
-def get_trainer(name: str):
-  """config.trainer -> its module in vitok_jax/trainers/."""
-  if name not in TRAINERS:
-    raise ValueError(f"config.trainer={name!r}: known trainers: "
-                     f"{list(TRAINERS)}")
-  import importlib  # pylint: disable=g-import-not-at-top
-  return importlib.import_module(f"vitok_jax.trainers.{name}")
-
-
 def main(argv):
   del argv
   if _WORKDIR.value is None:
@@ -61,7 +50,7 @@ def main(argv):
   config = load_config()
   u.quiet_library_logs()
   distributed.maybe_initialize()
-  trainer = get_trainer(config.get("trainer", "tokenizer"))
+  trainer = trainers.get(config.get("trainer", "tokenizer"))
   try:
     trainer.train_and_evaluate(config, _WORKDIR.value)
   except stop_request.StopRequested:
