@@ -201,3 +201,49 @@ def test_eval_job_runs_the_generation_evaluators(dit_run, vitok_run, capsys):
   assert "9 samples at CFG 3.0" in capsys.readouterr().out
   saved = json.load(open(os.path.join(dit_run, "eval", "results_600.json")))
   assert saved["classes/own_class_psnr"] == pytest.approx(r["classes/own_class_psnr"])
+
+
+def test_gfid_gis_run_periodically_in_training(vitok_run, tmp_path):
+  from vitok_jax.evaluators import generation
+  from vitok_jax.evaluators import metrics
+  from vitok_jax.models import inception
+  import vitok_jax.utils as u
+  inc_path = str(tmp_path / "random_inception.npz")
+  inc_params = jax.jit(lambda: inception.FIDInceptionV3().init(
+      jax.random.key(0), np.zeros((1, 75, 75, 3), np.float32))["params"])()
+  u.save_npz_tree(inc_path, jax.device_get(inc_params))
+  gen = dict(type="generation", num_samples=4, batch_size=8, cfg_scale=1.5,
+             num_steps=2, log_steps=2, inception_weights=inc_path, seed=3,
+             ref_examples=4)
+  c = dit_cfg(vitok_run, steps=4, log_every=2, image_every=0,
+              evals={"gen": gen})
+  workdir = str(tmp_path / "dit")
+  dit.train_and_evaluate(c, workdir)
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  evals = [r for r in rows if "gen/gfid" in r]
+  assert [r["step"] for r in evals] == [2, 4]  # every log_steps and at the end
+  assert all(np.isfinite(r["gen/gfid"]) and r["gen/gis"] >= 1.0 for r in evals)
+  # The same number from the pieces: the step-4 EMA params' samples against
+  # the training photos' Inception statistics.
+  rc = dit.resolve_config(c)
+  mesh = sh.make_mesh(rc.mesh)
+  setup = dit.make_setup(rc, mesh, dit.load_codec(rc))
+  from vitok_jax import checkpoint as ckpt_lib
+  state = ckpt_lib.load_state_tree(workdir)
+  stats = dit.load_run_stats(workdir)
+  sampler = dit.make_sampler(rc, setup, cfg_scale=1.5, num_steps=2)
+  fn = lambda p, y, r: sampler(p, setup.codec.params, (stats.mean, stats.std),
+                               y, r)[0]
+  net = jax.jit(lambda x: inception.FIDInceptionV3().apply(
+      {"params": inc_params}, x)[0])
+  fake = metrics.GaussianStats()
+  for images, _ in generation.generate(fn, state["params_ema"],
+                                       generation.sample_labels(4, 9), 8, mesh,
+                                       seed=3):
+    fake.update(np.asarray(net(np.asarray(metrics.quantize(images)) / 255.0)))
+  ref = metrics.GaussianStats()  # the first 4 training photos' eval crops
+  from vitok_jax import input_pipeline
+  for b in input_pipeline.make_eval_dataset(rc.input, 4, 4):
+    ref.update(np.asarray(net(np.asarray(metrics.quantize(b["image"])) / 255.0)))
+  want = metrics.frechet_distance(*fake.mean_cov(), *ref.mean_cov())
+  assert evals[-1]["gen/gfid"] == pytest.approx(want, rel=1e-3)

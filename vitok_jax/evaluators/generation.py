@@ -117,7 +117,9 @@ def reference_stats(data_config, inception_params, num_examples=None):
   net = inception.FIDInceptionV3()
   fn = jax.jit(lambda p, x: net.apply({"params": p}, x)[0])
   stats = metrics.GaussianStats()
-  for b in input_pipeline.make_eval_dataset(data_config, 50, num_examples):
+  n = input_pipeline.eval_num_examples(data_config, num_examples)
+  batch = min(50, -(-n // jax.process_count()) * jax.process_count())
+  for b in input_pipeline.make_eval_dataset(data_config, batch, num_examples):
     q = np.asarray(metrics.quantize(b["image"])) / 255.0
     stats.update(np.asarray(fn(inception_params, q))[b["mask"]])
   return stats.mean_cov()
