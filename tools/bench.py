@@ -84,49 +84,17 @@ def main(argv=None):
   state = setup.init(jax.random.key(0))
   compiled = setup.step.lower(state, batch, frozen).compile()
   compile_s = time.time() - t0
-  # XLA's own accounting of the step's scratch memory (activations kept for
-  # the backward pass among them): available on every backend, unlike
-  # memory_stats(), which only GPUs fill.
-  analysis = compiled.memory_analysis()
-  temp_gib = getattr(analysis, "temp_size_in_bytes", 0) / 2**30
-  for _ in range(args.warmup):
-    state, m = compiled(state, batch, frozen)
-  jax.block_until_ready(m)
-  t0 = time.time()
-  for _ in range(args.steps):
-    state, m = compiled(state, batch, frozen)
-  jax.block_until_ready(m)
-  step_s = (time.time() - t0) / args.steps
-
-  imgs = shape[0] * args.frames
-  model_flops = flops.train_step_flops(setup.model, shape)
-  achieved = model_flops / step_s
-  mfu = achieved / (args.peak_tflops * 1e12 * jax.device_count())
-  mem = jax.local_devices()[0].memory_stats() or {}
-  peak_gib = mem.get("peak_bytes_in_use", 0) / 2**30
-  out = dict(variant=args.variant, res=args.res, frames=args.frames,
-             batch=shape[0], devices=jax.device_count(),
-             platform=jax.devices()[0].platform,
-             device_kind=jax.devices()[0].device_kind,
-             images_per_sec=imgs / step_s, step_ms=1000 * step_s,
-             compile_s=compile_s, peak_mem_gib=peak_gib, temp_gib=temp_gib,
-             model_tflops_per_step=model_flops / 1e12,
-             achieved_tflops=achieved / 1e12, mfu=mfu,
-             loss=float(m["loss"]))
-  print(f"ViTok {args.variant} {args.frames}x{args.res}^2 batch {shape[0]} on "
-        f"{out['devices']}x {out['device_kind']} (matmuls {args.dtype}, stream "
-        f"{args.stream_dtype}, mesh "
-        f"{dict(mesh.shape)})")
-  print(f"  images/s {out['images_per_sec']:.1f} | step {out['step_ms']:.1f} ms"
-        f" | compile {compile_s:.1f} s | peak mem {peak_gib:.2f} GiB"
-        f" | XLA temp {temp_gib:.2f} GiB")
-  print(f"  model TFLOP/step {out['model_tflops_per_step']:.3f} | achieved "
-        f"{out['achieved_tflops']:.2f} TFLOP/s | MFU {100 * mfu:.1f}% of "
-        f"{args.peak_tflops:g} TFLOP/s/device")
-  return out
+  step_s, m = _time(compiled, state, (batch, frozen), args.warmup, args.steps)
+  header = (f"ViTok {args.variant} {args.frames}x{args.res}^2 batch {shape[0]}")
+  return _report(header, args, compiled, compile_s, step_s, m,
+                 flops.train_step_flops(setup.model, shape),
+                 shape[0] * args.frames, mesh,
+                 dict(variant=args.variant, res=args.res, frames=args.frames,
+                      batch=shape[0]))
 
 
 def _time(compiled, state, args_tuple, warmup, steps):
+  """Seconds per step of a compiled step, after `warmup` steps."""
   for _ in range(warmup):
     state, m = compiled(state, *args_tuple)
   jax.block_until_ready(m)
@@ -135,6 +103,36 @@ def _time(compiled, state, args_tuple, warmup, steps):
     state, m = compiled(state, *args_tuple)
   jax.block_until_ready(m)
   return (time.time() - t0) / steps, m
+
+
+def _report(header, args, compiled, compile_s, step_s, m, model_flops,
+            examples, mesh, extra) -> dict:
+  """Prints and returns images/s, step time, memory and MFU."""
+  # XLA's own accounting of the step's scratch memory (activations kept for
+  # the backward pass among them): available on every backend, unlike
+  # memory_stats(), which only GPUs fill.
+  temp_gib = getattr(compiled.memory_analysis(), "temp_size_in_bytes",
+                     0) / 2**30
+  achieved = model_flops / step_s
+  mfu = achieved / (args.peak_tflops * 1e12 * jax.device_count())
+  mem = jax.local_devices()[0].memory_stats() or {}
+  peak_gib = mem.get("peak_bytes_in_use", 0) / 2**30
+  out = dict(extra, devices=jax.device_count(),
+             platform=jax.devices()[0].platform,
+             device_kind=jax.devices()[0].device_kind,
+             images_per_sec=examples / step_s, step_ms=1000 * step_s,
+             compile_s=compile_s, peak_mem_gib=peak_gib, temp_gib=temp_gib,
+             model_tflops_per_step=model_flops / 1e12,
+             achieved_tflops=achieved / 1e12, mfu=mfu, loss=float(m["loss"]))
+  print(f"{header} on {out['devices']}x {out['device_kind']} (matmuls "
+        f"{args.dtype}, stream {args.stream_dtype}, mesh {dict(mesh.shape)})")
+  print(f"  images/s {out['images_per_sec']:.1f} | step {out['step_ms']:.1f} ms"
+        f" | compile {compile_s:.1f} s | peak mem {peak_gib:.2f} GiB"
+        f" | XLA temp {temp_gib:.2f} GiB")
+  print(f"  model TFLOP/step {out['model_tflops_per_step']:.3f} | achieved "
+        f"{out['achieved_tflops']:.2f} TFLOP/s | MFU {100 * mfu:.1f}% of "
+        f"{args.peak_tflops:g} TFLOP/s/device")
+  return out
 
 
 def bench_dit(args):
@@ -169,34 +167,15 @@ def bench_dit(args):
   state = setup.init(jax.random.key(0))
   compiled = setup.step.lower(state, z, y, {}, stats).compile()
   compile_s = time.time() - t0
-  temp_gib = getattr(compiled.memory_analysis(), "temp_size_in_bytes",
-                     0) / 2**30
   step_s, m = _time(compiled, state, (z, y, {}, stats), args.warmup,
                     args.steps)
-  model_flops = flops.dit_train_step_flops(setup.model, codec.num_tokens,
-                                           args.batch)
-  achieved = model_flops / step_s
-  mfu = achieved / (args.peak_tflops * 1e12 * jax.device_count())
-  mem = jax.local_devices()[0].memory_stats() or {}
-  peak_gib = mem.get("peak_bytes_in_use", 0) / 2**30
-  out = dict(dit=args.dit, tokens=codec.num_tokens, batch=args.batch,
-             devices=jax.device_count(), platform=jax.devices()[0].platform,
-             device_kind=jax.devices()[0].device_kind,
-             images_per_sec=args.batch / step_s, step_ms=1000 * step_s,
-             compile_s=compile_s, peak_mem_gib=peak_gib, temp_gib=temp_gib,
-             model_tflops_per_step=model_flops / 1e12,
-             achieved_tflops=achieved / 1e12, mfu=mfu, loss=float(m["loss"]))
-  print(f"DiT-{args.dit} on {codec.num_tokens} tokens x {codec.channels} "
-        f"({args.variant} at {args.res}p) batch {args.batch} on "
-        f"{out['devices']}x {out['device_kind']} (matmuls {args.dtype}, "
-        f"stream {args.stream_dtype}, mesh {dict(mesh.shape)})")
-  print(f"  images/s {out['images_per_sec']:.1f} | step {out['step_ms']:.1f} ms"
-        f" | compile {compile_s:.1f} s | peak mem {peak_gib:.2f} GiB"
-        f" | XLA temp {temp_gib:.2f} GiB")
-  print(f"  model TFLOP/step {out['model_tflops_per_step']:.3f} | achieved "
-        f"{out['achieved_tflops']:.2f} TFLOP/s | MFU {100 * mfu:.1f}% of "
-        f"{args.peak_tflops:g} TFLOP/s/device")
-  return out
+  header = (f"DiT-{args.dit} on {codec.num_tokens} tokens x {codec.channels} "
+            f"({args.variant} at {args.res}p) batch {args.batch}")
+  return _report(header, args, compiled, compile_s, step_s, m,
+                 flops.dit_train_step_flops(setup.model, codec.num_tokens,
+                                            args.batch),
+                 args.batch, mesh, dict(dit=args.dit, tokens=codec.num_tokens,
+                                        batch=args.batch))
 
 
 if __name__ == "__main__":

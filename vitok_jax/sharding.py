@@ -97,6 +97,13 @@ def infer_state_sharding(abstract_state: Any, mesh: Mesh, rules=(),
   return u.tree_map_with_names(spec_for, abstract_state)
 
 
+def state_sharding_from_config(abstract_state, mesh: Mesh, sharding_config):
+  """infer_state_sharding with config.sharding's rules and FSDP threshold."""
+  return infer_state_sharding(
+      abstract_state, mesh, [tuple(r) for r in sharding_config.rules],
+      min_size=sharding_config.fsdp_min_size)
+
+
 def with_sharding(abstract_tree, shardings):
   """ShapeDtypeStructs that carry their target sharding (for restores)."""
   return jax.tree.map(

@@ -45,14 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
   placeholder = ml_collections.config_dict.placeholder
   c = ml_collections.ConfigDict()
   c.trainer = "dit"
-  c.seed = 0
-  c.total_steps = 500_000
-  c.log_every = 100
-  c.ckpt_every = 5000
-  c.keep_ckpts = 3
-  c.async_ckpt = True
-  c.image_every = 5000  # samples picture; 0 = only at the end
-  c.num_preview = 16  # samples in the picture (classes 0, 1, ...)
+  # The picture: num_preview samples of classes 0, 1, ...
+  host_loop.loop_config(c, total_steps=500_000, log_every=100, ckpt_every=5000,
+                        image_every=5000, num_preview=16)
   # The frozen ViTok: a tokenizer run's workdir (its EMA params if any).
   c.tokenizer = dict(workdir=placeholder(str), step=placeholder(int),
                      use_ema=True)
@@ -83,21 +78,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.ema_decay = 0.9999
   # name -> dict(type="generation", ...); see evaluators/generation.py.
   c.evals = {}
-  c.mesh = [("data", -1), ("fsdp", 1)]
-  c.sharding = dict(rules=[], fsdp_min_size=2**18)
   return c
 
 
 _POSITIVE, _NON_NEGATIVE = (0, None, False, None), (0, None, True, None)
 _FRACTION = (0, 1, True, False)
 VALID_RANGES = {
-    "total_steps": _POSITIVE, "log_every": _POSITIVE, "ckpt_every": _POSITIVE,
-    "keep_ckpts": _POSITIVE, "image_every": _NON_NEGATIVE,
-    "num_preview": _POSITIVE, "ema_decay": _FRACTION, "num_classes": _POSITIVE,
+    **host_loop.LOOP_RANGES, "num_classes": _POSITIVE,
     "latents.tokens": _POSITIVE, "latents.channels": _POSITIVE,
     "latents.stats_examples": _POSITIVE, "latents.stats_batch": _POSITIVE,
-    "input.res": _POSITIVE, "input.batch_size": _POSITIVE,
-    "input.num_workers": _NON_NEGATIVE, "input.max_bad_fraction": _FRACTION,
+    "input.res": _POSITIVE,
     "diffusion.train_steps": _POSITIVE, "diffusion.beta_start": (0, 1, False, False),
     "diffusion.beta_end": (0, 1, False, False),
     "diffusion.label_dropout": _FRACTION, "sampling.num_steps": _POSITIVE,
@@ -208,9 +198,8 @@ def make_setup(config, mesh, codec: latents_lib.Codec, *,
     return state
 
   abstract_state = jax.eval_shape(init, base_rng)
-  state_sharding = sh.infer_state_sharding(
-      abstract_state, mesh, [tuple(r) for r in config.sharding.rules],
-      min_size=config.sharding.fsdp_min_size)
+  state_sharding = sh.state_sharding_from_config(abstract_state, mesh,
+                                                 config.sharding)
   batch_sharding = sh.batch_sharding(mesh)
   repl = sh.replicated(mesh)
 

@@ -49,6 +49,35 @@ class Task(NamedTuple):
   description: str  # "ViTok S-B/16 with 22.1M params"
 
 
+# The keys every trainer's config has for the loop, and their valid ranges
+# (config_utils.check_ranges).
+LOOP_RANGES = {
+    "total_steps": (0, None, False, None), "log_every": (0, None, False, None),
+    "ckpt_every": (0, None, False, None), "keep_ckpts": (0, None, False, None),
+    "image_every": (0, None, True, None), "num_preview": (0, None, False, None),
+    "ema_decay": (0, 1, True, False),
+    "input.batch_size": (0, None, False, None),
+    "input.num_workers": (0, None, True, None),
+    "input.max_bad_fraction": (0, 1, True, False),
+}
+
+
+def loop_config(c, *, total_steps: int, log_every: int, ckpt_every: int,
+                image_every: int, num_preview: int):
+  """Sets the loop's keys on a trainer's default config `c`."""
+  c.seed = 0
+  c.total_steps = total_steps
+  c.log_every = log_every
+  c.ckpt_every = ckpt_every
+  c.keep_ckpts = 3
+  c.async_ckpt = True
+  c.image_every = image_every  # the picture; 0 = only at the end
+  c.num_preview = num_preview
+  c.mesh = [("data", -1), ("fsdp", 1)]
+  c.sharding = dict(rules=[], fsdp_min_size=2**18)
+  return c
+
+
 def eval_params(state):
   """The params evaluators and pictures see: the EMA when there is one."""
   return state.get("params_ema", state["params"])

@@ -40,14 +40,8 @@ import vitok_jax.utils as u
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.trainer = "tokenizer"
-  c.seed = 0
-  c.total_steps = 100_000
-  c.log_every = 50
-  c.ckpt_every = 1000
-  c.keep_ckpts = 3
-  c.async_ckpt = True
-  c.image_every = 1000  # reconstruction picture; 0 = only at the end
-  c.num_preview = 8
+  host_loop.loop_config(c, total_steps=100_000, log_every=50, ckpt_every=1000,
+                        image_every=1000, num_preview=8)  # reconstructions
   # Every vitok.Model field a user may set (the variant gives the sizes).
   # dtype: matmuls; stream_dtype: residual stream and norms (the paper's
   # bf16 autocast is dtype=bfloat16, stream_dtype=float32).
@@ -79,8 +73,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.init_from_step = None
   # name -> dict(type="reconstruction", log_steps=..., ...); see evaluators/.
   c.evals = {}
-  c.mesh = [("data", -1), ("fsdp", 1)]
-  c.sharding = dict(rules=[], fsdp_min_size=2**18)
   return c
 
 
@@ -108,13 +100,9 @@ def model_config_fields() -> ml_collections.ConfigDict:
 _POSITIVE, _NON_NEGATIVE = (0, None, False, None), (0, None, True, None)
 _FRACTION = (0, 1, True, False)  # [0, 1)
 VALID_RANGES = {
-    "total_steps": _POSITIVE, "log_every": _POSITIVE, "ckpt_every": _POSITIVE,
-    "keep_ckpts": _POSITIVE, "image_every": _NON_NEGATIVE,
-    "num_preview": _POSITIVE, "ema_decay": _FRACTION,
+    **host_loop.LOOP_RANGES,
     "model.code_channels": _POSITIVE, "model.num_latent_tokens": _NON_NEGATIVE,
     "input.res": _POSITIVE, "input.frames": _POSITIVE,
-    "input.batch_size": _POSITIVE, "input.num_workers": _NON_NEGATIVE,
-    "input.max_bad_fraction": _FRACTION,
     "loss.kl_weight": _NON_NEGATIVE, "loss.lpips_weight": _NON_NEGATIVE,
     "loss.gan_weight": _NON_NEGATIVE, "loss.gan_start_step": _NON_NEGATIVE,
     "loss.r1_weight": _NON_NEGATIVE, "loss.lecam_weight": _NON_NEGATIVE,
@@ -255,9 +243,8 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
     return state
 
   abstract_state = jax.eval_shape(init, base_rng)
-  state_sharding = sh.infer_state_sharding(
-      abstract_state, mesh, [tuple(r) for r in config.sharding.rules],
-      min_size=config.sharding.fsdp_min_size)
+  state_sharding = sh.state_sharding_from_config(abstract_state, mesh,
+                                                 config.sharding)
   batch_sharding = sh.batch_sharding(mesh)
   repl = sh.replicated(mesh)
 
