@@ -4,12 +4,24 @@ Sources, named by a string in `config.input.data`:
   * "tfds:<name>[:<split>]"  a prepared TFDS dataset, random access through
                              `tfds.data_source` (no TensorFlow needed), e.g.
                              "tfds:imagenet2012:train", "tfds:coco/2017:validation";
-  * "folder:<path>"          every .jpg/.jpeg/.png/.webp/.bmp below path;
+                             with input.frames > 1 a video dataset
+                             ("tfds:ucf101:train", its `video_key` frames at
+                             `src_fps`);
+  * "folder:<path>"          every .jpg/.jpeg/.png/.webp/.bmp below path; with
+                             input.frames > 1 every .mp4/.webm/.avi/.mkv/.mov
+                             (decoded with PyAV);
   * "embedded"               real photos shipped inside scikit-image (no
                              network, the default of `:runlocal` and the demo);
+                             with input.frames > 1, pans and zooms over them
+                             (and so for "heldout");
   * "heldout"                other real photos, never in "embedded": the ones
                              scikit-learn and matplotlib ship, cut into tiles
                              (the demo's evaluation data).
+
+Videos (input.frames = T > 1): clips of T frames at input.fps (vitok_jax/
+video.py), shorter side resized, one random crop and flip per clip in
+training, centred clip and crop in evaluation; a video that is too short or
+does not decode is skipped and counted like an unreadable image.
 
 Training: random-resized crop (or `crop="center"`), random flip, values in
 [-1, 1]; evaluation:
@@ -30,6 +42,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from vitok_jax import video
 from vitok_jax.pp import ops
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -102,6 +115,8 @@ class FolderImages:
   """Every image file below a folder, decoded on access. The class of a file
   is its top-level subfolder (ImageNet's layout: root/<class>/<file>), in
   sorted order; files directly in root have no class (-1)."""
+  is_video = False
+  EXTS = IMAGE_EXTS
 
   def __init__(self, root: str):
     root_path = pathlib.Path(root)
@@ -109,9 +124,10 @@ class FolderImages:
       raise FileNotFoundError(f"config.input.data: image folder {root!r} does "
                               "not exist")
     self.files: List[str] = sorted(
-        str(p) for p in root_path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        str(p) for p in root_path.rglob("*") if p.suffix.lower() in self.EXTS)
     if not self.files:
-      raise FileNotFoundError(f"config.input.data: no {IMAGE_EXTS} images "
+      raise FileNotFoundError(f"config.input.data: no {self.EXTS} "
+                              f"{'videos' if self.is_video else 'images'} "
                               f"below {root!r}")
     tops = [pathlib.Path(f).relative_to(root_path).parts for f in self.files]
     self.classes = sorted({p[0] for p in tops if len(p) > 1})
@@ -159,17 +175,76 @@ class TfdsImages:
     return int(self.source[i].get("label", -1))
 
 
-def get_source(data: str, data_dir=None, image_key="image"):
+class FolderVideos(FolderImages):
+  """Every video file below a folder (classes: top-level subfolders). Items
+  are paths: clips are decoded where they are sampled (video.decode)."""
+  is_video = True
+  EXTS = video.VIDEO_EXTS
+
+  def __getitem__(self, i):
+    return self.files[i]
+
+  def clip(self, ref, t, fps, rng):
+    return video.decode(ref, t, fps, rng)
+
+
+class TfdsVideos(TfdsImages):
+  """A prepared TFDS video dataset (e.g. ucf101): all frames per record."""
+  is_video = True
+
+  def __init__(self, name, split, data_dir=None, video_key="video",
+               src_fps: float = 25.0):
+    super().__init__(name, split, data_dir, video_key)
+    self.src_fps = src_fps
+
+  def clip(self, ref, t, fps, rng):
+    return video.from_frames(ref, self.src_fps, t, fps, rng)
+
+
+class PhotoPans:
+  """Videos without files: a camera panning and zooming over each photo of
+  a photo source (video.pan_zoom), a new path per sample in training, a
+  fixed one in evaluation. The class of a clip is its photo's."""
+  is_video = True
+
+  def __init__(self, photos):
+    self.photos = photos
+
+  def __len__(self):
+    return len(self.photos)
+
+  def __getitem__(self, i):
+    return i
+
+  def label(self, i) -> int:
+    return self.photos.label(i)
+
+  def describe(self, i) -> str:
+    return f"pan over photo {i}"
+
+  def clip(self, ref, t, fps, rng):
+    del fps  # a camera path has no frame rate of its own
+    return video.pan_zoom(self.photos[ref], t, rng)
+
+
+def get_source(data: str, data_dir=None, image_key="image", frames: int = 1,
+               video_key: str = "video", src_fps: float = 25.0):
   """Parses a source string (see the module docstring)."""
+  if data in ("embedded", "heldout") and frames > 1:
+    return PhotoPans(EmbeddedPhotos() if data == "embedded" else
+                     HeldOutPhotos())
   if data == "embedded":
     return EmbeddedPhotos()
   if data == "heldout":
     return HeldOutPhotos()
   kind, _, rest = data.partition(":")
   if kind == "folder" and rest:
-    return FolderImages(os.path.expanduser(rest))
+    cls = FolderVideos if frames > 1 else FolderImages
+    return cls(os.path.expanduser(rest))
   if kind == "tfds" and rest:
     name, _, split = rest.partition(":")
+    if frames > 1:
+      return TfdsVideos(name, split or "train", data_dir, video_key, src_fps)
     return TfdsImages(name, split or "train", data_dir, image_key)
   raise ValueError(f"config.input.data={data!r}: expected 'embedded', "
                    "'heldout', 'folder:<path>' or 'tfds:<name>[:<split>]'")
@@ -193,9 +268,16 @@ class CheckedSource:
   def __len__(self):
     return len(self.source)
 
+  def where(self, i) -> str:
+    return (self.source.describe(i) if hasattr(self.source, "describe")
+            else f"record {i}")
+
   def __getitem__(self, i):
     try:
       label = self.source.label(i) if hasattr(self.source, "label") else -1
+      if getattr(self.source, "is_video", False):  # decoded when sampled
+        return {"video": self.source[i], "label": np.int32(label),
+                "where": self.where(i)}
       return {"image": ops.to_rgb_uint8(self.source[i]),
               "label": np.int32(label)}
     except Exception as e:  # pylint: disable=broad-except
@@ -254,20 +336,37 @@ def _check_batch(global_batch: int) -> int:
   return global_batch // n
 
 
+def source_of(config):
+  """The source config.input (or an evaluator's data config) names."""
+  return get_source(config.data, config.get("data_dir"),
+                    config.get("image_key") or "image",
+                    config.get("frames") or 1,
+                    config.get("video_key") or "video",
+                    config.get("src_fps") or 25.0)
+
+
+def _video_clip(source, rec, config, rng, train: bool):
+  """A record's clip [T, res, res, 3] in [-1, 1], or a BadRecord naming the
+  video (too short, unreadable)."""
+  try:
+    clip = source.clip(rec["video"], config.frames, config.get("fps") or 8.0,
+                       rng if train else None)
+    clip = video.resize_and_crop(clip, config.res, rng if train else None,
+                                 flip=train and config.get("flip", True))
+  except Exception as e:  # pylint: disable=broad-except
+    return BadRecord(rec["where"], f"{type(e).__name__}: {e}")
+  return {"image": ops.value_range(clip), "label": rec["label"]}
+
+
 def make_train_dataset(config, seed: int) -> grain.IterDataset:
   """Infinite, shuffled, augmented; this process's share of each batch.
 
-  Yields {"image": [b, res, res, 3] float32 in [-1, 1], "label": [b] int32
-  (-1 for a source without classes), "skipped": [b] int32 (unreadable
-  records skipped before each example)}.
+  Yields {"image": [b, res, res, 3] (or [b, T, res, res, 3]) float32 in
+  [-1, 1], "label": [b] int32 (-1 for a source without classes),
+  "skipped": [b] int32 (unreadable records skipped before each example)}.
   """
   local_batch = _check_batch(config.batch_size)
-  if config.get("frames", 1) != 1:
-    raise NotImplementedError(
-        f"config.input.frames={config.frames}: video sources are not "
-        "implemented yet; the image sources serve frames=1 only")
-  source = get_source(config.data, config.get("data_dir"),
-                      config.get("image_key", "image"))
+  source = source_of(config)
   res, scale = config.res, tuple(config.get("crop_scale", (0.5, 1.0)))
   flip = config.get("flip", True)
   crop = config.get("crop", "random_resized")
@@ -278,6 +377,8 @@ def make_train_dataset(config, seed: int) -> grain.IterDataset:
   def augment(rec, rng):
     if isinstance(rec, BadRecord):
       return rec
+    if "video" in rec:
+      return _video_clip(source, rec, config, rng, train=True)
     if crop == "center":  # ADM/DiT: resize + centre crop (+ flip)
       img = ops.center_crop(rec["image"], res)
     else:
@@ -310,8 +411,7 @@ def check_bad_fraction(skipped: int, read: int, max_fraction: float) -> None:
 
 def eval_num_examples(config, num_examples=None) -> int:
   """How many examples an evaluation over `config` sees (all processes)."""
-  n = len(get_source(config.data, config.get("data_dir"),
-                     config.get("image_key", "image")))
+  n = len(source_of(config))
   return n if num_examples is None else min(num_examples, n)
 
 
@@ -323,8 +423,7 @@ def make_eval_dataset(config, batch_size: int, num_examples=None):
   like padding).
   """
   local_batch = _check_batch(batch_size)
-  source = get_source(config.data, config.get("data_dir"),
-                      config.get("image_key", "image"))
+  source = source_of(config)
   n = len(source) if num_examples is None else min(num_examples, len(source))
   res = config.res
   ds = grain.MapDataset.source(CheckedSource(source))[:n]
@@ -340,13 +439,22 @@ def make_eval_dataset(config, batch_size: int, num_examples=None):
   # Every process yields the same number of batches (collectives need it).
   per_process = -(-n // jax.process_count())
   num_batches = -(-per_process // local_batch)
-  it = ((ops.value_range(ops.center_crop(rec["image"], res)), rec["label"])
-        for rec in ds if good(rec))
+  def crop(rec):
+    if "video" in rec:
+      return _video_clip(source, rec, config, None, train=False)
+    return {"image": ops.value_range(ops.center_crop(rec["image"], res)),
+            "label": rec["label"]}
+
+  it = ((r["image"], r["label"]) for r in (crop(rec) for rec in ds
+                                           if good(rec)) if good(r))
   for _ in range(num_batches):
     recs = [rec for _, rec in zip(range(local_batch), it)]
     pad = local_batch - len(recs)
     mask = np.array([True] * len(recs) + [False] * pad)
-    imgs = [img for img, _ in recs] + [np.zeros((res, res, 3), np.float32)] * pad
+    frames = config.get("frames") or 1
+    blank = np.zeros(((frames,) if frames > 1 else ()) + (res, res, 3),
+                     np.float32)
+    imgs = [img for img, _ in recs] + [blank] * pad
     labels = [label for _, label in recs] + [-1] * pad
     yield dict(image=np.stack(imgs), label=np.asarray(labels, np.int32),
                mask=mask)

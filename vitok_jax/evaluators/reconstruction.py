@@ -50,7 +50,7 @@ class Evaluator:
       raise ValueError(f"config.evals.{name}.data needs a 'res'")
     self.data_config = ml_collections.ConfigDict(
         {k: data.get(k) for k in ("data", "data_dir", "image_key", "res",
-                                  "frames")})
+                                  "frames", "fps", "src_fps", "video_key")})
     self.batch_size = int(config.get("batch_size", 64))
     if self.batch_size % mesh.size:
       raise ValueError(f"config.evals.{name}.batch_size={self.batch_size} is "

@@ -50,6 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
                  frames=1, batch_size=1024, crop="random_resized",
                  crop_scale=(0.5, 1.0), flip=True,
                  num_workers=0,
+                 # Videos (frames > 1): clips at fps; TFDS videos are stored
+                 # as frames under video_key at src_fps.
+                 fps=8.0, src_fps=25.0, video_key="video",
                  # Unreadable records are skipped and counted; above this
                  # fraction of the records read the run stops.
                  max_bad_fraction=0.01)
@@ -459,6 +462,6 @@ def _preview_batch(data_config, config, mesh) -> np.ndarray:
   n = max(config.num_preview // mesh.size, 1) * mesh.size
   ds = input_pipeline.make_eval_dataset(data_config, n, num_examples=n)
   images = next(iter(ds))["image"]
-  if config.input.frames > 1:  # a still "video" for a video model's preview
+  if config.input.frames > 1 and images.ndim == 4:  # a still "video"
     images = np.repeat(images[:, None], config.input.frames, axis=1)
   return images

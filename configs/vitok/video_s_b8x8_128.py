@@ -1,0 +1,12 @@
+r"""ViTok S-B/8x8 on 16 x 128 x 128 video (paper Table 5): 512 codes of c=16.
+
+  python -m vitok_jax.train --config=configs/vitok/video_s_b8x8_128.py --workdir=DIR
+  python -m vitok_jax.train --config=configs/vitok/video_s_b8x8_128.py:runlocal --workdir=DIR
+
+Same arguments as video_s_b4x8_128.py.
+"""
+from configs.vitok import video_s_b4x8_128 as base
+
+
+def get_config(arg=None):
+  return base.get_config(arg, variant="S-B/8x8")
