@@ -5,7 +5,8 @@ the current mesh, runs every evaluator of `config.evals` (a default
 reconstruction evaluator on the training data when there is none), and writes
 under DIR/eval/: TensorBoard scalars, results_<step>.json and
 reconstruction_<step>.png (originals on top, reconstructions below, like the
-paper's Fig. 3). For a DiT run (config.trainer "dit") the evaluators are its
+paper's Fig. 3; for videos each clip's frames side by side, and an animated
+reconstruction_<step>.gif). For a DiT run (config.trainer "dit") the evaluators are its
 generation evaluators (gFID/gIS).
 """
 import json
@@ -74,6 +75,10 @@ def evaluate(config, workdir: str, step=None) -> dict:
         from PIL import Image  # pylint: disable=g-import-not-at-top
         Image.fromarray(ev.last_picture).save(
             os.path.join(out_dir, f"{name}_reconstruction_{step}.png"))
+        if getattr(ev, "last_clips", None) is not None:  # videos: a GIF too
+          evaluators.save_comparison_gif(
+              os.path.join(out_dir, f"{name}_reconstruction_{step}.gif"),
+              *ev.last_clips, fps=ev.data_config.get("fps") or 8.0)
   writer.write_scalars(step, results)
   writer.close()
   if jax.process_index() == 0:

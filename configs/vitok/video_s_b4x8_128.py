@@ -57,11 +57,11 @@ def get_config(arg=None, **defaults):
     c.ckpt_every = 150
     c.image_every = 150
     c.model.update(variant="mu-mu/2x8", dtype="float32")
-    frames = 8 if arg.frames == spec["frames"] else arg.frames
+    frames = arg.frames  # 16: I3D (rFVD) needs at least 9
     c.input.update(data="embedded" if arg.data == spec["data"] else arg.data,
                    res=32 if arg.res == spec["res"] else arg.res,
                    frames=frames, batch_size=4, num_workers=0)
-    c.optim.update(base_lr=0.01, warmup_steps=30)  # peak 1e-3 at 4 x 8
+    c.optim.update(base_lr=0.004, warmup_steps=30)  # peak 1e-3 at 4 x 16
     c.evals = {"val": dict(
         type="reconstruction", log_steps=None, batch_size=4, num_examples=8,
         inception_weights=arg.inception_weights, i3d_weights=arg.i3d_weights,

@@ -60,11 +60,11 @@ class Scorer:
   (optionally) PSNR against labelled reference photos."""
 
   def __init__(self, num_samples: int, inception_params=None,
-               references=None):
+               references=None, frames: int = 1):
     self.inception_params = inception_params
-    if inception_params is not None:
+    if inception_params is not None:  # videos: frame-wise gFID/gIS
       self.stats = metrics.GaussianStats()
-      self.score = metrics.InceptionScore(num_samples)
+      self.score = metrics.InceptionScore(num_samples * frames)
       net = inception.FIDInceptionV3()
       self._net = jax.jit(lambda p, x: net.apply({"params": p}, x))
     self.references = references  # (uint8 images [R, H, W, 3], labels [R])
@@ -74,13 +74,15 @@ class Scorer:
     q = np.asarray(metrics.quantize(images))
     self.n += len(q)
     if self.inception_params is not None:
-      pool, logits = self._net(self.inception_params, q / 255.0)
+      pool, logits = self._net(self.inception_params,
+                               q.reshape((-1,) + q.shape[-3:]) / 255.0)
       self.stats.update(np.asarray(pool))
       self.score.update(np.asarray(logits))
     if self.references is not None:
       ref, ref_labels = self.references
       # PSNR of every sample against every reference photo [b, R].
-      mse = ((q[:, None].astype(np.float64) - ref[None]) ** 2).mean((2, 3, 4))
+      diff = q[:, None].astype(np.float64) - ref[None]
+      mse = (diff ** 2).reshape(diff.shape[:2] + (-1,)).mean(-1)
       psnr = 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
       same = labels[:, None] == ref_labels[None]
       own = np.where(same, psnr, -np.inf).max(1)
@@ -120,8 +122,9 @@ def reference_stats(data_config, inception_params, num_examples=None):
   n = input_pipeline.eval_num_examples(data_config, num_examples)
   batch = min(50, -(-n // jax.process_count()) * jax.process_count())
   for b in input_pipeline.make_eval_dataset(data_config, batch, num_examples):
-    q = np.asarray(metrics.quantize(b["image"])) / 255.0
-    stats.update(np.asarray(fn(inception_params, q))[b["mask"]])
+    q = np.asarray(metrics.quantize(b["image"][b["mask"]])) / 255.0
+    stats.update(np.asarray(fn(inception_params,
+                               q.reshape((-1,) + q.shape[-3:]))))
   return stats.mean_cov()
 
 
@@ -144,7 +147,9 @@ class Evaluator:
     data = dict(input_config or {})
     data.update(dict(config.get("data") or {}))
     self.data_config = ml_collections.ConfigDict(
-        {k: data.get(k) for k in ("data", "data_dir", "image_key", "res")})
+        {k: data.get(k) for k in ("data", "data_dir", "image_key", "res",
+                                  "frames", "fps", "src_fps", "video_key")})
+    self.frames = self.data_config.get("frames") or 1
     self.inception_params, self.ref_stats = None, None
     try:
       self.inception_params = jax.device_put(
@@ -164,7 +169,8 @@ class Evaluator:
                        if config.get("nearest") else None)
 
   def run(self, params) -> common.Results:
-    scorer = Scorer(self.num_samples, self.inception_params, self.references)
+    scorer = Scorer(self.num_samples, self.inception_params, self.references,
+                    self.frames)
     labels = sample_labels(self.num_samples, self.num_classes)
     for images, y in generate(self.sample, params, labels, self.batch_size,
                               self.mesh, self.seed):

@@ -14,6 +14,10 @@ config.evals.<name> fields:
   bicubic_baseline:  also score bicubic down/up-sampling through the same
                      number of floats as the code (E = codes x c per frame):
                      <name>/bicubic_rpsnr, <name>/bicubic_rssim
+  i3d_weights:       videos: .npz from tools/convert_i3d.py for rFVD (I3D
+                     logits of whole clips resized to 224); "random" uses a
+                     randomly initialised I3D (tests; flagged in the output
+                     as <name>/rfvd_random_i3d = 1); missing -> rFVD skipped
 
 Videos [B, T, H, W, 3] are scored frame-wise. The model runs in evaluation
 mode (z = mean); params are whatever the caller passes (the EMA when there is
@@ -32,6 +36,7 @@ from vitok_jax import sharding as sh
 from vitok_jax.evaluators import bicubic
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import metrics
+from vitok_jax.models import i3d
 from vitok_jax.models import inception
 
 
@@ -68,11 +73,30 @@ class Evaluator:
     if config.get("ref_stats"):
       with np.load(os.path.expanduser(config.get("ref_stats"))) as f:
         self.ref_stats = (f["mu"], f["sigma"])
+    self.i3d_params, self.i3d_random = None, False
+    if (self.data_config.get("frames") or 1) > 1:
+      self._load_i3d(config.get("i3d_weights"))
     self.bicubic_floats = None
     if config.get("bicubic_baseline"):
       self.bicubic_floats = code_floats_per_frame(model, self.data_config)
     self.last_picture: Optional[np.ndarray] = None
+    self.last_clips = None  # videos: (originals, reconstructions)
     self._step = self._make_step(params_sharding)
+
+  def _load_i3d(self, path):
+    if path == "random":
+      logging.warning("evals.%s: rFVD uses a RANDOM I3D: not comparable to "
+                      "any published number", self.name)
+      params = jax.jit(lambda: i3d.I3D().init(jax.random.key(0), jax.numpy.zeros(
+          (1, 16, 224, 224, 3)))["params"])()
+      self.i3d_random = True
+    else:
+      try:
+        params = i3d.load(path)
+      except FileNotFoundError as e:
+        logging.warning("evals.%s: rFVD is SKIPPED: %s", self.name, e)
+        return
+    self.i3d_params = jax.device_put(params, sh.replicated(self.mesh))
 
   def _make_step(self, params_sharding):
     model = self.model
@@ -81,8 +105,9 @@ class Evaluator:
     inc = inception.FIDInceptionV3()
 
     with_bicubic = self.bicubic_floats is not None
+    with_i3d = self.i3d_params is not None
 
-    def step(params, images, inc_params, bicubic_images):
+    def step(params, images, inc_params, bicubic_images, i3d_params):
       recon = model.apply({"params": params}, images)[0]
       frames = lambda x: x.reshape((-1,) + x.shape[-3:])
       real_q, fake_q = (metrics.quantize(frames(images)),
@@ -98,13 +123,18 @@ class Evaluator:
             {"params": inc_params}, fake_q / 255.0)
         if need_real_feats:
           out["real_pool"], _ = inc.apply({"params": inc_params}, real_q / 255.0)
+      if with_i3d:  # whole clips, on the uint8 grid, in [-1, 1]
+        clip = lambda q: q.reshape(images.shape) / 127.5 - 1.0
+        out["fake_i3d"] = i3d.features(i3d_params, clip(fake_q))
+        out["real_i3d"] = i3d.features(i3d_params, clip(real_q))
       return out
 
     batch_sh = sh.batch_sharding(self.mesh)
     inc_sh = sh.replicated(self.mesh) if with_inception else None
     bic_sh = batch_sh if with_bicubic else None
+    i3d_sh = sh.replicated(self.mesh) if with_i3d else None
     return jax.jit(step, in_shardings=(params_sharding, batch_sh, inc_sh,
-                                       bic_sh),
+                                       bic_sh, i3d_sh),
                    out_shardings=sh.replicated(self.mesh))
 
   def summary(self, results: dict) -> str:
@@ -121,6 +151,9 @@ class Evaluator:
       line += f" (bicubic: {r('bicubic_rssim'):.3f})"
     if r("rfid") is not None:
       line += f", rFID {r('rfid'):.2f}"
+    if r("rfvd") is not None:
+      line += (f", rFVD {r('rfvd'):.2f}" +
+               (" (RANDOM I3D weights)" if r("rfvd_random_i3d") else ""))
     return line + f" [{n} images]"
 
   def _bicubic(self, images: np.ndarray) -> np.ndarray:
@@ -142,7 +175,11 @@ class Evaluator:
                                                self.num_examples) * frames
       score = metrics.InceptionScore(total)
     mask_sh = sh.batch_sharding(self.mesh)
-    self.last_picture = None
+    fvd_fake = fvd_real = None
+    if self.i3d_params is not None:
+      fvd_fake = metrics.GaussianStats(i3d.NUM_CLASSES)
+      fvd_real = metrics.GaussianStats(i3d.NUM_CLASSES)
+    self.last_picture, self.last_clips = None, None
     for batch in batches:
       images = sh.put_global_batch(batch["image"], sh.batch_sharding(self.mesh))
       mask = np.asarray(sh.put_global_batch(batch["mask"], mask_sh))  # global
@@ -151,7 +188,10 @@ class Evaluator:
         bic = sh.put_global_batch(self._bicubic(batch["image"]),
                                   sh.batch_sharding(self.mesh))
       out = jax.device_get(self._step(params, images, self.inception_params,
-                                      bic))
+                                      bic, self.i3d_params))
+      if fvd_fake is not None:
+        fvd_fake.update(out["fake_i3d"][mask])
+        fvd_real.update(out["real_i3d"][mask])
       frames = out["psnr"].shape[0] // mask.shape[0]
       fmask = np.repeat(mask, frames)
       psnr += float(out["psnr"][fmask].sum())
@@ -167,9 +207,11 @@ class Evaluator:
           real_stats.update(out["real_pool"][fmask])
       if self.last_picture is None:
         # This process's rows come first in the global batch.
-        k = min(8, int(batch["mask"].sum()))
+        k = min(8 if batch["image"].ndim == 4 else 4, int(batch["mask"].sum()))
         self.last_picture = common.comparison_picture(batch["image"][:k],
                                                       out["recon"][:k])
+        if batch["image"].ndim == 5:  # the clips, for a GIF
+          self.last_clips = (batch["image"][:k], out["recon"][:k])
     if not n:
       raise ValueError(f"evals.{self.name}: the evaluation data is empty")
     yield f"{self.name}/rpsnr", psnr / n
@@ -186,6 +228,10 @@ class Evaluator:
       is_mean, is_std = score.result()
       yield f"{self.name}/ris", is_mean
       yield f"{self.name}/ris_std", is_std
+    if fvd_fake is not None:
+      yield f"{self.name}/rfvd", metrics.frechet_distance(
+          *fvd_fake.mean_cov(), *fvd_real.mean_cov())
+      yield f"{self.name}/rfvd_random_i3d", float(self.i3d_random)
 
 
 def code_floats_per_frame(model, data_config) -> int:

@@ -67,6 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.input = dict(data="embedded", data_dir=None, image_key="image", res=256,
                  frames=1, batch_size=256, crop="center",
                  crop_scale=(0.5, 1.0), flip=True, num_workers=0,
+                 fps=8.0, src_fps=25.0, video_key="video",  # videos
                  max_bad_fraction=0.01)
   c.diffusion = dict(train_steps=1000, beta_start=1e-4, beta_end=0.02,
                      label_dropout=0.1)

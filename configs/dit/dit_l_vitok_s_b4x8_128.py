@@ -1,0 +1,27 @@
+r"""DiT-L on ViTok S-B/4x8 video latents (paper §4, UCF-101 16 x 128 x 128:
+4 x 16 x 16 = 1024 tokens of c=16, 101 classes; CFG 2.0 for pictures).
+
+  python -m vitok_jax.train --config=configs/dit/dit_l_vitok_s_b4x8_128.py:tokenizer=VIDEO_VITOK_DIR --workdir=DIR
+  python -m vitok_jax.train --config=configs/dit/dit_l_vitok_s_b4x8_128.py:runlocal,tokenizer=/tmp/video_vitok_local --workdir=DIR
+
+The tokenizer is a run of configs/vitok/video_s_b4x8_128.py. `:runlocal`
+takes that config's :runlocal ViTok (mu-mu/2x8, 16 x 32 x 32 -> 128 tokens)
+and pans over the embedded photos, one class per photo. Same arguments as
+dit_l_vitok_s_b16_256.py, plus frames and fps.
+"""
+from configs.dit import dit_l_vitok_s_b16_256 as base
+from vitok_jax import config_utils
+
+
+def get_config(arg=None):
+  arg = config_utils.parse_arg(arg, lazy=True, frames=16, fps=8.0)
+  rest = ",".join(f"{k}={v}" if v != "true" else k for k, v in arg.items()
+                  if k not in ("frames", "fps"))
+  c = base.get_config(rest, res=128, tokens=1024, classes=101,
+                      data="tfds:ucf101:train", cfg=2.0)
+  runlocal = "runlocal" in arg
+  c.input.update(frames=arg.frames, fps=arg.fps)
+  if runlocal:
+    c.input.update(res=32, batch_size=8)
+    c.latents.tokens = 128 if c.latents.tokens == 64 else c.latents.tokens
+  return c

@@ -1,0 +1,122 @@
+"""Video tokenization end to end: clips decoded with PyAV from real-looking
+videos (a camera panning and zooming over real photos), trained, evaluated
+with rPSNR/rSSIM/rFVD, and the bad inputs of a video folder."""
+import json
+import os
+
+import av
+import numpy as np
+import pytest
+
+from configs.vitok import video_s_b4x8_128
+from vitok_jax import input_pipeline
+from vitok_jax import video
+from vitok_jax.trainers import tokenizer
+
+
+def write_video(path, frames, fps=8):
+  with av.open(str(path), "w") as c:
+    s = c.add_stream("mpeg4", rate=fps)
+    s.height, s.width = frames.shape[1:3]
+    s.pix_fmt = "yuv420p"
+    s.bit_rate = 4_000_000
+    for f in frames:
+      for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        c.mux(p)
+    for p in s.encode():
+      c.mux(p)
+
+
+@pytest.fixture(scope="module")
+def video_folder(tmp_path_factory):
+  """Two classes of pans over real photos (mp4), a corrupt file and a
+  video too short for a 16-frame clip."""
+  root = tmp_path_factory.mktemp("videos")
+  photos = input_pipeline.EmbeddedPhotos()
+  rng = np.random.default_rng(0)
+  for cls, ids in (("astronaut", (0, 0, 0)), ("cat", (1, 1, 1))):
+    (root / cls).mkdir()
+    for j, i in enumerate(ids):
+      write_video(root / cls / f"{j}.mp4",
+                  video.pan_zoom(photos[i], 20, rng, size=48))
+  (root / "cat" / "broken.mp4").write_bytes(b"\x00\x00\x00 ftypisom broken")
+  write_video(root / "cat" / "short.mp4", video.pan_zoom(photos[2], 6, rng, size=48))
+  return root
+
+
+def test_clip_sampling_at_a_target_fps():
+  idx = video.clip_indices(100, 24.0, 16, 8.0, None)  # every 3rd frame, centred
+  np.testing.assert_array_equal(np.diff(idx), 3)
+  assert idx[0] == (100 - 46) // 2
+  rng = np.random.default_rng(0)
+  starts = {video.clip_indices(50, 8.0, 16, 8.0, rng)[0] for _ in range(50)}
+  assert min(starts) >= 0 and max(starts) <= 34 and len(starts) > 10
+  with pytest.raises(ValueError, match="too short: 40 frames at 24 fps.*needs 46"):
+    video.clip_indices(40, 24.0, 16, 8.0, None)
+
+
+def test_decoded_clip_matches_the_written_frames(tmp_path):
+  frames = video.pan_zoom(input_pipeline.EmbeddedPhotos()[3], 20, None, size=48)
+  write_video(tmp_path / "v.mp4", frames)
+  clip = video.decode(str(tmp_path / "v.mp4"), 16, 8.0, None)
+  want = frames[2:18]  # centred: start (20 - 16) // 2
+  mse = np.mean((clip.astype(np.float64) - want) ** 2)
+  assert clip.shape == (16, 48, 48, 3) and 10 * np.log10(255**2 / mse) > 25
+
+
+def test_train_batches_skip_and_count_bad_videos(video_folder, caplog):
+  cfg = dict(data=f"folder:{video_folder}", res=32, frames=16, fps=8.0,
+             batch_size=4, flip=True, num_workers=0)
+  import ml_collections
+  it = iter(input_pipeline.make_train_dataset(ml_collections.ConfigDict(cfg), 0))
+  batches = [next(it) for _ in range(4)]  # 16 clips: 2 epochs of 8 files
+  assert all(b["image"].shape == (4, 16, 32, 32, 3) for b in batches)
+  assert -1 <= min(b["image"].min() for b in batches)
+  skipped = sum(int(b["skipped"].sum()) for b in batches)
+  assert skipped >= 2  # the broken and the short video, at least once each
+  assert "broken.mp4" in caplog.text and "short.mp4" in caplog.text
+  assert "too short" in caplog.text
+  labels = np.concatenate([b["label"] for b in batches])
+  assert set(labels.tolist()) == {0, 1}
+
+
+def test_video_runlocal_trains_and_the_eval_job_reports_rfvd(video_folder, tmp_path, capsys):
+  c = video_s_b4x8_128.get_config(
+      f"runlocal,steps=6,data=folder:{video_folder},i3d_weights=random")
+  c.log_every, c.ckpt_every, c.image_every = 3, 3, 0
+  c.input.batch_size = 8  # the tests' 8 fake devices
+  c.input.max_bad_fraction = 0.5  # 2 of the 8 files are bad
+  c.evals = {}
+  workdir = str(tmp_path / "run")
+  m = tokenizer.train_and_evaluate(c, workdir)
+  assert np.isfinite(m["loss"])
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert max(r.get("data/skipped_records", 0) for r in rows) >= 1
+  from vitok_jax import eval as eval_lib
+  c.evals = {"val": dict(type="reconstruction", batch_size=8, num_examples=8,
+                         i3d_weights="random",
+                         data=dict(data=f"folder:{video_folder}"))}
+  r = eval_lib.evaluate(c, workdir)
+  assert r["val/num_examples"] == 6 * 16  # 6 good clips of 16 frames
+  assert 5 < r["val/rpsnr"] < 40 and 0 < r["val/rssim"] < 1
+  assert np.isfinite(r["val/rfvd"]) and r["val/rfvd_random_i3d"] == 1.0
+  assert "(RANDOM I3D weights)" in capsys.readouterr().out.splitlines()[-1]
+  saved = json.load(open(os.path.join(workdir, "eval", "results_6.json")))
+  assert saved["val/rfvd_random_i3d"] == 1.0
+  out = os.listdir(os.path.join(workdir, "eval"))
+  assert "val_reconstruction_6.gif" in out and "val_reconstruction_6.png" in out
+  from PIL import Image
+  gif = Image.open(os.path.join(workdir, "eval", "val_reconstruction_6.gif"))
+  assert gif.n_frames == 16
+
+
+def test_bad_video_configs_are_named(video_folder, tmp_path):
+  c = video_s_b4x8_128.get_config(f"runlocal,frames=15,data=folder:{video_folder}")
+  c.evals, c.input.batch_size = {}, 8
+  with pytest.raises(ValueError, match="frame count T=15 is not divisible by the tubelet size 2"):
+    tokenizer.train_and_evaluate(c, str(tmp_path / "a"))
+  (tmp_path / "empty").mkdir()
+  c = video_s_b4x8_128.get_config(f"runlocal,data=folder:{tmp_path / 'empty'}")
+  c.evals, c.input.batch_size = {}, 8
+  with pytest.raises(FileNotFoundError, match="no .*videos below"):
+    tokenizer.train_and_evaluate(c, str(tmp_path / "b"))
