@@ -120,3 +120,25 @@ def test_bad_video_configs_are_named(video_folder, tmp_path):
   c.evals, c.input.batch_size = {}, 8
   with pytest.raises(FileNotFoundError, match="no .*videos below"):
     tokenizer.train_and_evaluate(c, str(tmp_path / "b"))
+
+
+def test_video_step_with_framewise_lpips_and_gan():
+  # LPIPS and the discriminator see [B*T, H, W, 3] frames; lr scales by frames.
+  import jax
+  from vitok_jax import optim
+  from vitok_jax import sharding as sh
+  c = video_s_b4x8_128.get_config("runlocal,frames=4")
+  c.input.update(batch_size=8, res=32)
+  c.loss.update(lpips_weight=1.0, lpips_allow_random=True, lpips_weights=None,
+                gan_weight=0.1)
+  c.disc.update(channel_base=256, channel_max=32, warmup_steps=0)
+  c = tokenizer.resolve_config(c)
+  mesh = sh.make_mesh([("data", 8)])
+  setup = tokenizer.make_setup(c, mesh)
+  state = setup.init(jax.random.key(0))
+  x = np.random.default_rng(0).uniform(-1, 1, (8, 4, 32, 32, 3)).astype(np.float32)
+  state, m = setup.step(state, sh.put_global_batch(x, setup.batch_sharding),
+                        tokenizer.load_frozen(c, mesh))
+  m = jax.device_get(m)
+  assert m["finite"] and m["lpips"] > 0 and "d_loss" in m
+  assert optim.peak_lr(c.optim, c.input) == pytest.approx(c.optim.base_lr * 8 * 4 / 256)
