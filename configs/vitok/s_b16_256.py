@@ -5,14 +5,16 @@ r"""ViTok S-B/16 at 256p, stage 1 (paper §2.3; the headline image tokenizer).
 
 Arguments (comma separated after the colon): variant, c (code channels),
 res, batch, steps, data, lpips (weight), rec (l1|l2), latent (Latent ViTok
-tokens), mask (Masked ViTok lengths, '/'-separated), l_eval, runlocal. Every
+tokens), mask (Masked ViTok lengths, '/'-separated), l_eval, dtype (matmuls),
+runlocal. configs/sweeps.py turns the paper's figures into sweeps
+(tools/sweep.py). Every
 field of config.model can also be set with --config.model.<field>=<value>.
 The paper's figures:
   Fig. 2/17 sweep point p=8, c=4:  --config=configs/vitok/s_b16_256.py:variant=S-B/8,c=4
   Fig. 4 (512p, p=8):              --config=configs/vitok/s_b16_256.py:variant=S-B/8,res=512
   Fig. 6-9 model sizes:            --config=configs/vitok/s_b16_256.py:variant=L-L/16
   Fig. 10 loss sweep:              --config=configs/vitok/s_b16_256.py:lpips=0.5,rec=l1
-  Table 2 (float32 vs bfloat16):   --config=configs/vitok/s_b16_256.py --config.model.dtype=float32
+  Table 2 (float32 vs bfloat16):   --config=configs/vitok/s_b16_256.py:dtype=float32
   all-bfloat16 (stream too):       --config=configs/vitok/s_b16_256.py --config.model.stream_dtype=bfloat16
   Fig. 19 Latent ViTok:            --config=configs/vitok/s_b16_256.py:latent=256
                                    --config=configs/vitok/s_b16_256.py --config.model.num_latent_tokens=256
@@ -37,7 +39,7 @@ def get_config(arg=None):
   arg = config_utils.parse_arg(
       arg, variant="S-B/16", c=16, res=256, batch=1024, steps=100_000,
       data="tfds:imagenet2012:train", lpips=1.0, rec="l2", latent=0, mask="",
-      l_eval=0, lpips_weights="weights/lpips_vgg16.npz",
+      l_eval=0, dtype="bfloat16", lpips_weights="weights/lpips_vgg16.npz",
       inception_weights="weights/fid_inception_v3.npz", runlocal=False)
   from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
   c = config_utils.ml_collections.ConfigDict()
@@ -51,7 +53,7 @@ def get_config(arg=None):
 
   # Every vitok.Model field; bf16 matmuls with a float32 stream (autocast).
   c.model = tokenizer.model_config_fields()
-  c.model.update(variant=arg.variant, code_channels=arg.c,
+  c.model.update(variant=arg.variant, code_channels=arg.c, dtype=arg.dtype,
                  num_latent_tokens=arg.latent,
                  mask_lengths=tuple(int(l) for l in arg.mask.split("/") if l))
   if arg.l_eval:

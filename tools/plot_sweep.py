@@ -1,0 +1,164 @@
+r"""Turns a sweep's runs (tools/sweep.py) into the paper's plots and a table.
+
+  python tools/plot_sweep.py --root=workdirs/mini_e [--out=DIR] [--eval=heldout]
+
+Reads <root>/sweep.json and each run's metrics.jsonl (its last evaluation),
+then writes to --out (default: the root):
+  sweep.png  each metric against log2 E (E = codes x c floats per frame, the
+             paper's x axis), one colour per patch size p (Fig. 2/4/11);
+             for sweeps over encoder/decoder sizes (Fig. 6-9), each metric
+             against the run instead;
+  sweep.md   a markdown table of every run, and the Pearson correlation of
+             each metric with log2 E overall and within each p.
+Runs without an evaluation yet are listed as missing.
+"""
+import argparse
+import json
+import math
+import os
+import re
+
+import numpy as np
+
+METRICS = ("rpsnr", "rssim", "rfid", "rfvd", "bicubic_rpsnr")
+
+
+def patch_of(args: dict):
+  """p of a run: its "p" argument, or the patch of its "variant"."""
+  if "p" in args:
+    return int(args["p"])
+  m = re.search(r"/(?:(\d+)x)?(\d+)$", args.get("variant", ""))
+  return int(m.group(2)) if m else None
+
+
+def last_eval(workdir: str, prefix=None):
+  """The last metrics.jsonl row with evaluation results -> {metric: value}."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  found = None
+  with open(path) as f:
+    for line in f:
+      row = json.loads(line)
+      keys = [k for k in row if k.endswith("/rpsnr") and
+              (prefix is None or k.startswith(prefix + "/"))]
+      if keys:
+        name = keys[0].rsplit("/", 1)[0]
+        found = {m: row[f"{name}/{m}"] for m in METRICS + ("code_floats",)
+                 if f"{name}/{m}" in row}
+        found["step"] = row["step"]
+  return found
+
+
+def collect(root: str, prefix=None) -> tuple:
+  with open(os.path.join(root, "sweep.json")) as f:
+    sweep = json.load(f)
+  rows, missing = [], []
+  for run in sweep["runs"]:
+    ev = last_eval(run["workdir"], prefix)
+    if ev is None or "code_floats" not in ev:
+      missing.append(run["name"])
+      continue
+    rows.append(dict(name=run["name"], args=run["args"], p=patch_of(run["args"]),
+                     E=ev["code_floats"], log2E=math.log2(ev["code_floats"]),
+                     **{k: v for k, v in ev.items() if k != "code_floats"}))
+  return sweep, rows, missing
+
+
+def correlations(rows) -> dict:
+  """{metric: {"all": r, p: r, ...}} Pearson r with log2 E (>= 3 points)."""
+  out = {}
+  for m in METRICS:
+    pts = [(r["log2E"], r[m], r["p"]) for r in rows if m in r]
+    if len(pts) < 3:
+      continue
+    res = {}
+    groups = [("all", pts)] + [(p, [t for t in pts if t[2] == p])
+                               for p in sorted({t[2] for t in pts})]
+    for key, g in groups:
+      x, y = np.array([t[0] for t in g]), np.array([t[1] for t in g])
+      if len(g) >= 3 and x.std() > 0 and y.std() > 0:
+        res[key] = float(np.corrcoef(x, y)[0, 1])
+    out[m] = res
+  return out
+
+
+def table(rows, corr, missing) -> str:
+  metrics = [m for m in METRICS if any(m in r for r in rows)]
+  lines = ["| run | p | E | " + " | ".join(metrics) + " |",
+           "|---|---|---|" + "---|" * len(metrics)]
+  for r in sorted(rows, key=lambda r: (r["p"] or 0, r["E"])):
+    cells = [f"{r[m]:.3f}" if m in r else "" for m in metrics]
+    lines.append(f"| {r['name']} | {r['p']} | {int(r['E'])} | " +
+                 " | ".join(cells) + " |")
+  lines += ["", "Pearson r with log2 E:", "",
+            "| metric | all runs | " + " | ".join(
+                f"p={p}" for p in sorted({r['p'] for r in rows})) + " |",
+            "|---|---|" + "---|" * len({r["p"] for r in rows})]
+  for m, res in corr.items():
+    lines.append(f"| {m} | {res.get('all', float('nan')):.3f} | " + " | ".join(
+        f"{res[p]:.3f}" if p in res else "n/a"
+        for p in sorted({r['p'] for r in rows})) + " |")
+  if missing:
+    lines += ["", f"Missing (no evaluation yet): {', '.join(missing)}"]
+  return "\n".join(lines) + "\n"
+
+
+def plot(rows, out_png: str, title: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  metrics = [m for m in METRICS if m != "bicubic_rpsnr" and
+             any(m in r for r in rows)]
+  fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6),
+                           squeeze=False)
+  by_size = len({r["p"] for r in rows}) == 1 and len({r["E"] for r in rows}) == 1
+  for ax, m in zip(axes[0], metrics):
+    if by_size:  # encoder/decoder sizes at one p and E: metric per run
+      names = [r["name"] for r in rows]
+      ax.plot(range(len(rows)), [r[m] for r in rows], "o-")
+      ax.set_xticks(range(len(rows)), names, rotation=45, ha="right")
+    else:
+      for p in sorted({r["p"] for r in rows}):
+        pts = sorted((r["log2E"], r[m]) for r in rows if r["p"] == p and m in r)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=f"p={p}")
+      if m == "rpsnr" and any("bicubic_rpsnr" in r for r in rows):
+        pts = sorted({(r["log2E"], r["bicubic_rpsnr"]) for r in rows})
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "k--", alpha=0.5,
+                label="bicubic, same E")
+      ax.set_xlabel("log2 E (floats per frame)")
+      ax.legend(fontsize=8)
+    ax.set_title(m)
+    ax.grid(alpha=0.3)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--root", required=True)
+  ap.add_argument("--out", default=None)
+  ap.add_argument("--eval", default=None, help="evaluator name (default: "
+                  "the first with rPSNR)")
+  args = ap.parse_args(argv)
+  out = args.out or args.root
+  sweep, rows, missing = collect(args.root, args.eval)
+  if not rows:
+    raise SystemExit(f"No run under {args.root} has an evaluation yet "
+                     f"(missing: {missing})")
+  corr = correlations(rows)
+  os.makedirs(out, exist_ok=True)
+  md = table(rows, corr, missing)
+  with open(os.path.join(out, "sweep.md"), "w") as f:
+    f.write(md)
+  plot(rows, os.path.join(out, "sweep.png"), f"{sweep['sweep']}: "
+       f"{len(rows)} runs")
+  print(md)
+  return dict(rows=rows, correlations=corr, missing=missing)
+
+
+if __name__ == "__main__":
+  main()
