@@ -116,7 +116,7 @@ class DiT(nn.Module):
   attn_impl: Optional[str] = None
   rope_base: float = 10000.0
   posemb: str = "sincos"  # "sincos" (fixed, as DiT) | "none" (RoPE alone)
-  remat: bool = False
+  remat: Any = "none"  # none | block | dots (vit.remat_block)
 
   @nn.compact
   def __call__(self, x, t, labels, grid: Optional[Tuple[int, int, int]] = None):
@@ -141,7 +141,7 @@ class DiT(nn.Module):
                     embedding_init=nn.initializers.normal(0.02),
                     name="y_embed")(labels)
     c = (temb + yemb).astype(jnp.float32)
-    block = nn.remat(DiTBlock) if self.remat else DiTBlock
+    block = vit.remat_block(DiTBlock, self.remat)
     mlp = self.mlp_dim or vit.swiglu_hidden(self.width)
     for i in range(self.depth):
       h = block(self.num_heads, mlp, dtype=self.dtype,

@@ -139,6 +139,25 @@ class Block(nn.Module):
     return x + y.astype(x.dtype)
 
 
+REMAT_POLICIES = ("none", "block", "dots")
+
+
+def remat_block(block_cls, policy):
+  """Activation checkpointing of a block class by policy name:
+    "none" (or False): keep every activation for the backward pass;
+    "block" (or True): keep only each block's input, recompute the rest;
+    "dots": keep the matmul outputs, recompute the cheap elementwise ops.
+  """
+  if policy in (None, False, "none"):
+    return block_cls
+  if policy in (True, "block"):
+    return nn.remat(block_cls)
+  if policy == "dots":
+    return nn.remat(
+        block_cls, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+  raise ValueError(f"remat={policy!r}: known policies {list(REMAT_POLICIES)}")
+
+
 class Transformer(nn.Module):
   """A stack of blocks and the final norm; RoPE angles come from coords."""
   width: int
@@ -148,7 +167,7 @@ class Transformer(nn.Module):
   dtype: Dtype = jnp.float32  # matmuls
   param_dtype: Dtype = jnp.float32
   stream_dtype: Dtype = jnp.float32  # residual stream and norms
-  remat: bool = False  # activation checkpointing per block
+  remat: Any = "none"  # activation checkpointing: none | block | dots
   attn_impl: Optional[str] = None
   rope_base: float = 10000.0
 
@@ -159,7 +178,7 @@ class Transformer(nn.Module):
                        f"{x.shape[-1]}")
     angles = jnp.asarray(rope_angles(coords, self.width // self.num_heads,
                                      self.rope_base))
-    block = nn.remat(Block) if self.remat else Block
+    block = remat_block(Block, self.remat)
     x = x.astype(self.stream_dtype)
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_dim, dtype=self.dtype,

@@ -111,7 +111,7 @@ class Model(nn.Module):
   dtype: Any = jnp.float32  # matmuls and convolutions
   param_dtype: Any = jnp.float32
   stream_dtype: Any = jnp.float32  # residual stream and norms (autocast)
-  remat: bool = False
+  remat: Any = "none"  # none | block | dots (vit.remat_block)
   attn_impl: Optional[str] = None
   rope_base: float = 10000.0
 

@@ -60,7 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
                    stats_batch=64)
   c.num_classes = 1000
   c.model = dict(size="L", dtype="bfloat16", stream_dtype="float32",
-                 remat=False, attn_impl=placeholder(str),
+                 remat="none", attn_impl=placeholder(str),
                  mlp_dim=placeholder(int), rope_base=10000.0)
   # Images for source="encode" (the tokenizer's resolution); ADM/DiT crop:
   # resize + centre crop + random flip.

@@ -94,7 +94,7 @@ def model_config_fields() -> ml_collections.ConfigDict:
       eval_length=placeholder(int),  # l_eval of Masked ViTok
       enc_mlp_dim=placeholder(int), dec_mlp_dim=placeholder(int),
       logvar_range=(-30.0, 20.0), rope_base=10000.0,
-      dtype="bfloat16", stream_dtype="float32", remat=False,
+      dtype="bfloat16", stream_dtype="float32", remat="none",
       attn_impl=placeholder(str)))  # None | "xla" | "cudnn"
 
 
