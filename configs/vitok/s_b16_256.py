@@ -14,6 +14,7 @@ The paper's figures:
   Fig. 4 (512p, p=8):              --config=configs/vitok/s_b16_256.py:variant=S-B/8,res=512
   Fig. 6-9 model sizes:            --config=configs/vitok/s_b16_256.py:variant=L-L/16
   Fig. 10 loss sweep:              --config=configs/vitok/s_b16_256.py:lpips=0.5,rec=l1
+  Table 3 (COCO 256p eval):        --config=configs/vitok/s_b16_256.py:eval_data=tfds:coco/2017:validation
   Table 2 (float32 vs bfloat16):   --config=configs/vitok/s_b16_256.py:dtype=float32
   all-bfloat16 (stream too):       --config=configs/vitok/s_b16_256.py --config.model.stream_dtype=bfloat16
   Fig. 19 Latent ViTok:            --config=configs/vitok/s_b16_256.py:latent=256
@@ -35,12 +36,14 @@ import os
 from vitok_jax import config_utils
 
 
-def get_config(arg=None):
-  arg = config_utils.parse_arg(
-      arg, variant="S-B/16", c=16, res=256, batch=1024, steps=100_000,
+def get_config(arg=None, **defaults):
+  spec = dict(variant="S-B/16", c=16, res=256, batch=1024, steps=100_000,
       data="tfds:imagenet2012:train", lpips=1.0, rec="l2", latent=0, mask="",
-      l_eval=0, dtype="bfloat16", lpips_weights="weights/lpips_vgg16.npz",
+      l_eval=0, dtype="bfloat16", eval_data="tfds:imagenet2012:validation",
+      lpips_weights="weights/lpips_vgg16.npz",
       inception_weights="weights/fid_inception_v3.npz", runlocal=False)
+  spec.update(defaults)  # the named headline configs start from here
+  arg = config_utils.parse_arg(arg, **spec)
   from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
   c = config_utils.ml_collections.ConfigDict()
   c.trainer = "tokenizer"
@@ -72,7 +75,7 @@ def get_config(arg=None):
   c.evals = {"imagenet_val": dict(
       type="reconstruction", log_steps=10_000, batch_size=256,
       num_examples=None, inception_weights=arg.inception_weights,
-      data=dict(data="tfds:imagenet2012:validation"))}  # res: input's
+      data=dict(data=arg.eval_data))}  # res: input's
 
   if arg.runlocal:  # the same recipe, small enough for a 2-core CPU
     # ~2 minutes on 2 cores: a tiny ViTok (p=8, 64 codes of c=16 for a 64x64

@@ -1,0 +1,12 @@
+r"""ViTok S-L/16 at 256p, stage 1 (paper Table 3: rFID 0.46, rPSNR 24.74).
+
+  python -m vitok_jax.train --config=configs/vitok/s_l16_256.py --workdir=DIR
+  python -m vitok_jax.train --config=configs/vitok/s_l16_256.py:runlocal --workdir=DIR
+
+Same arguments as s_b16_256.py (variant defaults to S-L/16).
+"""
+from configs.vitok import s_b16_256 as base
+
+
+def get_config(arg=None):
+  return base.get_config(arg, variant="S-L/16")
