@@ -83,6 +83,20 @@ def correlations(rows) -> dict:
   return out
 
 
+def residuals_by_p(rows, metric: str) -> dict:
+  """Fit metric = a + b log2 E over all runs; the mean residual of each p.
+  Near 0 for every p: E alone predicts the metric; a spread: p matters at
+  a given E."""
+  pts = [(r["log2E"], r[metric], r["p"]) for r in rows if metric in r]
+  if len(pts) < 3:
+    return {}
+  x, y = np.array([t[0] for t in pts]), np.array([t[1] for t in pts])
+  b, a = np.polyfit(x, y, 1)
+  res = y - (a + b * x)
+  return {p: float(np.mean([r for r, t in zip(res, pts) if t[2] == p]))
+          for p in sorted({t[2] for t in pts})}
+
+
 def table(rows, corr, missing) -> str:
   metrics = [m for m in METRICS if any(m in r for r in rows)]
   lines = ["| run | p | E | " + " | ".join(metrics) + " |",
@@ -98,6 +112,16 @@ def table(rows, corr, missing) -> str:
   for m, res in corr.items():
     lines.append(f"| {m} | {res.get('all', float('nan')):.3f} | " + " | ".join(
         f"{res[p]:.3f}" if p in res else "n/a"
+        for p in sorted({r['p'] for r in rows})) + " |")
+  lines += ["", "Mean residual from the all-runs fit metric ~ log2 E, by p "
+            "(0 everywhere: E alone predicts the metric):", "",
+            "| metric | " + " | ".join(
+                f"p={p}" for p in sorted({r['p'] for r in rows})) + " |",
+            "|---|" + "---|" * len({r["p"] for r in rows})]
+  for m in corr:
+    res = residuals_by_p(rows, m)
+    lines.append(f"| {m} | " + " | ".join(
+        f"{res[p]:+.3f}" if p in res else "n/a"
         for p in sorted({r['p'] for r in rows})) + " |")
   if missing:
     lines += ["", f"Missing (no evaluation yet): {', '.join(missing)}"]
