@@ -142,3 +142,29 @@ def test_video_step_with_framewise_lpips_and_gan():
   m = jax.device_get(m)
   assert m["finite"] and m["lpips"] > 0 and "d_loss" in m
   assert optim.peak_lr(c.optim, c.input) == pytest.approx(c.optim.base_lr * 8 * 4 / 256)
+
+
+def test_tfds_video_source_samples_clips_from_stored_frames(monkeypatch):
+  # tfds.data_source of a video set (ucf101) gives every frame of a record.
+  import ml_collections
+  import tensorflow_datasets as tfds
+  frames = video.pan_zoom(input_pipeline.EmbeddedPhotos()[1], 50, None, size=40)
+
+  class FakeSource:
+    def __len__(self):
+      return 3
+
+    def __getitem__(self, i):
+      return {"video": frames[: 10 if i == 2 else 50], "label": i}
+
+  monkeypatch.setattr(tfds, "data_source", lambda *a, **k: FakeSource())
+  cfg = ml_collections.ConfigDict(dict(
+      data="tfds:ucf101:train", res=32, frames=8, fps=8.0, src_fps=25.0,
+      batch_size=2, flip=False, num_workers=0))
+  src = input_pipeline.source_of(cfg)
+  assert isinstance(src, input_pipeline.TfdsVideos) and src.label(1) == 1
+  clip = src.clip(src[0], 8, 8.0, None)  # 25 -> 8 fps: every 3rd frame
+  np.testing.assert_array_equal(clip, frames[video.clip_indices(50, 25.0, 8, 8.0, None)])
+  batches = list(input_pipeline.make_eval_dataset(cfg, 2))
+  assert batches[0]["image"].shape == (2, 8, 32, 32, 3)
+  assert sum(int(b["mask"].sum()) for b in batches) == 2  # record 2 is too short
