@@ -101,3 +101,25 @@ def load_npz_tree(path: str) -> dict:
         node = node.setdefault(p, {})
       node[leaf] = f[key]
   return tree
+
+
+def load_weights_npz(path, abstract_params, what: str, convert_tool: str,
+                     how: str, note: str = ""):
+  """A frozen network's params from the .npz its convert tool writes,
+  checked name by name and shape by shape against `abstract_params`.
+
+  A missing file names the command that makes it (`how`); a file of other
+  names or shapes says to rebuild it with `convert_tool`.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  if not path or not os.path.exists(os.path.expanduser(path)):
+    raise FileNotFoundError(f"{what} weights file {path!r} does not exist; "
+                            f"create it with `{how}`{note}")
+  params = jax.tree.map(jax.numpy.asarray,
+                        load_npz_tree(os.path.expanduser(path)))
+  want = jax.tree.map(lambda a: a.shape, abstract_params)
+  got = jax.tree.map(lambda a: a.shape, params)
+  if want != got:
+    raise ValueError(f"{what} weights in {path!r} do not have the expected "
+                     f"names/shapes; rebuild them with {convert_tool}")
+  return params

