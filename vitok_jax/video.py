@@ -34,8 +34,14 @@ def clip_indices(num_frames: int, src_fps: float, t: int, fps: float,
 
 
 def decode(path: str, t: int, fps: float,
-           rng: Optional[np.random.Generator]) -> np.ndarray:
-  """uint8 [T, H, W, 3] of a clip of the video file at `path`."""
+           rng: Optional[np.random.Generator], seek: bool = True) -> np.ndarray:
+  """uint8 [T, H, W, 3] of a clip of the video file at `path`.
+
+  With `seek`, decoding starts at the keyframe before the clip (frames are
+  placed by their timestamps) instead of at the start of the file; a file
+  whose timestamps do not give every frame of the clip is decoded again
+  from the start.
+  """
   import av  # pylint: disable=g-import-not-at-top
   with av.open(path) as container:
     if not container.streams.video:
@@ -47,16 +53,42 @@ def decode(path: str, t: int, fps: float,
       n = sum(1 for _ in container.decode(stream))
       container.seek(0)
     idx = clip_indices(n, src_fps, t, fps, rng)
-    wanted, frames = set(idx.tolist()), {}
-    for i, frame in enumerate(container.decode(stream)):
-      if i in wanted:
-        frames[i] = frame.to_ndarray(format="rgb24")
-      if i >= idx[-1]:
-        break
+    wanted = set(idx.tolist())
+    frames = {}
+    if seek and idx[0] > 0 and stream.time_base:
+      frames = _decode_by_timestamp(container, stream, src_fps, idx, wanted)
+      if len(frames) < len(wanted):
+        container.seek(0)
+        frames = {}
+    if not frames:
+      for i, frame in enumerate(container.decode(stream)):
+        if i in wanted:
+          frames[i] = frame.to_ndarray(format="rgb24")
+        if i >= idx[-1]:
+          break
   if len(frames) < len(wanted):
     raise ValueError(f"decoded {len(frames)} of the {len(wanted)} frames the "
                      f"clip needs (the container said {n} frames)")
   return np.stack([frames[i] for i in idx])
+
+
+def _decode_by_timestamp(container, stream, src_fps, idx, wanted) -> dict:
+  """Seeks to the keyframe at or before frame idx[0] and decodes up to
+  idx[-1], indexing frames by presentation time."""
+  tb = float(stream.time_base)
+  start = stream.start_time or 0
+  container.seek(int(start + idx[0] / src_fps / tb), stream=stream,
+                 backward=True, any_frame=False)
+  frames = {}
+  for frame in container.decode(stream):
+    if frame.pts is None:
+      return {}
+    i = int(round((frame.pts - start) * tb * src_fps))
+    if i in wanted:
+      frames[i] = frame.to_ndarray(format="rgb24")
+    if i >= idx[-1]:
+      break
+  return frames
 
 
 def from_frames(frames: np.ndarray, src_fps: float, t: int, fps: float,
