@@ -14,7 +14,7 @@ run starts and stored with it (<workdir>/latent_stats.npz).
 import json
 import logging
 import os
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -176,14 +176,3 @@ def check_matches(codec_tokens: int, codec_channels: int, want_tokens,
         f"{want_channels} channels (config.latents.tokens, "
         f"config.latents.channels), but {what} gives {codec_tokens} tokens x "
         f"{codec_channels} channels")
-
-
-def shape_of(codec_or_meta) -> Tuple[int, int]:
-  if isinstance(codec_or_meta, Codec):
-    return codec_or_meta.num_tokens, codec_or_meta.channels
-  return int(codec_or_meta["tokens"]), int(codec_or_meta["channels"])
-
-
-def tokens_grid(meta: dict) -> Optional[Sequence[int]]:
-  g = meta.get("rope_grid")
-  return tuple(g) if g else None
