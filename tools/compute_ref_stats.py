@@ -10,25 +10,18 @@ every evaluation. Also used for gFID reference statistics.
 """
 import argparse
 
-import jax
 import ml_collections
-import numpy as np
 
-from vitok_jax import input_pipeline
+from vitok_jax.evaluators import generation
 from vitok_jax.evaluators import metrics
 from vitok_jax.models import inception
 
 
 def compute(data: str, res: int, inception_path: str, batch_size: int = 50,
             num_examples=None, data_dir=None) -> metrics.GaussianStats:
-  params = inception.load(inception_path)
-  net = jax.jit(lambda p, x: inception.FIDInceptionV3().apply({"params": p}, x)[0])
   cfg = ml_collections.ConfigDict(dict(data=data, res=res, data_dir=data_dir))
-  stats = metrics.GaussianStats()
-  for batch in input_pipeline.make_eval_dataset(cfg, batch_size, num_examples):
-    x = np.asarray(metrics.quantize(batch["image"])) / 255.0
-    stats.update(np.asarray(net(params, x))[batch["mask"]])
-  return stats
+  return generation.reference_stats(cfg, inception.load(inception_path),
+                                    num_examples, batch_size)
 
 
 def main(argv=None):

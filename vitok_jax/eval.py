@@ -90,27 +90,18 @@ def evaluate(config, workdir: str, step=None) -> dict:
 
 def _evaluate_dit(config, workdir: str, step=None) -> dict:
   """The generation evaluators of a DiT run's config on its EMA params."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
   config = dit.resolve_config(config)
   if not config.evals:
     raise ValueError("config.evals has no generation evaluator to run")
-  mesh = sh.make_mesh(config.mesh)
-  setup = dit.make_setup(config, mesh, dit.load_codec(config), batch=mesh.size)
-  ckpt = ckpt_lib.Checkpointer(workdir)
-  state, _, _ = ckpt.restore(setup.abstract_state, setup.state_sharding, step)
-  ckpt.close()
-  step = int(state["step"])
-  stats = dit.load_run_stats(workdir)
-  repl = sh.replicated(mesh)
-  evals = dit.build_evaluators(
-      config, setup, jax.device_put(setup.codec.params, repl),
-      jax.device_put((jnp.asarray(stats.mean), jnp.asarray(stats.std)), repl))
+  run = dit.restore_run(config, workdir, step)
+  step = run.step
+  evals = dit.build_evaluators(config, run.setup, run.tok_params, run.stats)
   out_dir = os.path.join(workdir, "eval")
   writer = metrics_writer.MetricWriter(out_dir)
   results = {}
   for ev in evals.values():
-    r = dict(ev.run(state.get("params_ema", state["params"])))
+    r = dict(ev.run(run.params))
     results.update(r)
     if jax.process_index() == 0:
       print(ev.summary(r), flush=True)

@@ -30,12 +30,6 @@ class LatentStats(NamedTuple):
   mean: np.ndarray  # [c]
   std: np.ndarray  # [c]
 
-  def normalize(self, z):
-    return (z - self.mean) / self.std
-
-  def denormalize(self, x):
-    return x * self.std + self.mean
-
   def save(self, path: str, **meta) -> None:
     tmp = path + ".tmp.npz"
     np.savez(tmp, mean=self.mean, std=self.std, meta=json.dumps(meta))

@@ -22,11 +22,9 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from vitok_jax import checkpoint as ckpt_lib
 from vitok_jax import distributed
 from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common
@@ -48,23 +46,9 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
            checkpoint=None, inception_weights=None, ref_stats=None) -> dict:
   """Writes the files above; returns {"png", "npz", "step", metrics...}."""
   config = dit.resolve_config(config)
-  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(ckpt_dir):  # a read-only job creates nothing
-    raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints folder "
-                            f"({ckpt_dir}): is it a DiT run's workdir?")
-  mesh = sh.make_mesh(config.mesh)
-  setup = dit.make_setup(config, mesh, dit.load_codec(config), batch=mesh.size)
-  ckpt = ckpt_lib.Checkpointer(workdir)
-  state, _, _ = ckpt.restore(setup.abstract_state, setup.state_sharding,
-                             checkpoint)
-  ckpt.close()
-  step = int(state["step"])
-  params = state.get("params_ema", state["params"])
-  stats = dit.load_run_stats(workdir)
+  run = dit.restore_run(config, workdir, checkpoint)
+  setup, step, params, mesh = run.setup, run.step, run.params, run.setup.mesh
   repl = sh.replicated(mesh)
-  tok_params = jax.device_put(setup.codec.params, repl)
-  stats_dev = jax.device_put((jnp.asarray(stats.mean), jnp.asarray(stats.std)),
-                             repl)
   cfg = config.sampling.cfg_scale if cfg is None else float(cfg)
   sampler = dit.make_sampler(config, setup, cfg_scale=cfg, num_steps=steps,
                              eta=eta)
@@ -79,8 +63,9 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   else:
     labels = generation.sample_labels(num, config.num_classes)
   batch = -(-min(batch_size, num) // mesh.size) * mesh.size
-  inception_weights = inception_weights or _default_inception(config)[0]
-  ref_stats = ref_stats or _default_inception(config)[1]
+  default_weights, default_ref = _default_inception(config)
+  inception_weights = inception_weights or default_weights
+  ref_stats = ref_stats or default_ref
   inc_params = None
   if inception_weights and os.path.exists(inception_weights):
     inc_params = jax.device_put(inception.load(inception_weights), repl)
@@ -89,7 +74,7 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
                     "them with tools/convert_inception.py", inception_weights)
   scorer = generation.Scorer(num, inc_params)
   images = []
-  fn = lambda p, y, r: sampler(p, tok_params, stats_dev, y, r)[0]
+  fn = lambda p, y, r: sampler(p, run.tok_params, run.stats, y, r)[0]
   for imgs, y in generation.generate(fn, params, labels, batch, mesh, seed):
     scorer.update(imgs, y)
     images.append(ops.to_uint8(imgs))
@@ -101,7 +86,7 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
       with np.load(os.path.expanduser(ref_stats)) as f:
         ref = (f["mu"], f["sigma"])
     else:
-      ref = generation.reference_stats(config.input, inc_params)
+      ref = generation.reference_stats(config.input, inc_params).mean_cov()
   results = scorer.results("sample", ref)
   out_dir = os.path.join(workdir, "samples")
   name = f"{step}_cfg{cfg:g}"

@@ -113,19 +113,20 @@ def reference_photos(data_config, max_examples: int = 256):
   return np.concatenate(images).astype(np.uint8), np.concatenate(labels)
 
 
-def reference_stats(data_config, inception_params, num_examples=None):
-  """Inception (mu, sigma) of a data set's evaluation crops, as
-  tools/compute_ref_stats.py writes them."""
+def reference_stats(data_config, inception_params, num_examples=None,
+                    batch_size: int = 50) -> metrics.GaussianStats:
+  """Inception statistics of a data set's evaluation crops (frame-wise for
+  videos); tools/compute_ref_stats.py saves them."""
   net = inception.FIDInceptionV3()
   fn = jax.jit(lambda p, x: net.apply({"params": p}, x)[0])
   stats = metrics.GaussianStats()
   n = input_pipeline.eval_num_examples(data_config, num_examples)
-  batch = min(50, -(-n // jax.process_count()) * jax.process_count())
+  batch = min(batch_size, -(-n // jax.process_count()) * jax.process_count())
   for b in input_pipeline.make_eval_dataset(data_config, batch, num_examples):
     q = np.asarray(metrics.quantize(b["image"][b["mask"]])) / 255.0
     stats.update(np.asarray(fn(inception_params,
                                q.reshape((-1,) + q.shape[-3:]))))
-  return stats.mean_cov()
+  return stats
 
 
 class Evaluator:
@@ -162,9 +163,9 @@ class Evaluator:
         with np.load(os.path.expanduser(config.get("ref_stats"))) as f:
           self.ref_stats = (f["mu"], f["sigma"])
       else:  # the training set's evaluation crops, computed once
-        self.ref_stats = reference_stats(self.data_config,
-                                         self.inception_params,
-                                         config.get("ref_examples"))
+        self.ref_stats = reference_stats(
+            self.data_config, self.inception_params,
+            config.get("ref_examples")).mean_cov()
     self.references = (reference_photos(self.data_config)
                        if config.get("nearest") else None)
 

@@ -284,6 +284,39 @@ def latent_stats(config, setup: Setup, tok_params, workdir: str
   return stats
 
 
+def stats_on_mesh(stats: latents_lib.LatentStats, mesh):
+  """(mean, std) replicated over the mesh: the step's and sampler's input."""
+  return jax.device_put((jnp.asarray(stats.mean), jnp.asarray(stats.std)),
+                        sh.replicated(mesh))
+
+
+class Restored(NamedTuple):
+  """A DiT run ready to sample: what sample.py and eval.py need."""
+  setup: Setup
+  step: int
+  params: Any  # the EMA params when the run has them
+  tok_params: Any  # the frozen ViTok's, replicated
+  stats: Any  # (mean, std), replicated
+
+
+def restore_run(config, workdir: str, step: Optional[int] = None) -> Restored:
+  """Restores `step` (or the latest) of a DiT run onto config.mesh. A
+  read-only job: a workdir without checkpoints is an error, not created."""
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints folder "
+                            f"({ckpt_dir}): is it a DiT run's workdir?")
+  from vitok_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  mesh = sh.make_mesh(config.mesh)
+  setup = make_setup(config, mesh, load_codec(config), batch=mesh.size)
+  ckpt = ckpt_lib.Checkpointer(workdir)
+  state, _, _ = ckpt.restore(setup.abstract_state, setup.state_sharding, step)
+  ckpt.close()
+  return Restored(setup, int(state["step"]), host_loop.eval_params(state),
+                  jax.device_put(setup.codec.params, sh.replicated(mesh)),
+                  stats_on_mesh(load_run_stats(workdir), mesh))
+
+
 def load_run_stats(workdir: str) -> latents_lib.LatentStats:
   path = os.path.join(workdir, latents_lib.STATS_FILE)
   if not os.path.exists(path):
@@ -323,11 +356,9 @@ def train_and_evaluate(config, workdir: str, *,
 def make_task(config, mesh, workdir) -> host_loop.Task:
   codec = load_codec(config)
   setup = make_setup(config, mesh, codec)
-  repl = sh.replicated(mesh)
-  tok_params = jax.device_put(codec.params, repl)
-  stats = latent_stats(config, setup, tok_params, workdir)
-  stats_dev = jax.device_put((jnp.asarray(stats.mean), jnp.asarray(stats.std)),
-                             repl)
+  tok_params = jax.device_put(codec.params, sh.replicated(mesh))
+  stats_dev = stats_on_mesh(latent_stats(config, setup, tok_params, workdir),
+                            mesh)
   logging.info("Peak lr %.4g; latents %s", optim.peak_lr(
       config.optim, config.input), codec.describe())
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional
 
 from clu import parameter_overview  # imports without TensorFlow (SPEC §6)
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vitok_jax import checkpoint as ckpt_lib
@@ -235,7 +236,6 @@ def finite_flag(measurements: dict):
   """One device bool per step (read by the host in batches, no sync per
   step): every measurement (loss terms, norms of grads and params) is
   finite."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   return jnp.all(jnp.stack(
       [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(measurements)]))
 
