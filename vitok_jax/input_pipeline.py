@@ -419,15 +419,20 @@ def make_eval_dataset(config, batch_size: int, num_examples=None):
   """Deterministic centre crops; the last batch is padded and masked.
 
   Yields dicts {"image": [b, res, res, 3] float32, "label": [b] int32,
-  "mask": [b] bool}. An unreadable record is logged and left out (masked
-  like padding).
+  "mask": [b] bool, "index": [b] int64}: this process's rows of each global
+  batch. Process i of N reads examples i, i + N, i + 2N, ... of the first
+  `num_examples` (none twice, none missing); "index" is each example's
+  position among them (-1 for padding), so that order-dependent metrics (the
+  IS splits) do not depend on N. An unreadable record is logged and left out
+  (masked like padding).
   """
   local_batch = _check_batch(batch_size)
   source = source_of(config)
   n = len(source) if num_examples is None else min(num_examples, len(source))
   res = config.res
+  pid, nproc = jax.process_index(), jax.process_count()
   ds = grain.MapDataset.source(CheckedSource(source))[:n]
-  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds[pid::nproc]
 
   def good(rec):
     if isinstance(rec, BadRecord):
@@ -437,7 +442,7 @@ def make_eval_dataset(config, batch_size: int, num_examples=None):
     return True
 
   # Every process yields the same number of batches (collectives need it).
-  per_process = -(-n // jax.process_count())
+  per_process = -(-n // nproc)
   num_batches = -(-per_process // local_batch)
   def crop(rec):
     if "video" in rec:
@@ -445,8 +450,9 @@ def make_eval_dataset(config, batch_size: int, num_examples=None):
     return {"image": ops.value_range(ops.center_crop(rec["image"], res)),
             "label": rec["label"]}
 
-  it = ((r["image"], r["label"]) for r in (crop(rec) for rec in ds
-                                           if good(rec)) if good(r))
+  it = ((r["image"], r["label"], pid + j * nproc)
+        for j, r in ((j, crop(rec)) for j, rec in enumerate(ds) if good(rec))
+        if good(r))
   for _ in range(num_batches):
     recs = [rec for _, rec in zip(range(local_batch), it)]
     pad = local_batch - len(recs)
@@ -454,7 +460,8 @@ def make_eval_dataset(config, batch_size: int, num_examples=None):
     frames = config.get("frames") or 1
     blank = np.zeros(((frames,) if frames > 1 else ()) + (res, res, 3),
                      np.float32)
-    imgs = [img for img, _ in recs] + [blank] * pad
-    labels = [label for _, label in recs] + [-1] * pad
+    imgs = [r[0] for r in recs] + [blank] * pad
+    labels = [r[1] for r in recs] + [-1] * pad
+    index = [r[2] for r in recs] + [-1] * pad
     yield dict(image=np.stack(imgs), label=np.asarray(labels, np.int32),
-               mask=mask)
+               mask=mask, index=np.asarray(index, np.int64))

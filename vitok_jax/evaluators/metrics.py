@@ -1,4 +1,4 @@
-"""Reconstruction metrics with an explicit protocol (SPEC §3).
+"""Reconstruction metrics with an explicit protocol.
 
 * rPSNR / rSSIM: per image on [0, 255] after rounding to uint8, then averaged
   over images (never a PSNR of the batch-mean MSE). SSIM: Gaussian window 11,
@@ -8,15 +8,17 @@
   data_range=255, channel_axis=-1)`.
 * rFID: Frechet distance between Gaussians fitted to Inception pool features;
   statistics are accumulated as running sums (float64, on the host), never by
-  keeping all features.
+  keeping all features; on N processes each adds its own examples and the
+  sums are added across processes at the end (multihost.py).
 * rIS: exp(E KL(p(y|x) || p(y))) over 10 contiguous splits, also accumulated
   as per-split sums.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 import scipy.special
+
+from vitok_jax import multihost
 
 
 def quantize(x):
@@ -86,6 +88,13 @@ class GaussianStats:
     self.s1 += f.sum(0)
     self.s2 += f.T @ f
 
+  def sum_over_processes(self) -> "GaussianStats":
+    """Adds every process's sums (each process fed its own examples)."""
+    self.n, self.s1, self.s2 = multihost.sum_over_processes(
+        (self.n, self.s1, self.s2))
+    self.n = int(round(float(self.n)))
+    return self
+
   def mean_cov(self):
     if self.n < 2:
       raise ValueError(f"FID needs at least 2 examples, got {self.n}")
@@ -99,29 +108,49 @@ class GaussianStats:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-  """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), the pytorch-fid way."""
+  """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), pytorch-fid's formula.
+
+  Tr sqrt(S1 S2) is computed as the sum of the singular values of
+  sqrt(S1) sqrt(S2) (symmetric roots from eigh), not as the trace of
+  scipy's sqrtm of the product (pytorch-fid): the same value for
+  well-conditioned statistics, but accurate for the singular covariances of
+  fewer examples than features (sqrtm gives -1e-3 for the FID of identical
+  2048-dim statistics of rank < 2048). `eps` is kept for compatibility.
+  """
+  del eps
   mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
-  sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+  sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+  sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
+  if not (np.isfinite(sigma1).all() and np.isfinite(sigma2).all()):
+    raise ValueError("Frechet distance: the covariances are not finite (NaN "
+                     "or Inf features?)")
   diff = mu1 - mu2
-  covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
-  if not np.isfinite(covmean).all():
-    offset = np.eye(sigma1.shape[0]) * eps
-    covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-  if np.iscomplexobj(covmean):
-    # A real PSD product has a real root; a large imaginary part means the
-    # statistics are broken (too few samples, NaNs): refuse, as pytorch-fid.
-    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+  roots = []
+  for s in (sigma1, sigma2):
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    # A real PSD product has a real root; a negative eigenvalue beyond
+    # round-off makes sqrt(sigma1 sigma2) complex: the statistics are broken
+    # (too few samples, NaNs): refuse, as pytorch-fid does.
+    if w.min() < -1e-6 * max(np.abs(w).max(), 1.0):
       raise ValueError(
           f"Frechet distance: sqrt(sigma1 sigma2) has an imaginary component "
-          f"of {np.max(np.abs(covmean.imag)):.3g}; the feature statistics are "
-          "not valid covariances (too few examples for the feature size?)")
-    covmean = covmean.real
+          f"(a covariance has the eigenvalue {w.min():.3g}); the feature "
+          "statistics are not valid covariances (too few examples for the "
+          "feature size?)")
+    roots.append((v * np.sqrt(np.maximum(w, 0.0))) @ v.T)
+  tr_covmean = np.linalg.svd(roots[0] @ roots[1], compute_uv=False).sum()
   return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) -
-               2 * np.trace(covmean))
+               2 * tr_covmean)
 
 
 class InceptionScore:
-  """IS over `splits` contiguous chunks of a stream of known length n."""
+  """IS over `splits` contiguous chunks of a stream of known length n.
+
+  Each example belongs to the split of its index in the stream: by default
+  the order of `update` calls; on N processes, pass each example's global
+  index (`index=`) so that the splits, and the score, do not depend on how
+  many processes computed them, then call `sum_over_processes`.
+  """
 
   def __init__(self, n: int, splits: int = 10, classes: int = 1008):
     self.n, self.splits = int(n), int(splits)
@@ -133,14 +162,17 @@ class InceptionScore:
     self.count = np.zeros(self.splits, np.int64)
     self.seen = 0
 
-  def update(self, logits: np.ndarray) -> None:
+  def update(self, logits: np.ndarray, index=None) -> None:
     logits = np.asarray(logits, np.float64)
+    if not len(logits):
+      return
     logp = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
     p = np.exp(logp)
-    idx = np.arange(self.seen, self.seen + len(p))
-    if idx[-1] >= self.n:
-      raise ValueError(f"InceptionScore got more than the {self.n} examples "
-                       "it was set up for")
+    idx = (np.arange(self.seen, self.seen + len(p)) if index is None
+           else np.asarray(index))
+    if idx.max() >= self.n or idx.min() < 0:
+      raise ValueError(f"InceptionScore got example index {idx.max()}: more "
+                       f"than the {self.n} examples it was set up for")
     split = np.searchsorted(self.bounds, idx, side="right") - 1
     for s in np.unique(split):
       m = split == s
@@ -148,6 +180,13 @@ class InceptionScore:
       self.plogp[s] += np.sum(p[m] * logp[m])
       self.count[s] += m.sum()
     self.seen += len(p)
+
+  def sum_over_processes(self) -> "InceptionScore":
+    """Adds every process's per-split sums."""
+    self.p_sum, self.plogp, count = multihost.sum_over_processes(
+        (self.p_sum, self.plogp, self.count))
+    self.count = np.round(count).astype(np.int64)
+    return self
 
   def result(self):
     """(mean, std) of exp(mean KL) over the splits."""

@@ -22,6 +22,13 @@ config.evals.<name> fields:
 Videos [B, T, H, W, 3] are scored frame-wise. The model runs in evaluation
 mode (z = mean); params are whatever the caller passes (the EMA when there is
 one). Everything heavy runs jitted over the mesh; the host only adds sums.
+
+On N processes each process reads its own examples (input_pipeline
+.make_eval_dataset), reads back only its own rows of the per-example outputs,
+adds float64 sums (PSNR, SSIM, counts, Inception/I3D feature sums and outer
+products, per-split IS sums) and the sums are added across processes at the
+end (multihost.py): the metrics do not depend on N or on the mesh. Every
+process gets the same results; only process 0's rows make the picture.
 """
 import logging
 import os
@@ -32,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from vitok_jax import input_pipeline
+from vitok_jax import multihost
 from vitok_jax import sharding as sh
 from vitok_jax.evaluators import bicubic
 from vitok_jax.evaluators import common
@@ -133,9 +141,11 @@ class Evaluator:
     inc_sh = sh.replicated(self.mesh) if with_inception else None
     bic_sh = batch_sh if with_bicubic else None
     i3d_sh = sh.replicated(self.mesh) if with_i3d else None
+    # Per-example outputs stay sharded like the batch: each process reads
+    # back its own rows, nothing is gathered onto every device.
     return jax.jit(step, in_shardings=(params_sharding, batch_sh, inc_sh,
                                        bic_sh, i3d_sh),
-                   out_shardings=sh.replicated(self.mesh))
+                   out_shardings=batch_sh)
 
   def summary(self, results: dict) -> str:
     """One line for people: rPSNR/rSSIM (and rFID) beside the bicubic
@@ -164,71 +174,78 @@ class Evaluator:
   def run(self, params) -> common.Results:
     ds = input_pipeline.make_eval_dataset(self.data_config, self.batch_size,
                                           self.num_examples)
-    batches = ds
-    psnr, ssim, n = 0.0, 0.0, 0
-    bic_psnr, bic_ssim = 0.0, 0.0
+    sums = dict(psnr=0.0, ssim=0.0, n=0, bic_psnr=0.0, bic_ssim=0.0)
     fake_stats = real_stats = score = None
+    frames = self.data_config.get("frames") or 1
     if self.inception_params is not None:
       fake_stats, real_stats = metrics.GaussianStats(), metrics.GaussianStats()
-      frames = self.data_config.get("frames") or 1
       total = input_pipeline.eval_num_examples(self.data_config,
                                                self.num_examples) * frames
       score = metrics.InceptionScore(total)
-    mask_sh = sh.batch_sharding(self.mesh)
     fvd_fake = fvd_real = None
     if self.i3d_params is not None:
       fvd_fake = metrics.GaussianStats(i3d.NUM_CLASSES)
       fvd_real = metrics.GaussianStats(i3d.NUM_CLASSES)
     self.last_picture, self.last_clips = None, None
-    for batch in batches:
-      images = sh.put_global_batch(batch["image"], sh.batch_sharding(self.mesh))
-      mask = np.asarray(sh.put_global_batch(batch["mask"], mask_sh))  # global
+    batch_sh = sh.batch_sharding(self.mesh)
+    for batch in ds:
+      images = sh.put_global_batch(batch["image"], batch_sh)
       bic = None
       if self.bicubic_floats is not None:
-        bic = sh.put_global_batch(self._bicubic(batch["image"]),
-                                  sh.batch_sharding(self.mesh))
-      out = jax.device_get(self._step(params, images, self.inception_params,
-                                      bic, self.i3d_params))
+        bic = sh.put_global_batch(self._bicubic(batch["image"]), batch_sh)
+      out = self._step(params, images, self.inception_params, bic,
+                       self.i3d_params)
+      out = {k: multihost.local_rows(v, self.mesh) for k, v in out.items()}
+      mask = batch["mask"]  # this process's rows
+      fmask = np.repeat(mask, frames)
+      # Frame f of example i is number i * frames + f of the stream.
+      findex = (batch["index"][:, None] * frames +
+                np.arange(frames)[None]).reshape(-1)[fmask]
+      sums["psnr"] += float(np.sum(out["psnr"][fmask], dtype=np.float64))
+      sums["ssim"] += float(np.sum(out["ssim"][fmask], dtype=np.float64))
+      sums["n"] += int(fmask.sum())
+      if bic is not None:
+        sums["bic_psnr"] += float(np.sum(out["bicubic_psnr"][fmask],
+                                         dtype=np.float64))
+        sums["bic_ssim"] += float(np.sum(out["bicubic_ssim"][fmask],
+                                         dtype=np.float64))
       if fvd_fake is not None:
         fvd_fake.update(out["fake_i3d"][mask])
         fvd_real.update(out["real_i3d"][mask])
-      frames = out["psnr"].shape[0] // mask.shape[0]
-      fmask = np.repeat(mask, frames)
-      psnr += float(out["psnr"][fmask].sum())
-      ssim += float(out["ssim"][fmask].sum())
-      n += int(fmask.sum())
-      if bic is not None:
-        bic_psnr += float(out["bicubic_psnr"][fmask].sum())
-        bic_ssim += float(out["bicubic_ssim"][fmask].sum())
       if fake_stats is not None:
         fake_stats.update(out["fake_pool"][fmask])
-        score.update(out["fake_logits"][fmask])
+        score.update(out["fake_logits"][fmask], index=findex)
         if "real_pool" in out:
           real_stats.update(out["real_pool"][fmask])
-      if self.last_picture is None:
-        # This process's rows come first in the global batch.
-        k = min(8 if batch["image"].ndim == 4 else 4, int(batch["mask"].sum()))
+      if self.last_picture is None and multihost.is_main():
+        k = min(8 if batch["image"].ndim == 4 else 4, int(mask.sum()))
         self.last_picture = common.comparison_picture(batch["image"][:k],
                                                       out["recon"][:k])
         if batch["image"].ndim == 5:  # the clips, for a GIF
           self.last_clips = (batch["image"][:k], out["recon"][:k])
+    sums = multihost.sum_over_processes(sums)
+    n = int(round(float(sums["n"])))
     if not n:
       raise ValueError(f"evals.{self.name}: the evaluation data is empty")
-    yield f"{self.name}/rpsnr", psnr / n
-    yield f"{self.name}/rssim", ssim / n
+    yield f"{self.name}/rpsnr", float(sums["psnr"]) / n
+    yield f"{self.name}/rssim", float(sums["ssim"]) / n
     yield f"{self.name}/num_examples", float(n)
     if self.bicubic_floats is not None:
-      yield f"{self.name}/bicubic_rpsnr", bic_psnr / n
-      yield f"{self.name}/bicubic_rssim", bic_ssim / n
+      yield f"{self.name}/bicubic_rpsnr", float(sums["bic_psnr"]) / n
+      yield f"{self.name}/bicubic_rssim", float(sums["bic_ssim"]) / n
       yield f"{self.name}/code_floats", float(self.bicubic_floats)
     if fake_stats is not None:
-      ref = self.ref_stats or real_stats.mean_cov()
+      fake_stats.sum_over_processes()
+      score.sum_over_processes()
+      ref = self.ref_stats or real_stats.sum_over_processes().mean_cov()
       yield f"{self.name}/rfid", metrics.frechet_distance(
           *fake_stats.mean_cov(), *ref)
       is_mean, is_std = score.result()
       yield f"{self.name}/ris", is_mean
       yield f"{self.name}/ris_std", is_std
     if fvd_fake is not None:
+      fvd_fake.sum_over_processes()
+      fvd_real.sum_over_processes()
       yield f"{self.name}/rfvd", metrics.frechet_distance(
           *fvd_fake.mean_cov(), *fvd_real.mean_cov())
       yield f"{self.name}/rfvd_random_i3d", float(self.i3d_random)

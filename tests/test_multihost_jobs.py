@@ -1,0 +1,117 @@
+"""The real entry points as multi-process jobs (jax.distributed on localhost,
+fake CPU devices): training with its evaluation on 2 processes, and the eval
+job giving the same metrics on 1 x 4, 2 x 2 and 4 x 1 processes x devices."""
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from vitok_jax.models import inception
+import vitok_jax.utils as u
+
+ROOT = pathlib.Path(__file__).parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch(module, args, processes, devices, timeout=600):
+  """Runs `python -m module args` as `processes` processes of `devices` fake
+  CPU devices each; returns their stdouts (asserting every one exits 0)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  port = _free_port()
+  dist = lambda i: ([f"--coordinator_address=127.0.0.1:{port}",
+                     f"--num_processes={processes}", f"--process_id={i}"]
+                    if processes > 1 else [])
+  procs = [subprocess.Popen([sys.executable, "-m", module, *args, *dist(i)],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for i in range(processes)]
+  outs = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=timeout)
+      assert p.returncode == 0, f"{module} {args} failed:\n{err[-4000:]}"
+      outs.append(out)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return outs
+
+
+def _config_args(inception_npz="none.npz", steps=4):
+  return [f"--config=configs/vitok/s_b16_256.py:runlocal,steps={steps},"
+          f"inception_weights={inception_npz}",
+          "--config.log_every=2", f"--config.ckpt_every={steps}",
+          "--config.image_every=0", "--config.input.res=32",
+          "--config.input.batch_size=8",
+          # 16 held-out tiles in batches of 12: the last batch is padded on
+          # every process count.
+          "--config.evals.heldout.batch_size=12"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tiny run trained as 2 processes x 2 devices, with its final
+  evaluation (rPSNR, rSSIM, bicubic; no Inception, which is slow to
+  compile on 2 cores) on both processes."""
+  tmp = tmp_path_factory.mktemp("mh")
+  npz = str(tmp / "random_inception.npz")
+  params = jax.jit(lambda: inception.FIDInceptionV3().init(
+      jax.random.key(0), np.zeros((1, 75, 75, 3), np.float32))["params"])()
+  u.save_npz_tree(npz, jax.device_get(params))
+  wd = tmp / "run"
+  outs = launch("vitok_jax.train", _config_args() + [f"--workdir={wd}"],
+                processes=2, devices=2)
+  return wd, npz, outs
+
+
+def test_training_evaluates_on_two_processes(trained):
+  wd, _, outs = trained
+  # Only process 0 prints the summary line.
+  assert "held-out photos: rPSNR" in outs[0] and "[16 images]" in outs[0]
+  assert "rPSNR" not in outs[1]
+  rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  final = [r for r in rows if "heldout/rpsnr" in r]
+  assert len(final) == 1 and final[0]["step"] == 4
+  assert final[0]["heldout/num_examples"] == 16
+
+
+def test_eval_job_is_the_same_on_any_process_count(trained, tmp_path):
+  wd, npz, outs = trained
+  results = {}
+  for procs, devs in [(1, 4), (2, 2), (4, 1)]:
+    copy = tmp_path / f"{procs}x{devs}"
+    shutil.copytree(wd, copy)
+    launch("vitok_jax.eval", _config_args(npz) + [f"--workdir={copy}"],
+           processes=procs, devices=devs)
+    results[procs, devs] = json.loads(
+        (copy / "eval" / "results_4.json").read_text())
+    # Only process 0 writes.
+    assert sorted(p.name for p in (copy / "eval").iterdir()
+                  if p.suffix == ".json") == ["results_4.json"]
+  ref = results[1, 4]
+  keys = ["heldout/rpsnr", "heldout/rssim", "heldout/rfid", "heldout/ris",
+          "heldout/bicubic_rpsnr"]
+  assert ref["heldout/num_examples"] == 16
+  for k in keys:
+    for layout, r in results.items():
+      assert r[k] == pytest.approx(ref[k], rel=1e-5), (k, layout)
+  # The eval job scores the same checkpoint as training's final evaluation.
+  rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  final = [r for r in rows if "heldout/rpsnr" in r][-1]
+  for k in ["heldout/rpsnr", "heldout/rssim", "heldout/bicubic_rpsnr"]:
+    assert final[k] == pytest.approx(ref[k], rel=1e-5), k

@@ -1,0 +1,56 @@
+"""What one process of a multi-process job holds, and sums across processes.
+
+Every evaluation is written as a cluster job: each process feeds its own rows
+of a global batch (sharding.put_global_batch), reads back only its own rows
+of the per-example outputs (`local_rows`), accumulates float64 sums on the
+host, and the sums are added across processes once at the end
+(`sum_over_processes`). A global array is never turned into numpy as a whole:
+on a multi-process mesh that raises "spans non-addressable devices".
+
+The sums are float64 on the host, but JAX's collectives carry float32 (x64 is
+off). `sum_over_processes` therefore sends each float64 value as two float32
+parts, hi = f32(x) and lo = f32(x - hi), gathers them from every process and
+adds them in float64 on the host: hi + lo keeps about 48 bits of x, so a
+metric does not depend on how many processes computed it (beyond float64
+round-off of the order of additions).
+"""
+from typing import Any
+
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+from vitok_jax import sharding as sh
+
+
+def local_rows(x: jax.Array, mesh) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, as numpy: the
+  inverse of sharding.put_global_batch."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  local = multihost_utils.global_array_to_host_local_array(
+      x, mesh, P(sh.batch_axes(mesh)))
+  return np.asarray(local)
+
+
+def sum_over_processes(tree: Any) -> Any:
+  """The elementwise sum over all processes of a tree of host numbers or
+  arrays, in float64 (every process gets the same result)."""
+  if jax.process_count() == 1:
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+  leaves, treedef = jax.tree.flatten(tree)
+  parts = []
+  for a in leaves:
+    a = np.asarray(a, np.float64)
+    hi = a.astype(np.float32)
+    lo = (a - hi.astype(np.float64)).astype(np.float32)
+    parts.append(np.stack([hi, lo]))
+  gathered = multihost_utils.process_allgather(parts)  # each [P, 2, ...]
+  sums = [np.asarray(g, np.float64).sum(axis=(0, 1)) for g in gathered]
+  return jax.tree.unflatten(treedef, sums)
+
+
+def is_main() -> bool:
+  """Process 0 writes files, TensorBoard and prints summaries."""
+  return jax.process_index() == 0
