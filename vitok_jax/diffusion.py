@@ -118,19 +118,31 @@ def ddim_sample(eps_fn: Callable, sched: Schedule, x_T, rng=None,
   """Runs DDIM from x_T down to x_0 with lax.scan.
 
   eps_fn(x, t [B]) -> eps. With eta = 0 no randomness is used (rng may be
-  None) and the map x_T -> x_0 is deterministic.
+  None) and the map x_T -> x_0 is deterministic. `rng` is one key for the
+  batch, or a key per example ([B] keys), so that an example's noise does
+  not depend on the batch it was sampled in.
   """
   if eta and rng is None:
     raise ValueError("ddim_sample with eta > 0 needs an rng")
   ts = jnp.asarray(ddim_timesteps(sched.num_steps, num_steps))
   ratio = sched.num_steps // num_steps
-  rngs = (jax.random.split(rng, num_steps) if eta else
-          jnp.zeros((num_steps,), jnp.uint32))
+  per_example = eta and rng.shape != ()
+  if not eta:
+    rngs = jnp.zeros((num_steps,), jnp.uint32)
+  elif per_example:  # [num_steps, B]
+    rngs = jax.vmap(lambda k: jax.random.split(k, num_steps), out_axes=1)(rng)
+  else:
+    rngs = jax.random.split(rng, num_steps)
+
+  def noise_like(key, x):
+    if per_example:
+      return jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(key)
+    return jax.random.normal(key, x.shape, x.dtype)
 
   def body(x, inp):
     t, key = inp
     eps = eps_fn(x, jnp.full((x.shape[0],), t, jnp.int32)).astype(x.dtype)
-    noise = jax.random.normal(key, x.shape, x.dtype) if eta else None
+    noise = noise_like(key, x) if eta else None
     return ddim_step(sched, x, eps, t, t - ratio, eta, noise), None
 
   x0, _ = jax.lax.scan(body, x_T.astype(jnp.float32), (ts, rngs))

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitok_jax import checkpoint as ckpt_lib
+from vitok_jax import multihost
 from vitok_jax.models import vitok
 
 STATS_FILE = "latent_stats.npz"
@@ -52,6 +53,13 @@ class RunningMoments:
     self.n += z.shape[0]
     self.s1 = self.s1 + z.sum(0)
     self.s2 = self.s2 + (z * z).sum(0)
+
+  def sum_over_processes(self) -> "RunningMoments":
+    """Adds every process's sums (each process fed its own latents)."""
+    n, self.s1, self.s2 = multihost.sum_over_processes(
+        (self.n, self.s1, self.s2))
+    self.n = int(round(float(n)))
+    return self
 
   def result(self) -> LatentStats:
     if not self.n:

@@ -5,6 +5,8 @@ the config names and the run's latent statistics, draws N images with DDIM
 and classifier-free guidance (classes cycle through --classes, default all
 classes, balanced), and writes under DIR/samples/:
 
+  parts_<step>_cfg<s>_seed<k>/ each process's samples as it makes them
+                              (a rerun samples only what is missing)
   samples_<step>_cfg<s>.png   a grid of the first 64 samples
   samples_<step>_cfg<s>.npz   arr_0: uint8 [N, H, W, 3] (the layout of the
                               ADM/DiT evaluation suite), labels: int32 [N]
@@ -17,15 +19,19 @@ Use the same --config (and arguments) as the training run.
 """
 import json
 import os
+import time
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 import numpy as np
 
 from vitok_jax import distributed
+from vitok_jax import multihost
+from vitok_jax import sample_parts
 from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import generation
@@ -44,7 +50,12 @@ def _default_inception(config):
 def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
            steps=None, eta=None, seed: int = 0, batch_size: int = 64,
            checkpoint=None, inception_weights=None, ref_stats=None) -> dict:
-  """Writes the files above; returns {"png", "npz", "step", metrics...}."""
+  """Writes the files above; returns {"png", "npz", "step", metrics...}.
+
+  As a multi-process job each process samples its rows of every global batch
+  and writes them as it goes (sample_parts.py); a rerun samples only what is
+  missing; process 0 merges the parts at the end, one part at a time.
+  """
   config = dit.resolve_config(config)
   run = dit.restore_run(config, workdir, checkpoint)
   setup, step, params, mesh = run.setup, run.step, run.params, run.setup.mesh
@@ -72,39 +83,63 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   else:
     logging.warning("No Inception weights (%s): gFID/gIS are skipped; make "
                     "them with tools/convert_inception.py", inception_weights)
-  scorer = generation.Scorer(num, inc_params)
-  images = []
-  fn = lambda p, y, r: sampler(p, run.tok_params, run.stats, y, r)[0]
-  for imgs, y in generation.generate(fn, params, labels, batch, mesh, seed):
-    scorer.update(imgs, y)
-    images.append(ops.to_uint8(imgs))
-    logging.info("%d/%d samples", sum(len(i) for i in images), num)
-  images = np.concatenate(images)
-  ref = None
+
+  out_dir = os.path.join(workdir, "samples")
+  name = f"{step}_cfg{cfg:g}"
+  parts = sample_parts.Parts(
+      os.path.join(out_dir, f"parts_{name}_seed{seed}"),
+      dict(step=step, cfg=cfg, seed=seed, classes=list(map(int, classes or [])),
+           num_steps=steps or config.sampling.num_steps,
+           eta=config.sampling.eta if eta is None else float(eta)))
+  done = parts.covered(num)
+  # Every process decides from the same listing, before any writes more.
+  multihost_utils.sync_global_devices("vitok_jax.sample: parts listed")
+  fn = lambda p, y, i, s: sampler(p, run.tok_params, run.stats, y, i, s)[0]
+  t0, new = time.time(), 0
+  for imgs, y, index in generation.generate(
+      fn, params, labels, batch, mesh, seed, skip=lambda i: done[
+          np.minimum(i, num - 1)] & (i < num)):
+    parts.write(ops.to_uint8(imgs), y, index)
+    new += len(index)
+    logging.info("%d new samples on this process (%.2f samples/s), %d of %d "
+                 "were written before", new, new / (time.time() - t0),
+                 int(done.sum()), num)
+  multihost_utils.sync_global_devices("vitok_jax.sample: parts written")
+  results = {"sample/num_new": float(multihost.sum_over_processes(new)),
+             "sample/num_reused": float(done.sum())}
   if inc_params is not None:
+    scorer = generation.Scorer(num, inc_params, mesh=mesh,
+                               local_batch=batch // jax.process_count())
+    for imgs, y, index in parts.read_sharded(num, batch):
+      scorer.update(ops.value_range(imgs), y, index)
+    scorer.sum_over_processes()
     if ref_stats:
       with np.load(os.path.expanduser(ref_stats)) as f:
         ref = (f["mu"], f["sigma"])
     else:
       ref = generation.reference_stats(config.input, inc_params).mean_cov()
-  results = scorer.results("sample", ref)
-  out_dir = os.path.join(workdir, "samples")
-  name = f"{step}_cfg{cfg:g}"
+    results.update(scorer.results("sample", ref))
+  results["sample/num_samples"] = float(num)
   paths = dict(png=os.path.join(out_dir, f"samples_{name}.png"),
                npz=os.path.join(out_dir, f"samples_{name}.npz"))
-  if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
+  if multihost.is_main():
+    parts.merge(num, paths["npz"])
+    with np.load(paths["npz"]) as f:
+      first = f["arr_0"][:64]
     from PIL import Image  # pylint: disable=g-import-not-at-top
-    Image.fromarray(common.grid_picture(
-        ops.value_range(images[:64]))).save(paths["png"])
-    np.savez(paths["npz"], arr_0=images, labels=labels)
+    Image.fromarray(common.grid_picture(ops.value_range(first))).save(
+        paths["png"])
     with open(os.path.join(out_dir, f"results_{name}.json"), "w") as f:
-      json.dump(dict(step=step, cfg=cfg, **results), f, indent=2)
-  line = f"{len(images)} samples of step {step} at CFG {cfg:g} -> {paths['png']}"
+      json.dump(dict(step=step, cfg=cfg, seed=seed, **results), f, indent=2)
+  multihost_utils.sync_global_devices("vitok_jax.sample: merged")
+  line = (f"{num} samples of step {step} at CFG {cfg:g} ({new} new on this "
+          f"process) -> {paths['png']}")
   if "sample/gfid" in results:
-    line += f"; gFID {results['sample/gfid']:.2f}, gIS {results['sample/gis']:.2f}"
-  print(line, flush=True)
-  return dict(paths, step=step, labels=labels, images=images, **results)
+    line += (f"; gFID {results['sample/gfid']:.2f}, gIS "
+             f"{results['sample/gis']:.2f} [{num} samples]")
+  if multihost.is_main():
+    print(line, flush=True)
+  return dict(paths, step=step, labels=labels, **results)
 
 
 def define_flags() -> dict:

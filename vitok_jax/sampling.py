@@ -20,19 +20,26 @@ def make_sample_fn(dit_model, codec, sched: diffusion.Schedule, *, mesh,
                    dit_params_sharding, num_steps: int = 250,
                    eta: float = 0.0, cfg_scale: float = 1.5,
                    grid=None) -> Callable:
-  """-> jitted fn(dit_params, tok_params, stats (mean, std), labels [B], rng)
-  -> (images [B, H, W, 3] in [-1, 1], latents z [B, N, c]), replicated.
+  """-> jitted fn(dit_params, tok_params, stats (mean, std), labels [B],
+  index [B], seed) -> (images [B, H, W, 3] in [-1, 1], latents z [B, N, c]),
+  sharded like the batch.
 
-  cfg_scale 1 runs the conditional DiT alone (half the work); labels equal
-  to dit_model.num_classes sample unconditionally.
+  Sample number i's noise (x_T and, with eta > 0, DDIM's) comes from
+  fold_in(key(seed), i) alone, so one seed gives the same samples whatever
+  the batch size, the mesh or the number of processes. cfg_scale 1 runs the
+  conditional DiT alone (half the work); labels equal to
+  dit_model.num_classes sample unconditionally.
   """
   null = dit_model.num_classes
   shape = (codec.num_tokens, codec.channels)
   diffusion.ddim_timesteps(sched.num_steps, num_steps)  # validates num_steps
 
-  def sample(dit_params, tok_params, stats, labels, rng):
-    rng_x, rng_ddim = jax.random.split(rng)
-    x_t = jax.random.normal(rng_x, (labels.shape[0],) + shape, jnp.float32)
+  def sample(dit_params, tok_params, stats, labels, index, seed):
+    keys = jax.vmap(lambda i: jax.random.split(
+        jax.random.fold_in(jax.random.key(seed), i)))(index)  # [B, 2]
+    rng_ddim = keys[:, 1]
+    x_t = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(
+        keys[:, 0])
     dit = lambda x, t, y: dit_model.apply({"params": dit_params}, x, t, y,
                                           grid)
     if cfg_scale == 1.0:
@@ -46,7 +53,7 @@ def make_sample_fn(dit_model, codec, sched: diffusion.Schedule, *, mesh,
     z = x0 * std + mean
     return codec.decode(tok_params, z), z
 
-  repl = sh.replicated(mesh)
+  repl, batch = sh.replicated(mesh), sh.batch_sharding(mesh)
   return jax.jit(sample, in_shardings=(dit_params_sharding, repl, repl,
-                                       sh.batch_sharding(mesh), repl),
-                 out_shardings=(repl, repl))
+                                       batch, batch, None),
+                 out_shardings=(batch, batch))

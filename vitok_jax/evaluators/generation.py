@@ -26,7 +26,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from jax.experimental import multihost_utils
+
 from vitok_jax import input_pipeline
+from vitok_jax import multihost
 from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import metrics
@@ -38,47 +41,90 @@ def sample_labels(num_samples: int, num_classes: int) -> np.ndarray:
 
 
 def generate(sample: Callable, params, labels: np.ndarray, batch_size: int,
-             mesh, seed: int = 0):
-  """Yields (images [b, H, W, 3] in [-1, 1], labels [b]) batch by batch;
-  the last batch is padded for the sampler and trimmed here. Every process
-  gets every image (the sampler's output is replicated)."""
+             mesh, seed: int = 0, skip=None):
+  """Yields (images [b, H, W, 3] in [-1, 1], labels [b], sample numbers [b])
+  batch by batch: this process's rows of each global batch.
+
+  sample(params, labels, index, seed) is the sampler (sampling.py): sample
+  i's noise depends on (seed, i) alone. The last batch is padded and the
+  padding dropped here; so are the samples for which skip(index) is True
+  (already written by an earlier run), and a batch with nothing left to
+  sample on any process is not sampled at all.
+  """
   batch_sh = sh.batch_sharding(mesh)
-  for i, start in enumerate(range(0, len(labels), batch_size)):
-    y = labels[start:start + batch_size]
-    pad = batch_size - len(y)
-    y_full = np.concatenate([y, np.zeros((pad,), np.int32)])
-    # Each process passes its rows of the global label batch.
-    rows = batch_size // jax.process_count()
-    local = y_full[jax.process_index() * rows:(jax.process_index() + 1) * rows]
-    images = sample(params, sh.put_global_batch(local, batch_sh),
-                    jax.random.key(seed * 1_000_003 + i))
-    yield np.asarray(images)[:len(y)], y
+  rows = batch_size // jax.process_count()
+  first = jax.process_index() * rows
+  for start in range(0, len(labels), batch_size):
+    global_index = np.arange(start, start + batch_size)
+    todo = global_index < len(labels)
+    if skip is not None:
+      todo &= ~skip(global_index)
+    if not todo.any():  # the same decision on every process
+      continue
+    y_full = labels[np.minimum(global_index, len(labels) - 1)]
+    local = slice(first, first + rows)
+    y, index = sh.put_global_batch(
+        (y_full[local], global_index[local].astype(np.int32)), batch_sh)
+    images = multihost.local_rows(sample(params, y, index, seed), mesh)
+    keep = todo[local]
+    yield images[keep], y_full[local][keep], global_index[local][keep]
 
 
 class Scorer:
   """Accumulates Inception statistics and the IS over generated images, and
-  (optionally) PSNR against labelled reference photos."""
+  (optionally) PSNR against labelled reference photos.
+
+  With a `mesh`, Inception runs sharded like the batch: each process passes
+  its own samples (at most `local_batch` per call, the same number of calls
+  on every process) and `sum_over_processes` adds the sums at the end.
+  """
 
   def __init__(self, num_samples: int, inception_params=None,
-               references=None, frames: int = 1):
+               references=None, frames: int = 1, mesh=None,
+               local_batch: int = 0):
     self.inception_params = inception_params
+    self.mesh, self.local_batch = mesh, int(local_batch)
     if inception_params is not None:  # videos: frame-wise gFID/gIS
       self.stats = metrics.GaussianStats()
       self.score = metrics.InceptionScore(num_samples * frames)
-      net = inception.FIDInceptionV3()
-      self._net = jax.jit(lambda p, x: net.apply({"params": p}, x))
+      self._net = inception_fn(mesh)
     self.references = references  # (uint8 images [R, H, W, 3], labels [R])
     self.own, self.other, self.hits, self.n = 0.0, 0.0, 0, 0
 
-  def update(self, images: np.ndarray, labels: np.ndarray) -> None:
+  def _inception(self, q: np.ndarray):
+    """(pool, logits) of this process's uint8-grid images [b, (T,) H, W, 3]."""
+    if self.mesh is None:
+      return self._net(self.inception_params,
+                       q.reshape((-1,) + q.shape[-3:]) / 255.0)
+    b = len(q)
+    if b > self.local_batch:
+      raise ValueError(f"Scorer got {b} samples, more than its local batch "
+                       f"{self.local_batch}")
+    pad = np.zeros((self.local_batch - b,) + q.shape[1:], q.dtype)
+    x = np.concatenate([q, pad]).reshape((-1,) + q.shape[-3:]) / 255.0
+    out = self._net(self.inception_params, sh.put_global_batch(
+        x.astype(np.float32), sh.batch_sharding(self.mesh)))
+    per = x.shape[0] // self.local_batch  # frames per sample
+    return tuple(multihost.local_rows(o, self.mesh)[:b * per] for o in out)
+
+  def update(self, images: np.ndarray, labels: np.ndarray,
+             index=None) -> None:
+    """images: this process's samples; index: their sample numbers (the IS
+    splits; default: the order of the calls)."""
     q = np.asarray(metrics.quantize(images))
     self.n += len(q)
+    if not len(q) and self.mesh is None:
+      return
     if self.inception_params is not None:
-      pool, logits = self._net(self.inception_params,
-                               q.reshape((-1,) + q.shape[-3:]) / 255.0)
+      pool, logits = self._inception(q)
       self.stats.update(np.asarray(pool))
-      self.score.update(np.asarray(logits))
-    if self.references is not None:
+      findex = None
+      if index is not None and len(q):  # frame f of sample i: i * frames + f
+        frames = len(pool) // len(q)
+        findex = (np.asarray(index)[:, None] * frames +
+                  np.arange(frames)[None]).reshape(-1)
+      self.score.update(np.asarray(logits), index=findex)
+    if self.references is not None and len(q):
       ref, ref_labels = self.references
       # PSNR of every sample against every reference photo [b, R].
       diff = q[:, None].astype(np.float64) - ref[None]
@@ -90,6 +136,17 @@ class Scorer:
       self.own += float(own[np.isfinite(own)].sum())
       self.other += float(other[np.isfinite(other)].sum())
       self.hits += int((own > other).sum())
+
+  def sum_over_processes(self) -> "Scorer":
+    """Adds every process's sums (each scored its own samples)."""
+    n, self.own, self.other, hits = multihost.sum_over_processes(
+        (self.n, self.own, self.other, self.hits))
+    self.n, self.hits = int(round(float(n))), int(round(float(hits)))
+    self.own, self.other = float(self.own), float(self.other)
+    if self.inception_params is not None:
+      self.stats.sum_over_processes()
+      self.score.sum_over_processes()
+    return self
 
   def results(self, prefix: str, ref_stats=None) -> dict:
     out = {f"{prefix}/num_samples": float(self.n)}
@@ -104,13 +161,34 @@ class Scorer:
     return out
 
 
+def inception_fn(mesh=None):
+  """Jitted (params, images in [0, 1]) -> (pool, logits); with a mesh, the
+  batch is sharded over it (pass global arrays) and so are the outputs."""
+  net = inception.FIDInceptionV3()
+  fn = lambda p, x: net.apply({"params": p}, x)
+  if mesh is None:
+    return jax.jit(fn)
+  batch = sh.batch_sharding(mesh)
+  return jax.jit(fn, in_shardings=(sh.replicated(mesh), batch),
+                 out_shardings=(batch, batch))
+
+
 def reference_photos(data_config, max_examples: int = 256):
-  """uint8 evaluation crops and labels of a (small) labelled data set."""
-  images, labels = [], []
-  for b in input_pipeline.make_eval_dataset(data_config, 16, max_examples):
-    images.append(np.asarray(metrics.quantize(b["image"]))[b["mask"]])
-    labels.append(b["label"][b["mask"]])
-  return np.concatenate(images).astype(np.uint8), np.concatenate(labels)
+  """uint8 evaluation crops and labels of a (small) labelled data set; every
+  process gets all of them (each reads its share, then they are gathered)."""
+  images, labels, masks = [], [], []
+  batch = 16 * jax.process_count()
+  for b in input_pipeline.make_eval_dataset(data_config, batch, max_examples):
+    images.append(np.asarray(metrics.quantize(b["image"])).astype(np.uint8))
+    labels.append(b["label"])
+    masks.append(b["mask"])
+  images, labels, masks = (np.concatenate(images), np.concatenate(labels),
+                           np.concatenate(masks))
+  if jax.process_count() > 1:
+    images, labels, masks = (
+        np.asarray(a).reshape((-1,) + a.shape[1:]) for a in
+        multihost_utils.process_allgather((images, labels, masks)))
+  return images[masks], labels[masks]
 
 
 def reference_stats(data_config, inception_params, num_examples=None,
@@ -121,12 +199,15 @@ def reference_stats(data_config, inception_params, num_examples=None,
   fn = jax.jit(lambda p, x: net.apply({"params": p}, x)[0])
   stats = metrics.GaussianStats()
   n = input_pipeline.eval_num_examples(data_config, num_examples)
-  batch = min(batch_size, -(-n // jax.process_count()) * jax.process_count())
+  # A global batch every process can split evenly, no larger than the data.
+  nproc = jax.process_count()
+  batch = max(min(batch_size, -(-n // nproc) * nproc) // nproc, 1) * nproc
   for b in input_pipeline.make_eval_dataset(data_config, batch, num_examples):
     q = np.asarray(metrics.quantize(b["image"][b["mask"]])) / 255.0
-    stats.update(np.asarray(fn(inception_params,
-                               q.reshape((-1,) + q.shape[-3:]))))
-  return stats
+    if len(q):
+      stats.update(np.asarray(fn(inception_params,
+                                 q.reshape((-1,) + q.shape[-3:]))))
+  return stats.sum_over_processes()
 
 
 class Evaluator:
@@ -134,7 +215,7 @@ class Evaluator:
   def __init__(self, name: str, config, *, sample: Callable, num_classes: int,
                mesh, input_config=None):
     self.name = name
-    self.sample = sample  # (dit params, labels [B], rng) -> images
+    self.sample = sample  # (dit params, labels [B], index [B], seed) -> images
     self.mesh = mesh
     self.num_classes = num_classes
     self.num_samples = int(config.get("num_samples", 50_000))
@@ -171,11 +252,13 @@ class Evaluator:
 
   def run(self, params) -> common.Results:
     scorer = Scorer(self.num_samples, self.inception_params, self.references,
-                    self.frames)
+                    self.frames, mesh=self.mesh,
+                    local_batch=self.batch_size // jax.process_count())
     labels = sample_labels(self.num_samples, self.num_classes)
-    for images, y in generate(self.sample, params, labels, self.batch_size,
-                              self.mesh, self.seed):
-      scorer.update(images, y)
+    for images, y, index in generate(self.sample, params, labels,
+                                     self.batch_size, self.mesh, self.seed):
+      scorer.update(images, y, index)
+    scorer.sum_over_processes()
     yield from scorer.results(self.name, self.ref_stats).items()
 
   def summary(self, results: dict) -> str:

@@ -28,6 +28,7 @@ import optax
 from vitok_jax import config_utils
 from vitok_jax import diffusion
 from vitok_jax import input_pipeline
+from vitok_jax import multihost
 from vitok_jax import latents as latents_lib
 from vitok_jax import optim
 from vitok_jax import sampling
@@ -159,7 +160,7 @@ class Setup(NamedTuple):
   batch_sharding: Any
   init: Callable  # rng -> sharded state
   step: Callable  # (state, inputs, labels, tok_params, stats) -> (state, m)
-  encode: Callable  # (tok_params, images) -> z (replicated)
+  encode: Callable  # (tok_params, images) -> z (sharded like the batch)
 
 
 def make_setup(config, mesh, codec: latents_lib.Codec, *,
@@ -238,7 +239,7 @@ def make_setup(config, mesh, codec: latents_lib.Codec, *,
                                 repl, repl),
       out_shardings=(state_sharding, repl), donate_argnums=(0,))
   encode_jit = jax.jit(codec.encode, in_shardings=(repl, batch_sharding),
-                       out_shardings=repl)
+                       out_shardings=batch_sharding)
   return Setup(model, codec, sched, mesh, abstract_state, state_sharding,
                batch_sharding, init_jit, step_jit, encode_jit)
 
@@ -253,15 +254,16 @@ def compute_latent_stats(config, setup: Setup, tok_params
     for z in latent_shards.iterate_latents(lc.source[7:], lc.stats_examples):
       moments.update(z)
     return moments.result()
+  # Each process encodes its own examples; the sums are added across
+  # processes, so the statistics do not depend on the process count.
   n_dev = setup.mesh.size
   batch = max(lc.stats_batch // n_dev, 1) * n_dev
   for b in input_pipeline.make_eval_dataset(config.input, batch,
                                             lc.stats_examples):
-    z = np.asarray(setup.encode(tok_params, sh.put_global_batch(
-        b["image"], setup.batch_sharding)))
-    mask = np.asarray(sh.put_global_batch(b["mask"], setup.batch_sharding))
-    moments.update(z[mask])
-  return moments.result()
+    z = multihost.local_rows(setup.encode(tok_params, sh.put_global_batch(
+        b["image"], setup.batch_sharding)), setup.mesh)
+    moments.update(z[b["mask"]])
+  return moments.sum_over_processes().result()
 
 
 def latent_stats(config, setup: Setup, tok_params, workdir: str
@@ -338,9 +340,16 @@ def make_sampler(config, setup: Setup, *, cfg_scale=None, num_steps=None,
       grid=setup.codec.rope_grid)
 
 
-def preview_labels(config, mesh) -> np.ndarray:
+def preview_index(config, mesh) -> np.ndarray:
+  """This process's rows of the pictures' global batch of sample numbers."""
   n = max(config.num_preview // mesh.size, 1) * mesh.size
-  return (np.arange(n) % config.num_classes).astype(np.int32)
+  rows = n // jax.process_count()
+  return np.arange(rows, dtype=np.int32) + jax.process_index() * rows
+
+
+def preview_labels(config, mesh) -> np.ndarray:
+  """Their labels: the classes in turn."""
+  return (preview_index(config, mesh) % config.num_classes).astype(np.int32)
 
 
 # ==========================================================================
@@ -384,11 +393,16 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
   labels = preview_labels(config, mesh)
   sample_fn = make_sampler(config, setup)
 
+  index = preview_index(config, mesh)
+
   def pictures(params):
     images, _ = sample_fn(params, tok_params, stats_dev,
-                          sh.put_global_batch(labels, setup.batch_sharding),
-                          jax.random.key(config.seed + 1))
-    return {"samples": evaluators.grid_picture(np.asarray(images))}
+                          *sh.put_global_batch((labels, index),
+                                               setup.batch_sharding),
+                          config.seed + 1)
+    # Process 0's rows (it alone writes pictures).
+    return {"samples": evaluators.grid_picture(
+        multihost.local_rows(images, mesh))}
 
   return host_loop.Task(
       abstract_state=setup.abstract_state,
@@ -413,8 +427,8 @@ def build_evaluators(config, setup: Setup, tok_params, stats) -> dict:
     sampler = make_sampler(config, setup, cfg_scale=ec.get("cfg_scale"),
                            num_steps=ec.get("num_steps"))
     out[name] = generation.Evaluator(
-        name, ec, sample=lambda p, y, r, s=sampler: s(p, tok_params, stats, y,
-                                                      r)[0],
+        name, ec, sample=lambda p, y, i, seed, s=sampler: s(
+            p, tok_params, stats, y, i, seed)[0],
         num_classes=config.num_classes, mesh=setup.mesh,
         input_config=config.input)
   return out
