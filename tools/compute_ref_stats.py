@@ -1,27 +1,38 @@
 r"""Computes and caches Inception statistics (mu, sigma) of a dataset's images.
 
-  python tools/compute_ref_stats.py --data tfds:imagenet2012:validation \
-      --res 256 --inception weights/fid_inception_v3.npz --out refs/imagenet_val_256.npz
+  python tools/compute_ref_stats.py --data=tfds:imagenet2012:train --res=256 \
+      --inception=weights/fid_inception_v3.npz
 
 The images are the evaluation crops (resize + centre crop to --res, rounded to
-uint8) that the reconstruction evaluator scores, so `evals.<name>.ref_stats`
-can point at the output instead of recomputing the originals' statistics on
-every evaluation. Also used for gFID reference statistics.
+uint8; videos frame-wise with --frames) that the evaluators score. Without
+--out the file goes where training, the eval job and `vitok_jax.sample` look
+for it (vitok_jax/evaluators/ref_stats.py: next to the Inception weights,
+named by data set, split, resolution, frames and count), so they reuse it
+instead of computing it; `evals.<name>.ref_stats` may also name the file.
+
+On a cluster run it as N processes (each reads its share of the data; the
+sums are added across processes; process 0 writes):
+  ... --coordinator_address=host:port --num_processes=N --process_id=i
+(or under SLURM / with JAX_COORDINATOR_ADDRESS set, --distributed).
 """
 import argparse
 
+import jax
 import ml_collections
-
-from vitok_jax.evaluators import generation
-from vitok_jax.evaluators import metrics
-from vitok_jax.models import inception
 
 
 def compute(data: str, res: int, inception_path: str, batch_size: int = 50,
-            num_examples=None, data_dir=None) -> metrics.GaussianStats:
-  cfg = ml_collections.ConfigDict(dict(data=data, res=res, data_dir=data_dir))
+            num_examples=None, data_dir=None, frames: int = 1):
+  from vitok_jax.evaluators import generation  # pylint: disable=g-import-not-at-top
+  from vitok_jax.models import inception  # pylint: disable=g-import-not-at-top
+  cfg = data_config(data, res, data_dir, frames)
   return generation.reference_stats(cfg, inception.load(inception_path),
                                     num_examples, batch_size)
+
+
+def data_config(data, res, data_dir=None, frames=1):
+  return ml_collections.ConfigDict(dict(data=data, res=res, data_dir=data_dir,
+                                        frames=frames))
 
 
 def main(argv=None):
@@ -30,15 +41,33 @@ def main(argv=None):
   ap.add_argument("--data", required=True)
   ap.add_argument("--data_dir", default=None)
   ap.add_argument("--res", type=int, required=True)
+  ap.add_argument("--frames", type=int, default=1)
   ap.add_argument("--inception", required=True)
   ap.add_argument("--batch_size", type=int, default=50)
   ap.add_argument("--num_examples", type=int, default=None)
-  ap.add_argument("--out", required=True)
+  ap.add_argument("--out", default=None, help="default: the cache file the "
+                  "jobs look for (vitok_jax/evaluators/ref_stats.py)")
+  ap.add_argument("--coordinator_address", default=None)
+  ap.add_argument("--num_processes", type=int, default=None)
+  ap.add_argument("--process_id", type=int, default=None)
+  ap.add_argument("--distributed", action="store_true",
+                  help="jax.distributed.initialize() with auto-detection")
   args = ap.parse_args(argv)
+  if args.coordinator_address:
+    jax.distributed.initialize(args.coordinator_address, args.num_processes,
+                               args.process_id)
+  elif args.distributed:
+    jax.distributed.initialize()
+  from vitok_jax.evaluators import ref_stats  # pylint: disable=g-import-not-at-top
+  out = args.out or ref_stats.default_path(
+      data_config(args.data, args.res, args.data_dir, args.frames),
+      args.inception, args.num_examples)
   stats = compute(args.data, args.res, args.inception, args.batch_size,
-                  args.num_examples, args.data_dir)
-  stats.save(args.out)
-  print(f"wrote statistics of {stats.n} images to {args.out}")
+                  args.num_examples, args.data_dir, args.frames)
+  if jax.process_index() == 0:
+    ref_stats.save(stats, out)
+    print(f"wrote statistics of {stats.n} images to {out}")
+  return stats
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ classes, balanced), and writes under DIR/samples/:
   results_<step>_cfg<s>.json  gFID/gIS against the training set's Inception
                               statistics when Inception weights exist
                               (--inception, default the config's generation
-                              evaluator's), with --ref_stats or computed
+                              evaluator's), with --ref_stats or the cached
+                              ones (evaluators/ref_stats.py)
 
 Use the same --config (and arguments) as the training run.
 """
@@ -35,6 +36,7 @@ from vitok_jax import sample_parts
 from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import generation
+from vitok_jax.evaluators import ref_stats as ref_stats_lib
 from vitok_jax.models import inception
 from vitok_jax.pp import ops
 from vitok_jax.trainers import dit
@@ -114,10 +116,10 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
       scorer.update(ops.value_range(imgs), y, index)
     scorer.sum_over_processes()
     if ref_stats:
-      with np.load(os.path.expanduser(ref_stats)) as f:
-        ref = (f["mu"], f["sigma"])
-    else:
-      ref = generation.reference_stats(config.input, inc_params).mean_cov()
+      ref = ref_stats_lib.load(ref_stats)
+    else:  # the training set's, cached (evaluators/ref_stats.py)
+      ref = ref_stats_lib.load_or_compute(config.input, inc_params,
+                                          inception_weights)
     results.update(scorer.results("sample", ref))
   results["sample/num_samples"] = float(num)
   paths = dict(png=os.path.join(out_dir, f"samples_{name}.png"),

@@ -10,8 +10,11 @@ config.evals.<name> fields (type="generation"):
   inception_weights: .npz from tools/convert_inception.py; missing -> gFID
                      and gIS are skipped with a warning
   ref_stats:         .npz of tools/compute_ref_stats.py over the training set
-                     (its evaluation crops); otherwise computed here from
-                     `data` (default the training input), ref_examples of it
+                     (its evaluation crops); default: the cache file
+                     evaluators/ref_stats.py names for `data` (default the
+                     training input) and ref_examples of it, computed at the
+                     first start (refused above 50k examples: the error
+                     names the tool command) and reused after
   nearest:           also compare each sample with the photos of `data` by
                      PSNR (small data sets: is a sample of class k nearest
                      to a photo of class k?): <name>/own_class_psnr,
@@ -33,6 +36,7 @@ from vitok_jax import multihost
 from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import metrics
+from vitok_jax.evaluators import ref_stats as ref_stats_lib
 from vitok_jax.models import inception
 
 
@@ -241,12 +245,12 @@ class Evaluator:
       logging.warning("evals.%s: gFID and gIS are SKIPPED: %s", name, e)
     if self.inception_params is not None:
       if config.get("ref_stats"):
-        with np.load(os.path.expanduser(config.get("ref_stats"))) as f:
-          self.ref_stats = (f["mu"], f["sigma"])
+        self.ref_stats = ref_stats_lib.load(config.get("ref_stats"))
       else:  # the training set's evaluation crops, computed once
-        self.ref_stats = reference_stats(
+        self.ref_stats = ref_stats_lib.load_or_compute(
             self.data_config, self.inception_params,
-            config.get("ref_examples")).mean_cov()
+            config.get("inception_weights"),
+            num_examples=config.get("ref_examples"))
     self.references = (reference_photos(self.data_config)
                        if config.get("nearest") else None)
 

@@ -1,0 +1,85 @@
+"""Reference statistics are computed once, cached by name, and reused; a
+start that would compute them over too many examples names the tool."""
+import ml_collections
+import numpy as np
+import pytest
+
+from tests.helpers import load_tool
+from vitok_jax import sharding as sh
+from vitok_jax.evaluators import generation
+from vitok_jax.evaluators import metrics
+from vitok_jax.evaluators import ref_stats
+
+
+@pytest.fixture
+def counted_passes(monkeypatch):
+  """generation.reference_stats, counting its passes over the data (the
+  statistics of fixed features, so the cached values can be checked)."""
+  calls = []
+  feats = np.random.default_rng(0).normal(size=(9, 4))
+
+  def fake(data_config, inception_params, num_examples=None, batch_size=50):
+    calls.append((data_config.data, data_config.res, num_examples))
+    stats = metrics.GaussianStats(4)
+    stats.update(feats)
+    return stats
+
+  monkeypatch.setattr(generation, "reference_stats", fake)
+  return calls, feats
+
+
+def _data(res=32):
+  return ml_collections.ConfigDict(dict(data="embedded", res=res, frames=1))
+
+
+def test_computed_once_then_reused_by_evaluators_and_sample(
+    counted_passes, tmp_path):
+  calls, feats = counted_passes
+  weights = str(tmp_path / "w" / "fid_inception_v3.npz")
+  path = ref_stats.default_path(_data(), weights)
+  assert path == str(tmp_path / "w" / "ref_stats" / "embedded_32px_all.npz")
+  for _ in range(3):  # training start, eval job, sample
+    mu, sigma = ref_stats.load_or_compute(_data(), None, weights)
+    np.testing.assert_allclose(mu, feats.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(feats, rowvar=False), rtol=1e-10)
+  assert len(calls) == 1
+  # Another resolution or count is another file and another pass.
+  ref_stats.load_or_compute(_data(64), None, weights)
+  ref_stats.load_or_compute(_data(), None, weights, num_examples=5)
+  assert len(calls) == 3
+  assert sorted(p.name for p in (tmp_path / "w" / "ref_stats").iterdir()) == [
+      "embedded_32px_5.npz", "embedded_32px_all.npz", "embedded_64px_all.npz"]
+
+
+def test_generation_evaluator_uses_the_cache(counted_passes, tmp_path,
+                                             monkeypatch):
+  calls, _ = counted_passes
+  monkeypatch.setattr(generation.inception, "load", lambda path: {"w": 0.0})
+  mesh = sh.make_mesh([("data", -1)])
+  config = ml_collections.ConfigDict(dict(
+      type="generation", num_samples=8, batch_size=8,
+      inception_weights=str(tmp_path / "inc.npz")))
+  for _ in range(2):
+    ev = generation.Evaluator("gen", config, sample=None, num_classes=9,
+                              mesh=mesh, input_config=_data())
+    assert ev.ref_stats[0].shape == (4,)
+  assert len(calls) == 1
+
+
+def test_too_many_examples_name_the_tool_which_fills_the_cache(
+    counted_passes, tmp_path, monkeypatch):
+  calls, _ = counted_passes
+  monkeypatch.setattr(ref_stats, "MAX_AT_START", 5)  # embedded has 9
+  weights = str(tmp_path / "fid_inception_v3.npz")
+  with pytest.raises(ValueError, match="read 9 examples at every start") as e:
+    ref_stats.load_or_compute(_data(), None, weights)
+  assert not calls
+  cmd = str(e.value).splitlines()[-1].split()
+  assert cmd[:2] == ["python", "tools/compute_ref_stats.py"]
+  tool = load_tool("compute_ref_stats")
+  import vitok_jax.models.inception as inception_lib
+  monkeypatch.setattr(inception_lib, "load", lambda path: {"w": 0.0})
+  tool.main(cmd[2:])  # the command as printed
+  assert len(calls) == 1
+  ref_stats.load_or_compute(_data(), None, weights)  # now reused
+  assert len(calls) == 1
