@@ -27,15 +27,17 @@ def _free_port():
 
 
 def launch(module, args, processes, devices, timeout=600):
-  """Runs `python -m module args` as `processes` processes of `devices` fake
-  CPU devices each; returns their stdouts (asserting every one exits 0)."""
+  """Runs `python -m module args` (module None: `python args`, a script) as
+  `processes` processes of `devices` fake CPU devices each; returns their
+  stdouts (asserting every one exits 0)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   port = _free_port()
   dist = lambda i: ([f"--coordinator_address=127.0.0.1:{port}",
                      f"--num_processes={processes}", f"--process_id={i}"]
                     if processes > 1 else [])
-  procs = [subprocess.Popen([sys.executable, "-m", module, *args, *dist(i)],
+  run = [sys.executable] + (["-m", module] if module else [])
+  procs = [subprocess.Popen(run + [*args, *dist(i)],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
            for i in range(processes)]
@@ -195,3 +197,24 @@ def test_sample_is_the_same_on_any_process_count_and_resumes(
   again = _samples(tmp_path / "2x1")
   assert np.abs(again[0].astype(int) - two[0].astype(int)).max() <= 1
   np.testing.assert_array_equal(again[1], two[1])
+
+
+def test_encode_dataset_on_two_processes_writes_each_shard_once(
+    trained, tmp_path):
+  """Process i writes shards i, i + 2, ...; together they equal a
+  one-process encoding."""
+  tool = str(ROOT / "tools" / "encode_dataset.py")
+  args = [f"--tokenizer={trained[0]}", "--data=embedded", "--res=32",
+          "--shard_size=2", "--batch_size=2", "--workers=2"]
+  launch_script = lambda out, procs, devs: launch(
+      None, [tool, *args, f"--out={out}"], procs, devs)
+  outs = launch_script(tmp_path / "two", 2, 2)
+  assert "this process's 3 of 5 shards" in outs[0]
+  assert "this process's 2 of 5 shards" in outs[1]
+  launch_script(tmp_path / "one", 1, 4)
+  for s in range(5):
+    for kind in ("latents", "labels"):
+      a = np.load(tmp_path / "two" / f"shard_{s:05d}.{kind}.npy")
+      b = np.load(tmp_path / "one" / f"shard_{s:05d}.{kind}.npy")
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert not list((tmp_path / "two").glob("*.tmp*"))

@@ -9,10 +9,17 @@ an image, encoded by the tokenizer run's EMA params (the posterior mean), with
 its class label. Shards of --shard_size records (vitok_jax/latent_shards.py)
 are written atomically, with a progress line each; run the same command
 again after an interruption and it goes on from the first missing shard.
-Unreadable records are skipped and counted. One process (all its local
-devices through jit).
+Unreadable records are skipped and counted.
+
+Scale: every local device encodes (the batch is split over a mesh of this
+process's devices) while --workers threads decode and crop the next images;
+as a multi-process job (--coordinator_address/--num_processes/--process_id,
+or --distributed under SLURM / JAX_COORDINATOR_ADDRESS) process i of N
+writes shards i, i + N, ... on its own: no process waits for another, and a
+rerun on any number of processes completes whatever shards are missing.
 """
 import argparse
+from concurrent import futures
 import math
 import os
 import sys
@@ -24,13 +31,15 @@ import numpy as np
 from vitok_jax import input_pipeline
 from vitok_jax import latent_shards
 from vitok_jax import latents as latents_lib
+from vitok_jax import sharding as sh
 from vitok_jax.pp import ops
 
 
 def encode(tokenizer: str, data: str, res: int, out: str, *, step=None,
            shard_size: int = 1024, batch_size: int = 64, num_examples=None,
-           data_dir=None, image_key: str = "image", log=print) -> dict:
-  """Writes (or completes) the shards; returns the meta dict."""
+           data_dir=None, image_key: str = "image", workers: int = 8,
+           log=print) -> dict:
+  """Writes (or completes) this process's shards; returns the meta dict."""
   codec = latents_lib.Codec.load(tokenizer, step, res=res, key="--tokenizer")
   source = input_pipeline.CheckedSource(
       input_pipeline.get_source(data, data_dir, image_key))
@@ -46,32 +55,58 @@ def encode(tokenizer: str, data: str, res: int, out: str, *, step=None,
     if differ:
       raise ValueError(f"--out={out!r} holds shards of another encoding "
                        f"(stored vs asked: {differ}); use a new --out")
-  latent_shards.write_meta(out, meta)
-  encode_fn = jax.jit(codec.encode)
-  params = jax.device_put(codec.params)
+  if jax.process_index() == 0:
+    latent_shards.write_meta(out, meta)
+  # This process's devices only: processes never wait for each other.
+  mesh = sh.make_mesh([("data", -1)], jax.local_devices())
+  batch_size = -(-batch_size // mesh.size) * mesh.size
+  encode_fn = jax.jit(codec.encode,
+                      in_shardings=(sh.replicated(mesh), sh.batch_sharding(mesh)),
+                      out_shardings=sh.batch_sharding(mesh))
+  params = jax.device_put(codec.params, sh.replicated(mesh))
+  mine = range(jax.process_index(), meta["num_shards"], jax.process_count())
   done = set(latent_shards.complete_shards(out))
   if done:
     log(f"{len(done)} of {meta['num_shards']} shards already in {out}")
+
+  def load(i):
+    rec = source[i]
+    if isinstance(rec, input_pipeline.BadRecord):
+      return rec
+    return ops.value_range(ops.center_crop(rec["image"], res)), rec["label"]
+
+  pool = futures.ThreadPoolExecutor(max(int(workers), 1))
+  todo = [s for s in mine if s not in done]
+  # Decoding of the next shard runs in the threads while this one encodes.
+  pending = {}
+
+  def submit(s):
+    pending[s] = [pool.submit(load, i) for i in
+                  range(s * shard_size, min((s + 1) * shard_size, n))]
+
   t0, encoded, skipped = time.time(), 0, 0
-  for s in range(meta["num_shards"]):
-    if s in done:
-      continue
+  if todo:
+    submit(todo[0])
+  for k, s in enumerate(todo):
+    recs = [f.result() for f in pending.pop(s)]
+    if k + 1 < len(todo):
+      submit(todo[k + 1])
     images, labels = [], []
-    for i in range(s * shard_size, min((s + 1) * shard_size, n)):
-      rec = source[i]
+    for rec in recs:
       if isinstance(rec, input_pipeline.BadRecord):
         skipped += 1
         log(f"skipping unreadable record {rec.where}: {rec.error}")
         continue
-      images.append(ops.value_range(ops.center_crop(rec["image"], res)))
-      labels.append(rec["label"])
+      images.append(rec[0])
+      labels.append(rec[1])
     zs = []
     for b in range(0, len(images), batch_size):
       chunk = np.stack(images[b:b + batch_size])
       pad = batch_size - len(chunk)  # one compiled shape
       chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
                                               chunk.dtype)])
-      zs.append(np.asarray(encode_fn(params, chunk))[:batch_size - pad])
+      z = encode_fn(params, jax.device_put(chunk, sh.batch_sharding(mesh)))
+      zs.append(np.asarray(z)[:batch_size - pad])
     z = (np.concatenate(zs) if zs else
          np.zeros((0, codec.num_tokens, codec.channels), np.float32))
     latent_shards.write_shard(out, s, z, np.asarray(labels, np.int32))
@@ -80,7 +115,9 @@ def encode(tokenizer: str, data: str, res: int, out: str, *, step=None,
     log(f"shard {s + 1}/{meta['num_shards']}: {len(z)} latents "
         f"[{codec.num_tokens} x {codec.channels}] ({rate:.1f} img/s"
         f"{f', {skipped} unreadable skipped' if skipped else ''})")
-  log(f"done: {meta['num_shards']} shards of {n} records in {out}")
+  pool.shutdown()
+  log(f"done: this process's {len(mine)} of {meta['num_shards']} shards of "
+      f"{n} records in {out}")
   return meta
 
 
@@ -97,12 +134,25 @@ def main(argv=None):
   ap.add_argument("--shard_size", type=int, default=1024)
   ap.add_argument("--batch_size", type=int, default=64)
   ap.add_argument("--num_examples", type=int, default=None)
+  ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                  help="threads that decode and crop images")
+  ap.add_argument("--coordinator_address", default=None)
+  ap.add_argument("--num_processes", type=int, default=None)
+  ap.add_argument("--process_id", type=int, default=None)
+  ap.add_argument("--distributed", action="store_true",
+                  help="jax.distributed.initialize() with auto-detection")
   args = ap.parse_args(argv)
+  if args.coordinator_address:
+    jax.distributed.initialize(args.coordinator_address, args.num_processes,
+                               args.process_id)
+  elif args.distributed:
+    jax.distributed.initialize()
   try:
     encode(args.tokenizer, args.data, args.res, args.out, step=args.step,
            shard_size=args.shard_size, batch_size=args.batch_size,
            num_examples=args.num_examples, data_dir=args.data_dir,
-           image_key=args.image_key, log=lambda s: print(s, flush=True))
+           image_key=args.image_key, workers=args.workers,
+           log=lambda s: print(s, flush=True))
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"encode_dataset: {e}")
 
