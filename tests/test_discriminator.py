@@ -106,11 +106,37 @@ def test_discriminator_sizes_itself_from_resolution():
     d.init(jax.random.key(0), jnp.zeros((2, 48, 48, 3)))
 
 
-def test_minibatch_stddev_adds_a_channel():
-  x = jax.random.normal(jax.random.key(0), (8, 4, 4, 5))
-  y = disc.minibatch_stddev(x, 4)
-  assert y.shape == (8, 4, 4, 6)
-  assert float(y[..., -1].min()) > 0
+def _np_minibatch_stddev(x, group):
+  """StyleGAN2-ADA's MinibatchStdLayer (num_channels=1) in float64 loops:
+  example i is member i // (N/G) of group i % (N/G); per group, the std over
+  its G members of each feature (population variance + 1e-8 under the
+  root), averaged over H, W, C, appended as a constant channel."""
+  n, h, w, c = x.shape
+  x = x.astype(np.float64)
+  groups = n // group
+  stat = np.zeros(groups)
+  for k in range(groups):
+    members = x[k::groups]  # [G, H, W, C]
+    var = ((members - members.mean(0)) ** 2).mean(0)
+    stat[k] = np.sqrt(var + 1e-8).mean()
+  extra = np.empty((n, h, w, 1))
+  for i in range(n):
+    extra[i] = stat[i % groups]
+  return np.concatenate([x, extra], axis=-1)
+
+
+@pytest.mark.parametrize("n,group,g", [(8, 4, 4), (8, 8, 8), (12, 8, 4)])
+def test_minibatch_stddev_matches_stylegan2(n, group, g):
+  # Per-example scales make every group's statistic different.
+  rng = np.random.default_rng(n + group)
+  x = (rng.normal(size=(n, 4, 4, 5)) * rng.uniform(0.2, 3.0, (n, 1, 1, 1)) +
+       rng.normal(size=(n, 1, 1, 1))).astype(np.float32)
+  y = np.asarray(disc.minibatch_stddev(jnp.asarray(x), group))
+  assert y.shape == (n, 4, 4, 6)
+  np.testing.assert_array_equal(y[..., :5], x)
+  # A group size that does not divide N falls back to gcd(group, N) (the
+  # official layer requires N % G == 0).
+  np.testing.assert_allclose(y, _np_minibatch_stddev(x, g), rtol=1e-5)
 
 
 def test_gan_losses():

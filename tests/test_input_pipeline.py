@@ -105,6 +105,65 @@ def test_ops():
   assert any(np.array_equal(f, img) for f in flipped)
 
 
+@pytest.fixture(scope="module")
+def coordinate_folder(tmp_path_factory):
+  """Four 200 x 200 PNGs whose red/green values are each pixel's row/column:
+  a training crop tells the box it was cut from."""
+  root = tmp_path_factory.mktemp("coords")
+  rows, cols = np.meshgrid(np.arange(200), np.arange(200), indexing="ij")
+  for k in range(4):
+    img = np.stack([rows, cols, np.full_like(rows, 60 * k)], -1)
+    Image.fromarray(img.astype(np.uint8)).save(root / f"{k}.png")
+  return root
+
+
+def _train_examples(root, n_batches=4, **kw):
+  c = cfg(data=f"folder:{root}", batch_size=16, **kw)
+  it = iter(input_pipeline.make_train_dataset(c, seed=0))
+  return np.concatenate([next(it)["image"] for _ in range(n_batches)])
+
+
+def _crop_sizes(images):
+  """(width, height) in source pixels of each crop: the resize maps a linear
+  ramp to a linear ramp, of slope (crop side / res) per output pixel; fitted
+  away from the borders. A mirrored crop has a negative width."""
+  res = images.shape[1]
+  v = (images.astype(np.float64) + 1) * 127.5  # back to [0, 255]
+  j = np.arange(4, res - 4)
+  sizes = []
+  for im in v:
+    col_slope = np.polyfit(j, im[res // 2, 4:-4, 1], 1)[0]
+    row_slope = np.polyfit(j, im[4:-4, res // 2, 0], 1)[0]
+    sizes.append((col_slope * res, row_slope * res))
+  return np.array(sizes)
+
+
+@pytest.mark.parametrize("scale", [(0.25, 0.25), (0.1, 0.3)])
+def test_training_crops_cover_the_configured_area(coordinate_folder, scale):
+  w, h = _crop_sizes(_train_examples(coordinate_folder, crop_scale=scale,
+                                     flip=False)).T
+  assert np.all(w > 0)  # no flips asked for, none made
+  frac = w * h / 200**2
+  # Each crop has area scale x the image's, up to rounding its sides to
+  # pixels (<= 1%); aspect ratios in [3/4, 4/3].
+  assert np.all(frac > scale[0] - 0.01) and np.all(frac < scale[1] + 0.01)
+  assert np.all((w / h > 0.74) & (w / h < 1.36)) and np.ptp(w / h) > 0.3
+  if scale[0] < scale[1]:  # and the draws span the range
+    assert frac.min() < scale[0] + 0.03 and frac.max() > scale[1] - 0.03
+
+
+def test_training_flips_mirror_half_the_crops(coordinate_folder):
+  plain = _train_examples(coordinate_folder, crop_scale=(0.1, 0.3), flip=False)
+  flipped = _train_examples(coordinate_folder, crop_scale=(0.1, 0.3), flip=True)
+  mirrored = _crop_sizes(flipped)[:, 0] < 0
+  # About half of 64 (within 3 binomial standard deviations: 4 each).
+  assert 20 <= mirrored.sum() <= 44
+  # The same crop boxes (the flip is drawn after the crop): a mirrored crop
+  # is the unflipped crop of its box mirrored, the others are equal.
+  for f, p, m in zip(flipped, plain, mirrored):
+    np.testing.assert_array_equal(f, np.fliplr(p) if m else p)
+
+
 def _folder_with_bad_files(path, n_good=8):
   rng = np.random.default_rng(0)
   for i in range(n_good):

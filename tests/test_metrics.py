@@ -85,9 +85,30 @@ def test_frechet_distance_refuses_a_significant_imaginary_root():
   mu = np.zeros(2)
   with pytest.raises(ValueError, match="imaginary component"):
     metrics.frechet_distance(mu, np.diag([1.0, -1.0]), mu, np.eye(2))
-  # A tiny imaginary part from round-off is dropped, as pytorch-fid does.
-  s = np.array([[1.0, 0.999999], [0.999999, 1.0]])
-  assert np.isfinite(metrics.frechet_distance(mu, s, mu, s))
+  # A nearly singular covariance (round-off makes sqrtm's root complex):
+  # identical statistics are still at distance 0.
+  for s in ([[1.0, 0.999999], [0.999999, 1.0]], [[1.0, 1 - 1e-12], [1 - 1e-12, 1.0]]):
+    assert abs(metrics.frechet_distance(mu, np.array(s), mu, np.array(s))) < 1e-6
+
+
+def test_fid_closed_forms_for_rank_deficient_pool_statistics():
+  # 200 examples of 512 ReLU features (rank 199 < 512), as Inception pool
+  # features of a small evaluation set: the covariance is singular, where
+  # sqrtm of the product is least accurate (-1e-3 for identical 2048-dim
+  # statistics). Closed forms for S2 = S1 and S2 = a^2 S1:
+  # FID = |mu1 - mu2|^2 + (1 - a)^2 Tr S1.
+  rng = np.random.default_rng(0)
+  f = np.maximum(rng.normal(size=(200, 512)) @ rng.normal(size=(512, 512)) * 0.05, 0)
+  stats = metrics.GaussianStats(512)
+  stats.update(f)
+  mu, s = stats.mean_cov()
+  assert np.linalg.matrix_rank(s) < 512
+  assert abs(metrics.frechet_distance(mu, s, mu, s)) < 1e-6
+  shift = rng.normal(size=512) * 0.1
+  np.testing.assert_allclose(metrics.frechet_distance(mu, s, mu + shift, s),
+                             shift @ shift, rtol=1e-6)
+  np.testing.assert_allclose(metrics.frechet_distance(mu, s, mu, 2.25 * s),
+                             0.25 * np.trace(s), rtol=1e-6)
 
 
 def test_bicubic_baseline_spends_the_same_floats():
