@@ -1,4 +1,5 @@
 """grain pipelines over the three sources, and the preprocessing ops."""
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -239,3 +240,40 @@ def test_every_pil_mode_decodes_to_the_right_rgb(tmp_path, mode):
   np.testing.assert_allclose(got, want, atol=1)
   if mode == "I;16":
     assert abs(got.mean() - grey16.mean() / 257) < 0.5
+
+
+def test_processes_read_disjoint_slices_that_make_the_global_batch(
+    monkeypatch):
+  """Each of N processes yields its share of every step; their union is the
+  one-process global batch of that step, without duplicates."""
+
+  class Numbered:  # record i is an image filled with the value i
+    def __len__(self):
+      return 40
+
+    def __getitem__(self, i):
+      return np.full((8, 8, 3), i, np.uint8)
+
+  monkeypatch.setattr(input_pipeline, "source_of", lambda config: Numbered())
+  config = ml_collections.ConfigDict(dict(
+      data="numbered", res=8, frames=1, batch_size=8, crop="center",
+      flip=False, num_workers=0))
+
+  def steps(process, count, n=3):
+    monkeypatch.setattr(jax, "process_index", lambda: process)
+    monkeypatch.setattr(jax, "process_count", lambda: count)
+    it = iter(input_pipeline.make_train_dataset(config, seed=0))
+    out = []
+    for _ in range(n):
+      img = next(it)["image"]
+      out.append(np.round((img[:, 0, 0, 0] + 1) * 127.5).astype(int))
+    return out
+
+  one = steps(0, 1)
+  for count in (2, 4):
+    shares = [steps(p, count) for p in range(count)]
+    for s in range(3):
+      assert all(len(sh[s]) == 8 // count for sh in shares)
+      union = np.concatenate([sh[s] for sh in shares])
+      assert len(set(union.tolist())) == 8  # no example twice in a step
+      assert sorted(union.tolist()) == sorted(one[s].tolist())
