@@ -20,6 +20,7 @@ Use the same --config (and arguments) as the training run.
 """
 import json
 import os
+import resource
 import time
 
 from absl import app
@@ -106,9 +107,17 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
     logging.info("%d new samples on this process (%.2f samples/s), %d of %d "
                  "were written before", new, new / (time.time() - t0),
                  int(done.sum()), num)
+  seconds = time.time() - t0
   multihost_utils.sync_global_devices("vitok_jax.sample: parts written")
-  results = {"sample/num_new": float(multihost.sum_over_processes(new)),
-             "sample/num_reused": float(done.sum())}
+  peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  logging.info("process %d: %d new samples in %.1f s (%.2f samples/s), peak "
+               "host memory %.0f MiB", jax.process_index(), new, seconds,
+               new / max(seconds, 1e-9), peak_mib)
+  total_new = float(multihost.sum_over_processes(new))
+  results = {"sample/num_new": total_new,
+             "sample/num_reused": float(done.sum()),
+             "sample/samples_per_sec": total_new / max(seconds, 1e-9),
+             "sample/peak_host_mib_process0": peak_mib}
   if inc_params is not None:
     scorer = generation.Scorer(num, inc_params, mesh=mesh,
                                local_batch=batch // jax.process_count())
