@@ -135,8 +135,7 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
                npz=os.path.join(out_dir, f"samples_{name}.npz"))
   if multihost.is_main():
     parts.merge(num, paths["npz"])
-    with np.load(paths["npz"]) as f:
-      first = f["arr_0"][:64]
+    first = parts.head(min(num, 64))
     from PIL import Image  # pylint: disable=g-import-not-at-top
     Image.fromarray(common.grid_picture(ops.value_range(first))).save(
         paths["png"])

@@ -127,6 +127,12 @@ class Parts:
         continue
       yield np.stack(images), np.asarray(labels, np.int32), index
 
+  def head(self, k: int) -> np.ndarray:
+    """The first k samples (uint8), read from the parts."""
+    part, row, files = self._where(k)
+    get = self._reader(files)
+    return np.stack([get(part[i])[0][row[i]] for i in range(k)])
+
   def merge(self, num: int, path: str) -> None:
     """Writes the ADM-layout .npz of the first num samples, in order,
     without holding them all: arr_0 is streamed into the zip."""
