@@ -1,6 +1,11 @@
-"""The real entry points as multi-process jobs (jax.distributed on localhost,
-fake CPU devices): training with its evaluation on 2 processes, and the eval
-job giving the same metrics on 1 x 4, 2 x 2 and 4 x 1 processes x devices."""
+"""The paper's chain rehearsed as multi-process jobs through the real entry
+points (jax.distributed on localhost, fake CPU devices, tiny shapes):
+
+  stage 1 (2 x 2) -> stage 2 (2 x 2) -> eval job (1 x 4, 2 x 2, 4 x 1: the
+  same numbers) -> encode_dataset (2 processes) -> DiT on the shards (2 x 2)
+  -> sample (1 and 2 processes: the same samples; resumed) -> gFID
+  -> PyTorch export of both runs.
+"""
 import json
 import os
 import pathlib
@@ -81,6 +86,24 @@ def trained(tmp_path_factory):
   return wd, npz, outs
 
 
+def _stage2_args(stage1):
+  return [f"--config=configs/vitok/s_b16_256_stage2.py:init_from={stage1},"
+          "runlocal,steps=2",
+          "--config.log_every=1", "--config.ckpt_every=2",
+          "--config.image_every=0", "--config.input.res=32",
+          "--config.input.batch_size=8",
+          "--config.evals.heldout.batch_size=12"]
+
+
+@pytest.fixture(scope="module")
+def stage2(trained):
+  """Stage 2 (frozen encoder, GAN, EMA) from stage 1, as 2 x 2."""
+  wd = trained[0].parent / "stage2"
+  outs = launch("vitok_jax.train", _stage2_args(trained[0]) +
+                [f"--workdir={wd}"], processes=2, devices=2)
+  return wd, outs
+
+
 def test_training_evaluates_on_two_processes(trained):
   wd, _, outs = trained
   # Only process 0 prints the summary line.
@@ -92,36 +115,42 @@ def test_training_evaluates_on_two_processes(trained):
   assert final[0]["heldout/num_examples"] == 16
 
 
-def test_eval_job_is_the_same_on_any_process_count(trained, tmp_path):
-  wd, npz, outs = trained
+def test_eval_job_is_the_same_on_any_process_count(stage2, trained, tmp_path):
+  """Stage 2's EMA params scored by the eval job on 3 layouts, and by the
+  training run's own final evaluation."""
+  wd, outs = stage2
+  assert "held-out photos: rPSNR" in outs[0]
+  npz = trained[1]
   results = {}
   for procs, devs in [(1, 4), (2, 2), (4, 1)]:
     copy = tmp_path / f"{procs}x{devs}"
     shutil.copytree(wd, copy)
-    launch("vitok_jax.eval", _config_args(npz) + [f"--workdir={copy}"],
+    launch("vitok_jax.eval", _stage2_args(trained[0]) + [
+        f"--workdir={copy}",
+        f"--config.evals.heldout.inception_weights={npz}"],
            processes=procs, devices=devs)
     results[procs, devs] = json.loads(
-        (copy / "eval" / "results_4.json").read_text())
+        (copy / "eval" / "results_2.json").read_text())
     # Only process 0 writes.
     assert sorted(p.name for p in (copy / "eval").iterdir()
-                  if p.suffix == ".json") == ["results_4.json"]
+                  if p.suffix == ".json") == ["results_2.json"]
   ref = results[1, 4]
+  assert ref["ema"] is True
   keys = ["heldout/rpsnr", "heldout/rssim", "heldout/rfid", "heldout/ris",
           "heldout/bicubic_rpsnr"]
   assert ref["heldout/num_examples"] == 16
   for k in keys:
     for layout, r in results.items():
       assert r[k] == pytest.approx(ref[k], rel=1e-5), (k, layout)
-  # The eval job scores the same checkpoint as training's final evaluation.
   rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
   final = [r for r in rows if "heldout/rpsnr" in r][-1]
   for k in ["heldout/rpsnr", "heldout/rssim", "heldout/bicubic_rpsnr"]:
     assert final[k] == pytest.approx(ref[k], rel=1e-5), k
 
 
-def _dit_args(tokenizer_wd, steps=4):
+def _dit_args(tokenizer_wd, shards, steps=4):
   return [f"--config=configs/dit/dit_l_vitok_s_b16_256.py:runlocal,"
-          f"tokenizer={tokenizer_wd},steps={steps},tokens=16",
+          f"tokenizer={tokenizer_wd},shards={shards},steps={steps},tokens=16",
           "--config.log_every=2", f"--config.ckpt_every={steps}",
           "--config.image_every=0", "--config.input.res=32",
           "--config.input.batch_size=8", "--config.sampling.num_steps=4",
@@ -129,13 +158,26 @@ def _dit_args(tokenizer_wd, steps=4):
           "--config.evals.classes.num_samples=10"]
 
 
+def _encode(tokenizer_wd, out, processes, devices):
+  tool = str(ROOT / "tools" / "encode_dataset.py")
+  return launch(None, [tool, f"--tokenizer={tokenizer_wd}", "--data=embedded",
+                       "--res=32", "--shard_size=2", "--batch_size=2",
+                       "--workers=2", f"--out={out}"], processes, devices)
+
+
 @pytest.fixture(scope="module")
-def dit_trained(trained, tmp_path_factory):
-  """A tiny DiT on the tokenizer above, trained as 2 processes x 2 devices:
-  latent statistics, steps, its generation evaluator (nearest photos)."""
+def shards(stage2):
+  out = stage2[0].parent / "latents"
+  return out, _encode(stage2[0], out, 2, 2)
+
+
+@pytest.fixture(scope="module")
+def dit_trained(stage2, shards, tmp_path_factory):
+  """A tiny DiT on stage 2's latent shards, trained as 2 processes x 2
+  devices: latent statistics, steps, its generation evaluator."""
   wd = tmp_path_factory.mktemp("dit") / "run"
-  outs = launch("vitok_jax.train", _dit_args(trained[0]) + [f"--workdir={wd}"],
-                processes=2, devices=2)
+  outs = launch("vitok_jax.train", _dit_args(stage2[0], shards[0]) +
+                [f"--workdir={wd}"], processes=2, devices=2)
   return wd, outs
 
 
@@ -154,11 +196,11 @@ def _samples(workdir, name="4_cfg3"):
 
 
 def test_sample_is_the_same_on_any_process_count_and_resumes(
-    dit_trained, trained, tmp_path):
+    dit_trained, stage2, shards, trained, tmp_path):
   wd, _ = dit_trained
   npz = trained[1]
-  args = _dit_args(trained[0]) + ["--num=10", "--seed=3", "--cfg=3.0",
-                                  "--steps=4", f"--inception={npz}"]
+  args = _dit_args(stage2[0], shards[0]) + [
+      "--num=10", "--seed=3", "--cfg=3.0", "--steps=4", f"--inception={npz}"]
   results = {}
   for procs, devs, batch in [(1, 2, 4), (2, 1, 6)]:
     copy = tmp_path / f"{procs}x{devs}"
@@ -200,21 +242,28 @@ def test_sample_is_the_same_on_any_process_count_and_resumes(
 
 
 def test_encode_dataset_on_two_processes_writes_each_shard_once(
-    trained, tmp_path):
+    stage2, shards, tmp_path):
   """Process i writes shards i, i + 2, ...; together they equal a
   one-process encoding."""
-  tool = str(ROOT / "tools" / "encode_dataset.py")
-  args = [f"--tokenizer={trained[0]}", "--data=embedded", "--res=32",
-          "--shard_size=2", "--batch_size=2", "--workers=2"]
-  launch_script = lambda out, procs, devs: launch(
-      None, [tool, *args, f"--out={out}"], procs, devs)
-  outs = launch_script(tmp_path / "two", 2, 2)
+  two, outs = shards
   assert "this process's 3 of 5 shards" in outs[0]
   assert "this process's 2 of 5 shards" in outs[1]
-  launch_script(tmp_path / "one", 1, 4)
+  _encode(stage2[0], tmp_path / "one", 1, 4)
   for s in range(5):
     for kind in ("latents", "labels"):
-      a = np.load(tmp_path / "two" / f"shard_{s:05d}.{kind}.npy")
+      a = np.load(two / f"shard_{s:05d}.{kind}.npy")
       b = np.load(tmp_path / "one" / f"shard_{s:05d}.{kind}.npy")
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  assert not list((tmp_path / "two").glob("*.tmp*"))
+  assert not list(two.glob("*.tmp*"))
+
+
+def test_both_runs_export_to_pytorch(stage2, dit_trained, tmp_path):
+  """The last link: the 2-process runs' checkpoints export and verify."""
+  tool = str(ROOT / "tools" / "export_pytorch.py")
+  for wd, name in ((stage2[0], "vitok"), (dit_trained[0], "dit")):
+    out = launch(None, [tool, f"--workdir={wd}", "--ema",
+                        f"--out={tmp_path / name}.safetensors", "--verify"],
+                 processes=1, devices=1)[0]
+    err = float(out.strip().splitlines()[-1].split(":")[-1])
+    assert err < 1e-4, (name, out[-2000:])
+    assert (tmp_path / f"{name}.safetensors").exists()
