@@ -164,13 +164,9 @@ def assert_matches(results, name, want, keys=("rpsnr", "rssim")):
     assert got == pytest.approx(ref, **tol), k
 
 
-class IdentityModel:
-  """A stand-in tokenizer whose reconstruction is its input: everything
-  the evaluator uses of a model (apply -> (recon, aux))."""
-
-  def apply(self, variables, x):
-    del variables
-    return x, {}
+# A stand-in tokenizer whose reconstruction is its input: the predict
+# functions a trainer hands the reconstruction evaluator.
+IDENTITY = dict(reconstruct=lambda params, images: images)
 
 
 def one_device_mesh():
@@ -315,8 +311,7 @@ def test_cached_reference_stats_give_the_same_scores(
       type="reconstruction", batch_size=8, num_examples=8,
       inception_weights=random_inception,
       ref_stats=str(tmp_path / "ref.npz"), data=HELDOUT),
-      model=setup.model, mesh=mesh,
-      params_sharding=setup.state_sharding["params"])
+      predict_fns=tokenizer.predict_fns(setup), mesh=mesh)
   r = dict(ev.run(params))
   want, n = heldout_reference, heldout_reference["n"]
   assert_matches(r, "val", dict(rpsnr=want["psnr"][:8].mean(), rfid=frechet_np(
@@ -328,7 +323,7 @@ def test_identity_model_scores_zero_fid_and_the_psnr_ceiling(random_inception):
   ev = evaluators.build("id", dict(
       type="reconstruction", batch_size=4, num_examples=4,
       inception_weights=random_inception, data=dict(data="embedded", res=32)),
-      model=IdentityModel(), mesh=mesh, params_sharding=sh.replicated(mesh))
+      predict_fns=IDENTITY, mesh=mesh)
   r = dict(ev.run({}))
   assert r["id/num_examples"] == 4
   assert abs(r["id/rfid"]) < 1e-3  # Tr Sigma of these features is ~20
@@ -348,8 +343,8 @@ def test_video_rfvd_equals_the_frechet_distance_of_i3d_features_here(
   data = dict(data="heldout", res=32, frames=10, fps=8.0)
   ev_cfg = dict(type="reconstruction", batch_size=2, num_examples=2,
                 i3d_weights=random_i3d, data=data)
-  ev = evaluators.build("v", ev_cfg, model=setup.model, mesh=mesh,
-                        params_sharding=setup.state_sharding["params"])
+  ev = evaluators.build("v", ev_cfg, predict_fns=tokenizer.predict_fns(setup),
+                        mesh=mesh)
   r = dict(ev.run(params))
   assert r["v/num_examples"] == 2 * 10
   x = eval_examples(data, 2)
@@ -363,8 +358,7 @@ def test_video_rfvd_equals_the_frechet_distance_of_i3d_features_here(
   assert want["rfvd"] > 1e-2 * scale  # far from the real-vs-real 0
   assert_matches(r, "v", want, ("rpsnr", "rssim", "rfvd"))
 
-  ev = evaluators.build("id", ev_cfg, model=IdentityModel(), mesh=mesh,
-                        params_sharding=sh.replicated(mesh))
+  ev = evaluators.build("id", ev_cfg, predict_fns=IDENTITY, mesh=mesh)
   r = dict(ev.run({}))
   assert abs(r["id/rfvd"]) < 1e-6 * scale
   assert r["id/rpsnr"] == pytest.approx(PSNR_OF_IDENTICAL, rel=1e-6)
@@ -373,4 +367,9 @@ def test_video_rfvd_equals_the_frechet_distance_of_i3d_features_here(
 
 def test_unknown_evaluator_type():
   with pytest.raises(ValueError, match="config.evals.x.type='nope'"):
-    evaluators.build("x", dict(type="nope"))
+    evaluators.build("x", dict(type="nope"), predict_fns={}, mesh=None)
+  # A type whose predict functions the trainer does not provide.
+  with pytest.raises(ValueError, match=r"needs the predict functions "
+                     r"\['labels', 'sample'\]"):
+    evaluators.build("g", dict(type="generation"), predict_fns=IDENTITY,
+                     mesh=None)

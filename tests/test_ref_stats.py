@@ -60,8 +60,10 @@ def test_generation_evaluator_uses_the_cache(counted_passes, tmp_path,
       type="generation", num_samples=8, batch_size=8,
       inception_weights=str(tmp_path / "inc.npz")))
   for _ in range(2):
-    ev = generation.Evaluator("gen", config, sample=None, num_classes=9,
-                              mesh=mesh, input_config=_data())
+    ev = generation.Evaluator(
+        "gen", config, predict_fns=dict(sample=lambda cfg, steps: None,
+                                        labels=lambda num: np.arange(num)),
+        mesh=mesh, input_config=_data())
     assert ev.ref_stats[0].shape == (4,)
   assert len(calls) == 1
 

@@ -83,14 +83,18 @@ def test_train_batches_skip_and_count_bad_videos(video_folder, caplog):
 def test_video_runlocal_trains_and_the_eval_job_reports_rfvd(video_folder, tmp_path, capsys):
   c = video_s_b4x8_128.get_config(
       f"runlocal,steps=6,data=folder:{video_folder},i3d_weights=random")
-  c.log_every, c.ckpt_every, c.image_every = 3, 3, 0
+  c.log_every, c.ckpt_every, c.image_every = 1, 3, 0  # every step's loss
   c.input.batch_size = 8  # the tests' 8 fake devices
   c.input.max_bad_fraction = 0.5  # 2 of the 8 files are bad
   c.evals = {}
   workdir = str(tmp_path / "run")
   m = tokenizer.train_and_evaluate(c, workdir)
-  assert np.isfinite(m["loss"])
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  loss = [r["loss"] for r in rows if "loss" in r]
+  assert len(loss) == 6 and loss[-1] == pytest.approx(m["loss"], rel=1e-6)
+  # It trains: 5 updates (lr warming up to 2e-3) take the loss down by more
+  # than 20% (0.26 -> 0.17), on other clips than the first step's.
+  assert loss[-1] < 0.8 * loss[0]
   assert max(r.get("data/skipped_records", 0) for r in rows) >= 1
   from vitok_jax import eval as eval_lib
   c.evals = {"val": dict(type="reconstruction", batch_size=8, num_examples=8,
@@ -98,8 +102,15 @@ def test_video_runlocal_trains_and_the_eval_job_reports_rfvd(video_folder, tmp_p
                          data=dict(data=f"folder:{video_folder}"))}
   r = eval_lib.evaluate(c, workdir)
   assert r["val/num_examples"] == 6 * 16  # 6 good clips of 16 frames
-  assert 5 < r["val/rpsnr"] < 40 and 0 < r["val/rssim"] < 1
-  assert np.isfinite(r["val/rfvd"]) and r["val/rfvd_random_i3d"] == 1.0
+  # rPSNR/rSSIM recomputed from the checkpoint with numpy and skimage; the
+  # exact rFVD check (I3D features computed outside the evaluator) is
+  # test_eval's, too slow to repeat on these 16-frame clips. Real clips
+  # scored against themselves would give an rFVD of round-off (< 1e-12).
+  from tests.test_eval import assert_matches, recompute_from_workdir
+  assert_matches(r, "val", recompute_from_workdir(c, workdir, dict(
+      data=f"folder:{video_folder}", res=c.input.res, frames=c.input.frames,
+      fps=c.input.fps), 8))
+  assert r["val/rfvd"] > 1e-6 and r["val/rfvd_random_i3d"] == 1.0
   assert "(RANDOM I3D weights)" in capsys.readouterr().out.splitlines()[-1]
   saved = json.load(open(os.path.join(workdir, "eval", "results_6.json")))
   assert saved["val/rfvd_random_i3d"] == 1.0
@@ -137,10 +148,23 @@ def test_video_step_with_framewise_lpips_and_gan():
   setup = tokenizer.make_setup(c, mesh)
   state = setup.init(jax.random.key(0))
   x = np.random.default_rng(0).uniform(-1, 1, (8, 4, 32, 32, 3)).astype(np.float32)
-  state, m = setup.step(state, sh.put_global_batch(x, setup.batch_sharding),
-                        tokenizer.load_frozen(c, mesh))
+  xs, frozen = sh.put_global_batch(x, setup.batch_sharding), tokenizer.load_frozen(c, mesh)
+  # The step's reconstruction: its loss at step 0 with the step's rng.
+  _, (_, recon) = jax.jit(setup.g_loss)(
+      state["params"], state, xs, frozen,
+      jax.random.fold_in(jax.random.key(c.seed), 0))
+  recon = np.asarray(recon)  # the step donates the state
+  state, m = setup.step(state, xs, frozen)
   m = jax.device_get(m)
-  assert m["finite"] and m["lpips"] > 0 and "d_loss" in m
+  assert m["finite"] and "d_loss" in m
+  # Frame-wise: the mean over all B*T = 32 frames of the LPIPS network run
+  # on one frame pair at a time.
+  from vitok_jax.models import lpips
+  one = jax.jit(lambda a, b: lpips.LPIPS().apply(
+      {"params": frozen["lpips"]}, a[None], b[None])[0])
+  per_frame = [float(one(recon[b, t], x[b, t])) for b in range(8) for t in range(4)]
+  np.testing.assert_allclose(m["lpips"], np.mean(per_frame), rtol=1e-5)
+  assert np.std(per_frame) > 0.01 * np.mean(per_frame)  # frames do differ
   assert optim.peak_lr(c.optim, c.input) == pytest.approx(c.optim.base_lr * 8 * 4 / 256)
 
 

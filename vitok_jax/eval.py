@@ -7,7 +7,9 @@ under DIR/eval/: TensorBoard scalars, results_<step>.json and
 reconstruction_<step>.png (originals on top, reconstructions below, like the
 paper's Fig. 3; for videos each clip's frames side by side, and an animated
 reconstruction_<step>.gif). For a DiT run (config.trainer "dit") the evaluators are its
-generation evaluators (gFID/gIS).
+generation evaluators (gFID/gIS). Both trainers go through the same code:
+the trainer restores its run (restore_for_eval) and hands its predict
+functions to the evaluators of the registry (evaluators/common.py).
 """
 import json
 import os
@@ -18,12 +20,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from vitok_jax import checkpoint as ckpt_lib
-from vitok_jax import metrics_writer
-from vitok_jax import sharding as sh
 from vitok_jax import distributed
+from vitok_jax import metrics_writer
+from vitok_jax import trainers
 from vitok_jax.evaluators import common as evaluators
-from vitok_jax.trainers import tokenizer
 import vitok_jax.utils as u
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -35,81 +35,36 @@ _CHECKPOINT = flags.DEFINE_integer("checkpoint", None,
 
 
 def evaluate(config, workdir: str, step=None) -> dict:
-  """Restores `step` (or the latest) of workdir and returns {metric: value}."""
+  """Restores `step` (or the latest) of workdir and returns {metric: value}.
+
+  One path for every trainer: the trainer restores its run and hands over
+  the predict functions; the evaluators come from the registry by type."""
   ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(ckpt_dir):  # a read-only job creates nothing
     raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints folder "
                             f"({ckpt_dir}): is it the training run's workdir?")
-  if config.get("trainer") == "dit":
-    return _evaluate_dit(config, workdir, step)
-  config = tokenizer.resolve_config(config)
-  if not config.evals:
-    config.evals = {"recon": dict(type="reconstruction", batch_size=8,
-                                  num_examples=None)}
-  mesh = sh.make_mesh(config.mesh)
-  setup = tokenizer.make_setup(config, mesh)
-  ckpt = ckpt_lib.Checkpointer(workdir)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {ckpt.directory} to evaluate")
-  state, _, _ = ckpt.restore(setup.abstract_state, setup.state_sharding, step)
-  ckpt.close()
-  use_ema = "params_ema" in state
-  params = state["params_ema"] if use_ema else state["params"]
-  logging.info("Evaluating step %d (%s params)", step,
-               "EMA" if use_ema else "raw")
-  evals = evaluators.build_all(config.evals, model=setup.model, mesh=mesh,
-                               params_sharding=setup.state_sharding["params"],
-                               input_config=config.input)
-  out_dir = os.path.join(workdir, "eval")
-  writer = metrics_writer.MetricWriter(out_dir)
-  results = {}
-  for name, ev in evals.items():
-    r = dict(ev.run(params))
-    results.update(r)
-    if hasattr(ev, "summary") and jax.process_index() == 0:
-      print(ev.summary(r), flush=True)
-    if ev.last_picture is not None:
-      writer.write_images(step, {f"{name}/reconstruction": ev.last_picture})
-      if jax.process_index() == 0:
-        from PIL import Image  # pylint: disable=g-import-not-at-top
-        Image.fromarray(ev.last_picture).save(
-            os.path.join(out_dir, f"{name}_reconstruction_{step}.png"))
-        if getattr(ev, "last_clips", None) is not None:  # videos: a GIF too
-          evaluators.save_comparison_gif(
-              os.path.join(out_dir, f"{name}_reconstruction_{step}.gif"),
-              *ev.last_clips, fps=ev.data_config.get("fps") or 8.0)
-  writer.write_scalars(step, results)
-  writer.close()
-  if jax.process_index() == 0:
-    with open(os.path.join(out_dir, f"results_{step}.json"), "w") as f:
-      json.dump(dict(step=step, ema=use_ema, **results), f, indent=2)
-  logging.info("Results at step %d: %s", step, results)
-  return results
-
-
-def _evaluate_dit(config, workdir: str, step=None) -> dict:
-  """The generation evaluators of a DiT run's config on its EMA params."""
-  from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
-  config = dit.resolve_config(config)
-  if not config.evals:
-    raise ValueError("config.evals has no generation evaluator to run")
-  run = dit.restore_run(config, workdir, step)
-  step = run.step
-  evals = dit.build_evaluators(config, run.setup, run.tok_params, run.stats)
+  trainer = trainers.get(config.get("trainer", "tokenizer"))
+  config = trainer.resolve_config(config)
+  run = trainer.restore_for_eval(config, workdir, step)
+  logging.info("Evaluating step %d (%s params)", run.step,
+               "EMA" if run.ema else "raw")
+  evals = evaluators.build_all(config.evals, predict_fns=run.predict_fns,
+                               mesh=run.mesh, input_config=config.input)
   out_dir = os.path.join(workdir, "eval")
   writer = metrics_writer.MetricWriter(out_dir)
   results = {}
   for ev in evals.values():
-    r = dict(ev.run(run.params))
-    results.update(r)
-    if jax.process_index() == 0:
-      print(ev.summary(r), flush=True)
-  writer.write_scalars(step, results)
+    scalars = evaluators.write_results(
+        writer, run.step, dict(ev.run(run.params)), out_dir,
+        fps=ev.data_config.get("fps") or 8.0)
+    results.update(scalars)
+    if hasattr(ev, "summary") and jax.process_index() == 0:
+      print(ev.summary(scalars), flush=True)
   writer.close()
   if jax.process_index() == 0:
-    with open(os.path.join(out_dir, f"results_{step}.json"), "w") as f:
-      json.dump(dict(step=step, **results), f, indent=2)
+    with open(os.path.join(out_dir, f"results_{run.step}.json"), "w") as f:
+      json.dump(dict(step=run.step, ema=run.ema, **results), f, indent=2)
+  logging.info("Results at step %d: %s", run.step, results)
   return results
 
 

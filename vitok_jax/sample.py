@@ -38,7 +38,6 @@ from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import generation
 from vitok_jax.evaluators import ref_stats as ref_stats_lib
-from vitok_jax.models import inception
 from vitok_jax.pp import ops
 from vitok_jax.trainers import dit
 import vitok_jax.utils as u
@@ -62,7 +61,6 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   config = dit.resolve_config(config)
   run = dit.restore_run(config, workdir, checkpoint)
   setup, step, params, mesh = run.setup, run.step, run.params, run.setup.mesh
-  repl = sh.replicated(mesh)
   cfg = config.sampling.cfg_scale if cfg is None else float(cfg)
   sampler = dit.make_sampler(config, setup, cfg_scale=cfg, num_steps=steps,
                              eta=eta)
@@ -80,12 +78,8 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   default_weights, default_ref = _default_inception(config)
   inception_weights = inception_weights or default_weights
   ref_stats = ref_stats or default_ref
-  inc_params = None
-  if inception_weights and os.path.exists(inception_weights):
-    inc_params = jax.device_put(inception.load(inception_weights), repl)
-  else:
-    logging.warning("No Inception weights (%s): gFID/gIS are skipped; make "
-                    "them with tools/convert_inception.py", inception_weights)
+  inc_params = common.load_inception(inception_weights, mesh,
+                                     "vitok_jax.sample: gFID and gIS")
 
   out_dir = os.path.join(workdir, "samples")
   name = f"{step}_cfg{cfg:g}"

@@ -1,15 +1,28 @@
-"""The evaluator interface (big_vision style).
+"""The evaluator registry and interface (big_vision style).
 
-`config.evals.<name> = dict(type="reconstruction", log_steps=..., ...)`; each
-evaluator is built once with the model and the mesh and `run(params)` yields
-(metric name, value) pairs. The training loop calls it every `log_steps`;
-`python -m vitok_jax.eval` calls it once on a restored checkpoint.
+`config.evals.<name> = dict(type="reconstruction", log_steps=..., ...)`: the
+module `vitok_jax.evaluators.<type>` is the evaluator. It is built once with
+the predict functions the trainer hands it (the tokenizer's `reconstruct`,
+the DiT's `sample` and `labels`; each module's NEEDS names the ones it
+uses) and the mesh, and `run(params)` yields (name, value) pairs: scalars,
+and pictures (uint8 [H, W, 3]) and clips ([2, k, T, H, W, 3]: originals,
+reconstructions) that come back with them. The training loop calls it every
+`log_steps`; `python -m vitok_jax.eval` calls it once on a restored
+checkpoint, for either trainer, through the same code.
 """
+import importlib
+import logging
+import os
 from typing import Any, Dict, Iterator, Tuple
 
+import jax
 import numpy as np
 
+from vitok_jax import multihost
+from vitok_jax import sharding as sh
 from vitok_jax.pp import ops
+
+TYPES = ("reconstruction", "generation")
 
 
 def comparison_picture(originals, recons, max_frames: int = 8) -> np.ndarray:
@@ -57,18 +70,69 @@ def grid_picture(images, cols: int = 8) -> np.ndarray:
                                         axis=1) for r in range(rows)], axis=0)
 
 
-def build(name: str, eval_config, **kw) -> Any:
+def build(name: str, eval_config, *, predict_fns: Dict[str, Any], mesh,
+          input_config=None) -> Any:
   """Instantiates config.evals[name] by its `type`."""
   kind = eval_config.get("type")
-  if kind == "reconstruction":
-    from vitok_jax.evaluators import reconstruction  # pylint: disable=g-import-not-at-top
-    return reconstruction.Evaluator(name, eval_config, **kw)
-  raise ValueError(f"config.evals.{name}.type={kind!r}: known evaluator types: "
-                   "['reconstruction']")
+  if kind not in TYPES:
+    raise ValueError(f"config.evals.{name}.type={kind!r}: known evaluator "
+                     f"types: {list(TYPES)}")
+  module = importlib.import_module(f"vitok_jax.evaluators.{kind}")
+  missing = sorted(set(module.NEEDS) - set(predict_fns))
+  if missing:
+    raise ValueError(f"config.evals.{name}.type={kind!r} needs the predict "
+                     f"functions {missing}; this trainer provides "
+                     f"{sorted(predict_fns)}")
+  return module.Evaluator(name, eval_config, predict_fns=predict_fns,
+                          mesh=mesh, input_config=input_config)
 
 
 def build_all(evals_config, **kw) -> Dict[str, Any]:
   return {name: build(name, cfg, **kw) for name, cfg in evals_config.items()}
 
 
-Results = Iterator[Tuple[str, float]]
+Results = Iterator[Tuple[str, Any]]
+
+
+def load_inception(path, mesh, what: str):
+  """The FID Inception params replicated over the mesh, or None (with a
+  warning that `what` is skipped) when the weights file is missing."""
+  from vitok_jax.models import inception  # pylint: disable=g-import-not-at-top
+  try:
+    return jax.device_put(inception.load(path), sh.replicated(mesh))
+  except FileNotFoundError as e:
+    logging.warning("%s are SKIPPED: %s", what, e)
+    return None
+
+
+def split_results(results: dict):
+  """-> (scalars, pictures, clips) of an evaluator's results."""
+  scalars, pictures, clips = {}, {}, {}
+  for k, v in results.items():
+    if np.ndim(v) == 0:
+      scalars[k] = float(v)
+    elif np.ndim(v) == 3:
+      pictures[k] = v
+    else:
+      clips[k] = v
+  return scalars, pictures, clips
+
+
+def write_results(writer, step: int, results: dict, out_dir=None,
+                  fps: float = 8.0) -> dict:
+  """Scalars and pictures to the writer (TensorBoard; process 0 only); with
+  out_dir, process 0 also saves <name>_<step>.png and, for clips, an
+  animated <name>_<step>.gif. Returns the scalars."""
+  scalars, pictures, clips = split_results(results)
+  writer.write_scalars(step, scalars)
+  writer.write_images(step, pictures)
+  if out_dir and multihost.is_main():
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    for k, pic in pictures.items():
+      Image.fromarray(pic).save(os.path.join(
+          out_dir, f"{k.replace('/', '_')}_{step}.png"))
+    for k, (originals, recons) in clips.items():
+      base = k.replace("/", "_").replace("_clips", "")
+      save_comparison_gif(os.path.join(out_dir, f"{base}_{step}.gif"),
+                          originals, recons, fps=fps)
+  return scalars

@@ -21,8 +21,6 @@ config.evals.<name> fields (type="generation"):
                      <name>/other_class_psnr, <name>/nearest_is_own_class
   seed:              the samples' noise (fixed: evaluations are comparable)
 """
-import logging
-import os
 from typing import Callable
 
 import jax
@@ -214,14 +212,21 @@ def reference_stats(data_config, inception_params, num_examples=None,
   return stats.sum_over_processes()
 
 
-class Evaluator:
+NEEDS = ("sample", "labels")
 
-  def __init__(self, name: str, config, *, sample: Callable, num_classes: int,
-               mesh, input_config=None):
+
+class Evaluator:
+  """predict_fns["sample"](cfg_scale, num_steps) -> fn(dit params, labels
+  [B], index [B], seed) -> images; predict_fns["labels"](num) -> the
+  labels of samples 0 .. num - 1."""
+
+  def __init__(self, name: str, config, *, predict_fns, mesh,
+               input_config=None):
     self.name = name
-    self.sample = sample  # (dit params, labels [B], index [B], seed) -> images
+    self.sample = predict_fns["sample"](config.get("cfg_scale"),
+                                        config.get("num_steps"))
+    self.labels = predict_fns["labels"]
     self.mesh = mesh
-    self.num_classes = num_classes
     self.num_samples = int(config.get("num_samples", 50_000))
     self.batch_size = int(config.get("batch_size", 64))
     if self.batch_size % mesh.size:
@@ -236,13 +241,9 @@ class Evaluator:
         {k: data.get(k) for k in ("data", "data_dir", "image_key", "res",
                                   "frames", "fps", "src_fps", "video_key")})
     self.frames = self.data_config.get("frames") or 1
-    self.inception_params, self.ref_stats = None, None
-    try:
-      self.inception_params = jax.device_put(
-          inception.load(config.get("inception_weights")),
-          sh.replicated(mesh))
-    except FileNotFoundError as e:
-      logging.warning("evals.%s: gFID and gIS are SKIPPED: %s", name, e)
+    self.ref_stats = None
+    self.inception_params = common.load_inception(
+        config.get("inception_weights"), mesh, f"evals.{name}: gFID and gIS")
     if self.inception_params is not None:
       if config.get("ref_stats"):
         self.ref_stats = ref_stats_lib.load(config.get("ref_stats"))
@@ -258,7 +259,7 @@ class Evaluator:
     scorer = Scorer(self.num_samples, self.inception_params, self.references,
                     self.frames, mesh=self.mesh,
                     local_batch=self.batch_size // jax.process_count())
-    labels = sample_labels(self.num_samples, self.num_classes)
+    labels = self.labels(self.num_samples)
     for images, y, index in generate(self.sample, params, labels,
                                      self.batch_size, self.mesh, self.seed):
       scorer.update(images, y, index)

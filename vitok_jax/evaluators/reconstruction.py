@@ -19,9 +19,14 @@ config.evals.<name> fields:
                      randomly initialised I3D (tests; flagged in the output
                      as <name>/rfvd_random_i3d = 1); missing -> rFVD skipped
 
-Videos [B, T, H, W, 3] are scored frame-wise. The model runs in evaluation
-mode (z = mean); params are whatever the caller passes (the EMA when there is
-one). Everything heavy runs jitted over the mesh; the host only adds sums.
+Videos [B, T, H, W, 3] are scored frame-wise. The trainer's `reconstruct`
+predict function (params, images) -> reconstructions runs the model in
+evaluation mode (z = mean) inside this evaluator's jitted step; params are
+whatever the caller passes (the EMA when there is one). `code_floats`
+(data config -> floats per frame of the code) serves the bicubic baseline.
+Everything heavy runs jitted over the mesh; the host only adds sums. Results
+include <name>/reconstruction (originals on top, reconstructions below) and,
+for videos, <name>/reconstruction_clips (for a GIF).
 
 On N processes each process reads its own examples (input_pipeline
 .make_eval_dataset), reads back only its own rows of the per-example outputs,
@@ -31,8 +36,6 @@ end (multihost.py): the metrics do not depend on N or on the mesh. Every
 process gets the same results; only process 0's rows make the picture.
 """
 import logging
-import os
-from typing import Optional
 
 import jax
 import ml_collections
@@ -44,17 +47,21 @@ from vitok_jax import sharding as sh
 from vitok_jax.evaluators import bicubic
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import metrics
+from vitok_jax.evaluators import ref_stats as ref_stats_lib
 from vitok_jax.models import i3d
 from vitok_jax.models import inception
 
 
+NEEDS = ("reconstruct",)
+
+
 class Evaluator:
 
-  def __init__(self, name: str, config, *, model, mesh, params_sharding,
+  def __init__(self, name: str, config, *, predict_fns, mesh,
                input_config=None):
     self.name = name
     self.label = config.get("label") or name
-    self.model = model
+    self.reconstruct = predict_fns["reconstruct"]
     self.mesh = mesh
     data = dict(input_config or {})
     data.update(dict(config.get("data") or {}))
@@ -70,26 +77,21 @@ class Evaluator:
                        f"not divisible by the {mesh.size} devices")
     self.num_examples = config.get("num_examples")
     self.log_steps = config.get("log_steps")
-    self.inception_params = None
-    path = config.get("inception_weights")
-    try:
-      self.inception_params = jax.device_put(inception.load(path),
-                                             sh.replicated(mesh))
-    except FileNotFoundError as e:
-      logging.warning("evals.%s: rFID and rIS are SKIPPED: %s", name, e)
+    self.inception_params = common.load_inception(
+        config.get("inception_weights"), mesh, f"evals.{name}: rFID and rIS")
     self.ref_stats = None
     if config.get("ref_stats"):
-      with np.load(os.path.expanduser(config.get("ref_stats"))) as f:
-        self.ref_stats = (f["mu"], f["sigma"])
+      self.ref_stats = ref_stats_lib.load(config.get("ref_stats"))
     self.i3d_params, self.i3d_random = None, False
     if (self.data_config.get("frames") or 1) > 1:
       self._load_i3d(config.get("i3d_weights"))
     self.bicubic_floats = None
     if config.get("bicubic_baseline"):
-      self.bicubic_floats = code_floats_per_frame(model, self.data_config)
-    self.last_picture: Optional[np.ndarray] = None
-    self.last_clips = None  # videos: (originals, reconstructions)
-    self._step = self._make_step(params_sharding)
+      if "code_floats" not in predict_fns:
+        raise ValueError(f"config.evals.{name}.bicubic_baseline needs the "
+                         "trainer's code_floats predict function")
+      self.bicubic_floats = predict_fns["code_floats"](self.data_config)
+    self._step = self._make_step()
 
   def _load_i3d(self, path):
     if path == "random":
@@ -106,8 +108,8 @@ class Evaluator:
         return
     self.i3d_params = jax.device_put(params, sh.replicated(self.mesh))
 
-  def _make_step(self, params_sharding):
-    model = self.model
+  def _make_step(self):
+    reconstruct = self.reconstruct
     with_inception = self.inception_params is not None
     need_real_feats = with_inception and self.ref_stats is None
     inc = inception.FIDInceptionV3()
@@ -116,7 +118,7 @@ class Evaluator:
     with_i3d = self.i3d_params is not None
 
     def step(params, images, inc_params, bicubic_images, i3d_params):
-      recon = model.apply({"params": params}, images)[0]
+      recon = reconstruct(params, images)
       frames = lambda x: x.reshape((-1,) + x.shape[-3:])
       real_q, fake_q = (metrics.quantize(frames(images)),
                         metrics.quantize(frames(recon)))
@@ -137,15 +139,10 @@ class Evaluator:
         out["real_i3d"] = i3d.features(i3d_params, clip(real_q))
       return out
 
-    batch_sh = sh.batch_sharding(self.mesh)
-    inc_sh = sh.replicated(self.mesh) if with_inception else None
-    bic_sh = batch_sh if with_bicubic else None
-    i3d_sh = sh.replicated(self.mesh) if with_i3d else None
-    # Per-example outputs stay sharded like the batch: each process reads
-    # back its own rows, nothing is gathered onto every device.
-    return jax.jit(step, in_shardings=(params_sharding, batch_sh, inc_sh,
-                                       bic_sh, i3d_sh),
-                   out_shardings=batch_sh)
+    # Inputs arrive as sharded global arrays; per-example outputs stay
+    # sharded like the batch: each process reads back its own rows, nothing
+    # is gathered onto every device.
+    return jax.jit(step, out_shardings=sh.batch_sharding(self.mesh))
 
   def summary(self, results: dict) -> str:
     """One line for people: rPSNR/rSSIM (and rFID) beside the bicubic
@@ -186,7 +183,7 @@ class Evaluator:
     if self.i3d_params is not None:
       fvd_fake = metrics.GaussianStats(i3d.NUM_CLASSES)
       fvd_real = metrics.GaussianStats(i3d.NUM_CLASSES)
-    self.last_picture, self.last_clips = None, None
+    picture = clips = None
     batch_sh = sh.batch_sharding(self.mesh)
     for batch in ds:
       images = sh.put_global_batch(batch["image"], batch_sh)
@@ -217,16 +214,19 @@ class Evaluator:
         score.update(out["fake_logits"][fmask], index=findex)
         if "real_pool" in out:
           real_stats.update(out["real_pool"][fmask])
-      if self.last_picture is None and multihost.is_main():
+      if picture is None:  # this process's first rows (process 0's are shown)
         k = min(8 if batch["image"].ndim == 4 else 4, int(mask.sum()))
-        self.last_picture = common.comparison_picture(batch["image"][:k],
-                                                      out["recon"][:k])
+        picture = common.comparison_picture(batch["image"][:k],
+                                            out["recon"][:k])
         if batch["image"].ndim == 5:  # the clips, for a GIF
-          self.last_clips = (batch["image"][:k], out["recon"][:k])
+          clips = np.stack([batch["image"][:k], out["recon"][:k]])
     sums = multihost.sum_over_processes(sums)
     n = int(round(float(sums["n"])))
     if not n:
       raise ValueError(f"evals.{self.name}: the evaluation data is empty")
+    yield f"{self.name}/reconstruction", picture
+    if clips is not None:
+      yield f"{self.name}/reconstruction_clips", clips
     yield f"{self.name}/rpsnr", float(sums["psnr"]) / n
     yield f"{self.name}/rssim", float(sums["ssim"]) / n
     yield f"{self.name}/num_examples", float(n)

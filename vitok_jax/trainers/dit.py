@@ -417,18 +417,33 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
       f"{codec.describe()}")
 
 
+def predict_fns(config, setup: Setup, tok_params, stats) -> dict:
+  """What a DiT hands its evaluators (evaluators/common.py): `sample`, a
+  factory (cfg_scale, num_steps) -> fn(params, labels, index, seed) ->
+  images, and `labels`, num -> the labels of samples 0 .. num - 1."""
+  from vitok_jax.evaluators import generation  # pylint: disable=g-import-not-at-top
+
+  def sample(cfg_scale=None, num_steps=None):
+    sampler = make_sampler(config, setup, cfg_scale=cfg_scale,
+                           num_steps=num_steps)
+    return lambda p, y, i, seed: sampler(p, tok_params, stats, y, i, seed)[0]
+
+  return dict(sample=sample, labels=lambda num: generation.sample_labels(
+      num, config.num_classes))
+
+
 def build_evaluators(config, setup: Setup, tok_params, stats) -> dict:
-  out = {}
-  for name, ec in config.evals.items():
-    if ec.get("type") != "generation":
-      raise ValueError(f"config.evals.{name}.type={ec.get('type')!r}: a DiT "
-                       "run knows ['generation']")
-    from vitok_jax.evaluators import generation  # pylint: disable=g-import-not-at-top
-    sampler = make_sampler(config, setup, cfg_scale=ec.get("cfg_scale"),
-                           num_steps=ec.get("num_steps"))
-    out[name] = generation.Evaluator(
-        name, ec, sample=lambda p, y, i, seed, s=sampler: s(
-            p, tok_params, stats, y, i, seed)[0],
-        num_classes=config.num_classes, mesh=setup.mesh,
-        input_config=config.input)
-  return out
+  return evaluators.build_all(
+      config.evals, predict_fns=predict_fns(config, setup, tok_params, stats),
+      mesh=setup.mesh, input_config=config.input)
+
+
+def restore_for_eval(config, workdir: str, step=None) -> host_loop.EvalRun:
+  """The eval job's view of a DiT run (vitok_jax/eval.py)."""
+  if not config.evals:
+    raise ValueError("config.evals has no generation evaluator to run")
+  run = restore_run(config, workdir, step)
+  return host_loop.EvalRun(
+      step=run.step, params=run.params, ema=config.ema_decay is not None,
+      mesh=run.setup.mesh,
+      predict_fns=predict_fns(config, run.setup, run.tok_params, run.stats))

@@ -33,6 +33,7 @@ from vitok_jax import metrics_writer
 from vitok_jax import sharding as sh
 from vitok_jax import stop_request
 from vitok_jax import workdir_lock
+from vitok_jax.evaluators import common as evaluators
 import vitok_jax.utils as u
 
 
@@ -48,6 +49,15 @@ class Task(NamedTuple):
   evaluators: Dict[str, Any]  # name -> .run(params), .log_steps, [.summary]
   pictures: Callable[[Any], Dict[str, np.ndarray]]  # eval params -> uint8 images
   description: str  # "ViTok S-B/16 with 22.1M params"
+
+
+class EvalRun(NamedTuple):
+  """A restored run as the eval job sees it, whatever its trainer."""
+  step: int
+  params: Any  # what evaluators score: the EMA when the run has one
+  ema: bool
+  mesh: Any
+  predict_fns: Dict[str, Any]  # handed to the evaluators (evaluators/common.py)
 
 
 # The keys every trainer's config has for the loop, and their valid ranges
@@ -148,10 +158,10 @@ def _loop(config, workdir, task: Task, writer, ckpt, train_it, state, start,
     for name, ev in task.evaluators.items():
       if final or (ev.log_steps and step % ev.log_steps == 0):
         results = dict(ev.run(eval_params(state)))
-        writer.write_scalars(step, results)
-        logging.info("eval %s at step %d: %s", name, step, results)
+        scalars = evaluators.write_results(writer, step, results)
+        logging.info("eval %s at step %d: %s", name, step, scalars)
         if final and hasattr(ev, "summary"):
-          summaries.append(ev.summary(results))
+          summaries.append(ev.summary(scalars))
 
   def write_pictures(step):
     pictures = task.pictures(eval_params(state))

@@ -176,6 +176,12 @@ class Setup(NamedTuple):
   batch_sharding: Any
   init: Callable  # rng -> sharded state
   step: Callable  # (state, images, frozen) -> (state, measurements)
+  # The two losses the step differentiates (not jitted), exposed so that
+  # tests differentiate exactly what the step does:
+  # (params, state, images, frozen, rng) -> (loss, (terms, recon)), and
+  # (d_params, state, images, recon) -> (loss, terms).
+  g_loss: Callable
+  d_loss: Callable
 
 
 def disc_schedule(dc) -> optax.Schedule:
@@ -251,71 +257,70 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
   batch_sharding = sh.batch_sharding(mesh)
   repl = sh.replicated(mesh)
 
-  def train_step(state, images, frozen):
-    step = state["step"]
-    rng = jax.random.fold_in(base_rng, step)
+  def gan_switch(step):  # the GAN term is lambda * 0 before gan_start_step
+    return (step >= lc.gan_start_step).astype(jnp.float32)
+
+  def g_loss(params, state, images, frozen, rng):
+    """L_AE (eq. 1) as a function of `params`. A frozen encoder (stage 2),
+    D and the step come from `state`; `rng` samples the code."""
     lpips_fn = None
     if lc.lpips_weight:
       lpips_fn = functools.partial(lpips_distance, frozen["lpips"])
-    # The GAN term switches on at gan_start_step (lambda * 0 before).
-    gan_on = (step >= lc.gan_start_step).astype(jnp.float32)
-
-    # --- generator (the ViTok auto-encoder)
     if encoder_frozen:  # the code is an input, not a function of params
       grid = model.token_grid(images.shape)
       enc = jax.lax.stop_gradient(model.apply(
           {"params": state["params"]}, images, train=True,
           rngs={"sample": rng}, method="encode"))
-
-    def forward(params):
-      if not encoder_frozen:
-        return model.apply({"params": params}, images, train=True,
-                           rngs={"sample": rng})
       recon = model.apply({"params": params}, enc["z"], grid, method="decode")
-      return (recon if images.ndim == 5 else recon[:, 0]), enc
+      recon, aux = (recon if images.ndim == 5 else recon[:, 0]), enc
+    else:
+      recon, aux = model.apply({"params": params}, images, train=True,
+                               rngs={"sample": rng})
+    gen_adv = None
+    if use_gan:
+      fake_logits = disc.apply({"params": state["d_params"]},
+                               losses.frames(recon))
+      gen_adv = losses.generator_adversarial(fake_logits, lc.gan_loss)
+    loss, terms = losses.autoencoder(
+        recon, images, aux, rec=lc.rec, kl_weight=lc.kl_weight,
+        lpips_weight=lc.lpips_weight, lpips_fn=lpips_fn, gen_adv_loss=gen_adv,
+        gan_weight=lc.gan_weight * gan_switch(state["step"]))
+    return loss, (terms, recon)
 
-    def g_loss_fn(params):
-      recon, aux = forward(params)
-      gen_adv = None
-      if use_gan:
-        fake_logits = disc.apply({"params": state["d_params"]},
-                                 losses.frames(recon))
-        gen_adv = losses.generator_adversarial(fake_logits, lc.gan_loss)
-      loss, terms = losses.autoencoder(
-          recon, images, aux, rec=lc.rec, kl_weight=lc.kl_weight,
-          lpips_weight=lc.lpips_weight, lpips_fn=lpips_fn,
-          gen_adv_loss=gen_adv, gan_weight=lc.gan_weight * gan_on)
-      return loss, (terms, recon)
+  def d_loss(d_params, state, images, recon):
+    """D's loss on real frames vs the (stopped) reconstructions."""
+    real = losses.frames(images)
+    fake = jax.lax.stop_gradient(losses.frames(recon))
+    d_fn = lambda x: disc.apply({"params": d_params}, x)
+    real_logits, fake_logits = d_fn(real), d_fn(fake)
+    loss, t = losses.discriminator(real_logits, fake_logits, lc.gan_loss)
+    if lc.r1_weight:
+      r1, t_r1 = losses.r1_penalty(d_fn, real)
+      loss, t = loss + lc.r1_weight * r1, {**t, **t_r1}
+    if use_lecam:
+      lc_loss, t_lc = losses.lecam(real_logits, fake_logits,
+                                   state["lecam"]["real"],
+                                   state["lecam"]["fake"])
+      loss, t = loss + lc.lecam_weight * lc_loss, {**t, **t_lc}
+    return loss, t
 
-    (_, (terms, recon)), grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-        state["params"])
+  def train_step(state, images, frozen):
+    step = state["step"]
+    rng = jax.random.fold_in(base_rng, step)
+
+    # --- generator (the ViTok auto-encoder)
+    (_, (terms, recon)), grads = jax.value_and_grad(g_loss, has_aux=True)(
+        state["params"], state, images, frozen, rng)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new = dict(state, step=step + 1, params=params, opt=opt)
     measurements = dict(terms, l2_grads=u.l2_norm(grads),
                         l2_params=u.l2_norm(params), lr=schedule(step))
 
-    # --- discriminator, on real frames vs the (stopped) reconstructions
+    # --- discriminator
     if use_gan:
-      real = losses.frames(images)
-      fake = jax.lax.stop_gradient(losses.frames(recon))
-
-      def d_loss_fn(d_params):
-        d_fn = lambda x: disc.apply({"params": d_params}, x)
-        real_logits, fake_logits = d_fn(real), d_fn(fake)
-        loss, t = losses.discriminator(real_logits, fake_logits, lc.gan_loss)
-        if lc.r1_weight:
-          r1, t_r1 = losses.r1_penalty(d_fn, real)
-          loss, t = loss + lc.r1_weight * r1, {**t, **t_r1}
-        if use_lecam:
-          lc_loss, t_lc = losses.lecam(real_logits, fake_logits,
-                                       state["lecam"]["real"],
-                                       state["lecam"]["fake"])
-          loss, t = loss + lc.lecam_weight * lc_loss, {**t, **t_lc}
-        return loss, t
-
-      (_, d_terms), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
-          state["d_params"])
+      (_, d_terms), d_grads = jax.value_and_grad(d_loss, has_aux=True)(
+          state["d_params"], state, images, recon)
       d_updates, d_opt = d_tx.update(d_grads, state["d_opt"],
                                      state["d_params"])
       new.update(d_params=optax.apply_updates(state["d_params"], d_updates),
@@ -326,7 +331,7 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
             real=dec * state["lecam"]["real"] + (1 - dec) * d_terms["d_real"],
             fake=dec * state["lecam"]["fake"] + (1 - dec) * d_terms["d_fake"])
       measurements.update(d_terms, l2_d_grads=u.l2_norm(d_grads),
-                          d_lr=d_sched(step), gan_on=gan_on)
+                          d_lr=d_sched(step), gan_on=gan_switch(step))
 
     # --- EMA of the trained params (frozen ones stay equal to themselves)
     if ema_decay is not None:
@@ -342,7 +347,7 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
                                 frozen_sharding),
       out_shardings=(state_sharding, repl), donate_argnums=(0,))
   return Setup(model, mesh, abstract_state, state_sharding, batch_sharding,
-               init_jit, step_jit)
+               init_jit, step_jit, g_loss, d_loss)
 
 
 def load_frozen(config, mesh) -> dict:
@@ -377,6 +382,39 @@ def init_from_stage1(state, setup: Setup, workdir: str, step=None):
     state["params_ema"] = jax.device_put(
         jax.tree.map(jnp.asarray, loaded), setup.state_sharding["params_ema"])
   return state
+
+
+def predict_fns(setup: Setup) -> dict:
+  """What a tokenizer hands its evaluators (evaluators/common.py):
+  `reconstruct` (params, images) -> evaluation-mode reconstructions, and
+  `code_floats` (data config) -> floats per frame of the code (bicubic)."""
+  from vitok_jax.evaluators import reconstruction  # pylint: disable=g-import-not-at-top
+  model = setup.model
+  return dict(
+      reconstruct=lambda params, images: model.apply({"params": params},
+                                                     images)[0],
+      code_floats=lambda data_config: reconstruction.code_floats_per_frame(
+          model, data_config))
+
+
+def restore_for_eval(config, workdir: str, step=None) -> host_loop.EvalRun:
+  """The eval job's view of a tokenizer run (vitok_jax/eval.py): `step` (or
+  the latest) restored onto config.mesh; the EMA params when present."""
+  if not config.evals:  # score the training data's evaluation crops
+    config.evals = {"recon": dict(type="reconstruction", batch_size=8,
+                                  num_examples=None)}
+  mesh = sh.make_mesh(config.mesh)
+  setup = make_setup(config, mesh)
+  ckpt = ckpt_lib.Checkpointer(workdir)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {ckpt.directory} to evaluate")
+  state, _, _ = ckpt.restore(setup.abstract_state, setup.state_sharding, step)
+  ckpt.close()
+  return host_loop.EvalRun(step=int(step),
+                           params=host_loop.eval_params(state),
+                           ema="params_ema" in state, mesh=mesh,
+                           predict_fns=predict_fns(setup))
 
 
 def make_reconstruct_fn(setup: Setup):
@@ -427,10 +465,8 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
     return (f"loss {m['loss']:.4f} rec "
             f"{m.get(f'rec_{config.loss.rec}', np.nan):.4f} kl {m['kl']:.4f}")
 
-  evals = evaluators.build_all(
-      config.evals, model=setup.model, mesh=mesh,
-      params_sharding=setup.state_sharding["params"],
-      input_config=config.input)
+  evals = evaluators.build_all(config.evals, predict_fns=predict_fns(setup),
+                               mesh=mesh, input_config=config.input)
   # The picture shows the first evaluator's data (images the model does not
   # train on) when there is one, else the training data.
   preview = _preview_batch(
