@@ -32,7 +32,8 @@ def documented_commands():
       i = line.find("--config=")
       if i < 0:
         continue
-      tokens = shlex.split(line[i:].split(" #")[0])
+      # A shell line continuation ends the line's own part of the command.
+      tokens = shlex.split(line[i:].split(" #")[0].rstrip().rstrip("\\"))
       out.append((f"{path.relative_to(ROOT)}:{n}",
                   [t for t in tokens if t.startswith("--config")]))
   return out
