@@ -1,4 +1,4 @@
-"""The paper's experiments (SPEC §5) as sweeps over one config's arguments.
+"""The paper's experiments as sweeps over one config's arguments.
 
   python tools/sweep.py --sweep=fig2 --root=/runs/fig2          # commands, one per line
   python tools/sweep.py --sweep=mini_e --root=workdirs/mini_e --run

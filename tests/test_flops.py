@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts against the paper (SPEC §1)."""
+"""Parameter and FLOP counts against the paper's tables."""
 import jax
 import jax.numpy as jnp
 import pytest

@@ -1,4 +1,5 @@
-"""Gaussian diffusion for the latent DiT (paper §2.3, SPEC §4): DDPM training
+"""Gaussian diffusion for the latent DiT (paper §2.3: DiT-L/XL with DDPM, 1000
+steps, sampled with DDIM at 250 steps and CFG 1.5 or 3.0): DDPM training
 with a linear beta schedule and an epsilon-prediction loss, a DDIM sampler,
 classifier-free guidance. Pure functions of arrays; everything jits.
 

@@ -1,6 +1,6 @@
 """Process-0 metrics writer: TensorBoard event files + metrics.jsonl.
 
-clu.metric_writers imports TensorFlow at import time (SPEC §6), so this small
+clu.metric_writers imports TensorFlow at import time, so this small
 writer uses tensorboardX and keeps clu's interface (write_scalars,
 write_images, write_texts, flush, close). Other processes get no-ops.
 """

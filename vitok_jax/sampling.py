@@ -1,5 +1,5 @@
 """Class labels -> images: DDIM with classifier-free guidance in the DiT's
-latent space, then the frozen ViTok decodes (paper §2.3, SPEC §4).
+latent space, then the frozen ViTok decodes (paper §2.3).
 
 One jitted function serves the training pictures, the generation evaluator
 and `python -m vitok_jax.sample`:

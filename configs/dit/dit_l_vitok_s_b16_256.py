@@ -1,5 +1,5 @@
 r"""DiT-L on ViTok S-B/16 latents at 256p: the generation sweep model
-(paper §2.3, Fig. 5; SPEC §4): 256 tokens x c=16, ImageNet classes, DDPM
+(paper §2.3, Fig. 5): 256 tokens x c=16, ImageNet classes, DDPM
 1000 steps, batch 256, 500k steps, DDIM 250 steps, CFG 1.5 and 3.0.
 
   python -m vitok_jax.train --config=configs/dit/dit_l_vitok_s_b16_256.py:tokenizer=VITOK_DIR --workdir=DIR

@@ -22,7 +22,7 @@ import os
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
-from clu import parameter_overview  # imports without TensorFlow (SPEC §6)
+from clu import parameter_overview  # parameter_overview imports without TensorFlow
 import jax
 import jax.numpy as jnp
 import numpy as np
