@@ -20,6 +20,8 @@ import argparse
 import jax
 import ml_collections
 
+from vitok_jax import distributed
+
 
 def compute(data: str, res: int, inception_path: str, batch_size: int = 50,
             num_examples=None, data_dir=None, frames: int = 1):
@@ -47,17 +49,9 @@ def main(argv=None):
   ap.add_argument("--num_examples", type=int, default=None)
   ap.add_argument("--out", default=None, help="default: the cache file the "
                   "jobs look for (vitok_jax/evaluators/ref_stats.py)")
-  ap.add_argument("--coordinator_address", default=None)
-  ap.add_argument("--num_processes", type=int, default=None)
-  ap.add_argument("--process_id", type=int, default=None)
-  ap.add_argument("--distributed", action="store_true",
-                  help="jax.distributed.initialize() with auto-detection")
+  distributed.add_arguments(ap)
   args = ap.parse_args(argv)
-  if args.coordinator_address:
-    jax.distributed.initialize(args.coordinator_address, args.num_processes,
-                               args.process_id)
-  elif args.distributed:
-    jax.distributed.initialize()
+  distributed.initialize_from_args(args)
   from vitok_jax.evaluators import ref_stats  # pylint: disable=g-import-not-at-top
   out = args.out or ref_stats.default_path(
       data_config(args.data, args.res, args.data_dir, args.frames),

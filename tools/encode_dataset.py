@@ -28,6 +28,7 @@ import time
 import jax
 import numpy as np
 
+from vitok_jax import distributed
 from vitok_jax import input_pipeline
 from vitok_jax import latent_shards
 from vitok_jax import latents as latents_lib
@@ -136,17 +137,9 @@ def main(argv=None):
   ap.add_argument("--num_examples", type=int, default=None)
   ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                   help="threads that decode and crop images")
-  ap.add_argument("--coordinator_address", default=None)
-  ap.add_argument("--num_processes", type=int, default=None)
-  ap.add_argument("--process_id", type=int, default=None)
-  ap.add_argument("--distributed", action="store_true",
-                  help="jax.distributed.initialize() with auto-detection")
+  distributed.add_arguments(ap)
   args = ap.parse_args(argv)
-  if args.coordinator_address:
-    jax.distributed.initialize(args.coordinator_address, args.num_processes,
-                               args.process_id)
-  elif args.distributed:
-    jax.distributed.initialize()
+  distributed.initialize_from_args(args)
   try:
     encode(args.tokenizer, args.data, args.res, args.out, step=args.step,
            shard_size=args.shard_size, batch_size=args.batch_size,

@@ -43,3 +43,22 @@ def maybe_initialize() -> None:
   logging.info("jax.distributed: process %d of %d, %d local / %d global "
                "devices", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
+
+
+def add_arguments(parser) -> None:
+  """The same launch flags for argparse tools (tools/encode_dataset.py,
+  tools/compute_ref_stats.py)."""
+  parser.add_argument("--coordinator_address", default=None)
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
+  parser.add_argument("--distributed", action="store_true",
+                      help="jax.distributed.initialize() with auto-detection")
+
+
+def initialize_from_args(args) -> None:
+  """jax.distributed for a tool launched with add_arguments' flags."""
+  if args.coordinator_address:
+    jax.distributed.initialize(args.coordinator_address, args.num_processes,
+                               args.process_id)
+  elif args.distributed:
+    jax.distributed.initialize()

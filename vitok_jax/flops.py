@@ -1,8 +1,8 @@
 """Parameter and FLOP counts for ViTok, counted the way the paper counts.
 
 The paper's "GFLOPs" count one multiply-add as one FLOP. Its figures (Table 1,
-and the GFLOPs columns of Tables 3-5) are reproduced to ~1% by the *non-embedding* count: the transformer trunks
-(QKV/out projections, SwiGLU, the two attention matmuls) plus the bottleneck
+and the GFLOPs columns of Tables 3-5) are reproduced to ~1% by the
+*non-embedding* count: the transformer trunks (QKV/out projections, SwiGLU, the two attention matmuls) plus the bottleneck
 linears. The tubelet conv and transposed conv are reported separately
 (`tubelet`) and included in `total_macs`, which is what a hardware-utilisation
 figure must use. (With the tubelets included, the paper's video figures

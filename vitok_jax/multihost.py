@@ -21,11 +21,10 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 
-def local_rows(x: jax.Array, mesh) -> np.ndarray:
+def local_rows(x: jax.Array) -> np.ndarray:
   """This process's rows of a batch-sharded global array, as numpy: the
   inverse of sharding.put_global_batch (whose rows of a process are one
   contiguous block of the global batch)."""
-  del mesh  # the array knows its sharding
   if jax.process_count() == 1:
     return np.asarray(x)
   blocks = {}

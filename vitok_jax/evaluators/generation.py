@@ -67,7 +67,7 @@ def generate(sample: Callable, params, labels: np.ndarray, batch_size: int,
     local = slice(first, first + rows)
     y, index = sh.put_global_batch(
         (y_full[local], global_index[local].astype(np.int32)), batch_sh)
-    images = multihost.local_rows(sample(params, y, index, seed), mesh)
+    images = multihost.local_rows(sample(params, y, index, seed))
     keep = todo[local]
     yield images[keep], y_full[local][keep], global_index[local][keep]
 
@@ -107,7 +107,7 @@ class Scorer:
     out = self._net(self.inception_params, sh.put_global_batch(
         x.astype(np.float32), sh.batch_sharding(self.mesh)))
     per = x.shape[0] // self.local_batch  # frames per sample
-    return tuple(multihost.local_rows(o, self.mesh)[:b * per] for o in out)
+    return tuple(multihost.local_rows(o)[:b * per] for o in out)
 
   def update(self, images: np.ndarray, labels: np.ndarray,
              index=None) -> None:
@@ -197,8 +197,7 @@ def reference_stats(data_config, inception_params, num_examples=None,
                     batch_size: int = 50) -> metrics.GaussianStats:
   """Inception statistics of a data set's evaluation crops (frame-wise for
   videos); tools/compute_ref_stats.py saves them."""
-  net = inception.FIDInceptionV3()
-  fn = jax.jit(lambda p, x: net.apply({"params": p}, x)[0])
+  fn = inception_fn()
   stats = metrics.GaussianStats()
   n = input_pipeline.eval_num_examples(data_config, num_examples)
   # A global batch every process can split evenly, no larger than the data.
@@ -208,7 +207,7 @@ def reference_stats(data_config, inception_params, num_examples=None,
     q = np.asarray(metrics.quantize(b["image"][b["mask"]])) / 255.0
     if len(q):
       stats.update(np.asarray(fn(inception_params,
-                                 q.reshape((-1,) + q.shape[-3:]))))
+                                 q.reshape((-1,) + q.shape[-3:]))[0]))
   return stats.sum_over_processes()
 
 

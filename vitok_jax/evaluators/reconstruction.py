@@ -192,7 +192,7 @@ class Evaluator:
         bic = sh.put_global_batch(self._bicubic(batch["image"]), batch_sh)
       out = self._step(params, images, self.inception_params, bic,
                        self.i3d_params)
-      out = {k: multihost.local_rows(v, self.mesh) for k, v in out.items()}
+      out = {k: multihost.local_rows(v) for k, v in out.items()}
       mask = batch["mask"]  # this process's rows
       fmask = np.repeat(mask, frames)
       # Frame f of example i is number i * frames + f of the stream.

@@ -261,7 +261,7 @@ def compute_latent_stats(config, setup: Setup, tok_params
   for b in input_pipeline.make_eval_dataset(config.input, batch,
                                             lc.stats_examples):
     z = multihost.local_rows(setup.encode(tok_params, sh.put_global_batch(
-        b["image"], setup.batch_sharding)), setup.mesh)
+        b["image"], setup.batch_sharding)))
     moments.update(z[b["mask"]])
   return moments.sum_over_processes().result()
 
@@ -389,7 +389,10 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
                                          setup.batch_sharding)
     return setup.step(state, inputs, labels, tok_params, stats_dev)
 
-  evals = build_evaluators(config, setup, tok_params, stats_dev)
+  evals = evaluators.build_all(
+      config.evals, predict_fns=predict_fns(config, setup, tok_params,
+                                            stats_dev),
+      mesh=mesh, input_config=config.input)
   labels = preview_labels(config, mesh)
   sample_fn = make_sampler(config, setup)
 
@@ -402,7 +405,7 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
                           config.seed + 1)
     # Process 0's rows (it alone writes pictures).
     return {"samples": evaluators.grid_picture(
-        multihost.local_rows(images, mesh))}
+        multihost.local_rows(images))}
 
   return host_loop.Task(
       abstract_state=setup.abstract_state,
@@ -430,12 +433,6 @@ def predict_fns(config, setup: Setup, tok_params, stats) -> dict:
 
   return dict(sample=sample, labels=lambda num: generation.sample_labels(
       num, config.num_classes))
-
-
-def build_evaluators(config, setup: Setup, tok_params, stats) -> dict:
-  return evaluators.build_all(
-      config.evals, predict_fns=predict_fns(config, setup, tok_params, stats),
-      mesh=setup.mesh, input_config=config.input)
 
 
 def restore_for_eval(config, workdir: str, step=None) -> host_loop.EvalRun:

@@ -419,12 +419,7 @@ def restore_for_eval(config, workdir: str, step=None) -> host_loop.EvalRun:
 
 def make_reconstruct_fn(setup: Setup):
   """Jitted evaluation-mode reconstruction, replicated output."""
-  model = setup.model
-
-  def recon(params, images):
-    return model.apply({"params": params}, images)[0]
-
-  return jax.jit(recon, in_shardings=(setup.state_sharding["params"],
+  return jax.jit(predict_fns(setup)["reconstruct"], in_shardings=(setup.state_sharding["params"],
                                       setup.batch_sharding),
                  out_shardings=sh.replicated(setup.mesh))
 
