@@ -80,8 +80,7 @@ def test_runlocal_chain_learns_each_class(dit_run, photo_latents, capsys):
   assert np.mean(loss[-10:]) < 0.75 * np.mean(loss[1:11]), loss
   assert "samples.png" in os.listdir(dit_run)
   # The run standardised with the numpy moments of the photos' latents.
-  assert_numpy_moments(latents_lib.LatentStats.load(
-      os.path.join(dit_run, "latent_stats.npz")), photo_latents)
+  assert_numpy_moments(dit.load_run_stats(dit_run), photo_latents)
   # Samples at CFG 3.0 of class k (photo k) are nearer photo k than any other.
   ev = [r for r in rows if "classes/own_class_psnr" in r][-1]
   assert ev["classes/num_samples"] == 18
@@ -91,16 +90,16 @@ def test_runlocal_chain_learns_each_class(dit_run, photo_latents, capsys):
 
 def test_latent_stats_are_numpy_moments_of_the_encoded_photos(
     vitok_run, photo_latents, tmp_path):
-  """The statistics a DiT run computes and stores when it starts (batches
-  padded to 64 on the 8-device mesh) against np.mean/np.std."""
+  """The statistics a DiT run computes and keeps in its state when it
+  first starts (batches padded to 64 on the 8-device mesh) against
+  np.mean/np.std."""
   c = dit.resolve_config(dit_cfg(vitok_run))
   setup = dit.make_setup(c, sh.make_mesh(c.mesh), dit.load_codec(c))
   tok_params = jax.device_put(setup.codec.params, sh.replicated(setup.mesh))
-  dit.latent_stats(c, setup, tok_params, str(tmp_path))
-  stats = latents_lib.LatentStats.load(
-      str(tmp_path / latents_lib.STATS_FILE))
+  state = dit.init_state_with_stats(c, setup, tok_params, jax.random.key(0))
+  mean, std = jax.device_get(dit.stats_of(state))
   assert photo_latents.shape == (9, 64, 16)
-  assert_numpy_moments(stats, photo_latents)
+  assert_numpy_moments(latents_lib.LatentStats(mean, std), photo_latents)
 
 
 def test_sample_writes_grid_npz_and_scores_classes(dit_run, vitok_run):
@@ -143,7 +142,6 @@ def test_sharded_step_matches_single_device(vitok_run):
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (16, 64, 64, 3)).astype(np.float32)
   labels = np.arange(16, dtype=np.int32) % 9
-  stats = (np.zeros(16, np.float32), np.ones(16, np.float32))
   out = []
   for mesh in (sh.make_mesh([("data", 1)], jax.devices()[:1]),
                sh.make_mesh([("data", 2), ("fsdp", 4)])):
@@ -151,7 +149,7 @@ def test_sharded_step_matches_single_device(vitok_run):
     state = setup.init(jax.random.key(0))
     for _ in range(2):
       state, m = setup.step(state, *sh.put_global_batch(
-          (images, labels), setup.batch_sharding), codec.params, stats)
+          (images, labels), setup.batch_sharding), codec.params)
     out.append((float(m["loss"]), jax.device_get(state["params"])))
   np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
@@ -234,7 +232,8 @@ def test_export_tool_on_a_dit_run(dit_run, tmp_path, capsys):
       "max relative error: ")
   cfg = json.load(open(str(tmp_path / "dit.json")))
   assert cfg["kind"] == "dit" and cfg["model"]["grid"] == [1, 8, 8]
-  stats = latents_lib.LatentStats.load(os.path.join(dit_run, "latent_stats.npz"))
+  stats = dit.load_run_stats(dit_run)
+  assert np.std(stats.std) > 0  # not the placeholder ones of a fresh state
   np.testing.assert_allclose(cfg["latent_stats"]["std"], stats.std)
 
 

@@ -14,6 +14,8 @@ from ml_collections import config_flags
 import pytest
 
 from vitok_jax import trainers
+from vitok_jax.models import dit as dit_lib
+from vitok_jax.models import vitok
 from vitok_jax.trainers import dit
 from vitok_jax.trainers import tokenizer
 
@@ -82,11 +84,12 @@ def test_documented_command_resolves(where, tokens, tmp_path, monkeypatch):
     assert (tuple(got) == tuple(want) if isinstance(want, tuple) else
             got == want), (key, got, want)
   if trainer is dit:  # the tokenizer's latents are checked at start
-    model = dit.build_model(config, config.latents.channels)
+    model = dit_lib.from_config(config.model, config.latents.channels,
+                                config.num_classes)
     assert model.in_channels == config.latents.channels
     assert model.num_classes == config.num_classes
     return
-  model = tokenizer.build_model(config.model)
+  model = vitok.from_config(config.model)
   grid = model.token_grid(tokenizer.input_shape(config, batch=1))
   if model.mask_lengths:
     assert max(model.mask_lengths) <= model.num_codes(grid)

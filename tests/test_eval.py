@@ -25,6 +25,7 @@ from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common as evaluators
 from vitok_jax.models import i3d
 from vitok_jax.models import inception
+from vitok_jax.models import vitok
 from vitok_jax.trainers import tokenizer
 import vitok_jax.utils as u
 
@@ -139,7 +140,7 @@ def recon_metrics(x, recon):
 
 def recompute_from_workdir(config, workdir, data_config, num_examples=None):
   """recon_metrics of a training run's checkpoint, restored here."""
-  model = tokenizer.build_model(tokenizer.resolve_config(config).model)
+  model = vitok.from_config(tokenizer.resolve_config(config).model)
   x = eval_examples(data_config, num_examples)
   return recon_metrics(x, reconstruct(model, eval_params(workdir), x))
 
@@ -232,7 +233,7 @@ def heldout_reference(run, random_inception):
   without the evaluator."""
   c, wd = run
   tree = ckpt_lib.load_state_tree(wd)
-  model = tokenizer.build_model(tokenizer.resolve_config(c).model)
+  model = vitok.from_config(tokenizer.resolve_config(c).model)
   x = eval_examples(HELDOUT)
   want = recon_metrics(x, reconstruct(model, tree["params_ema"], x))
   raw = recon_metrics(x, reconstruct(model, tree["params"], x))

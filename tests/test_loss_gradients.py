@@ -47,7 +47,7 @@ def _config(stage, rec="l2", **loss):
   c.loss.update(rec=rec, kl_weight=0.0, lpips_weight=0.0, lpips_weights=None,
                 lpips_allow_random=True, gan_weight=0.0)
   c.loss.update(loss)
-  c.ema_decay = None
+  c.ema_decay = 0.0  # no EMA
   return tokenizer.resolve_config(c)
 
 

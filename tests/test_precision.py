@@ -8,6 +8,7 @@ import pytest
 
 from configs.vitok import s_b16_256
 from vitok_jax import losses
+from vitok_jax.models import vitok
 from vitok_jax.trainers import tokenizer
 import vitok_jax.utils as u
 
@@ -21,7 +22,7 @@ def test_defaults_are_autocast():
 def test_dtypes_of_stream_norms_matmuls_and_loss(stream):
   c = s_b16_256.get_config("variant=mu-mu/8")
   c.model.stream_dtype = stream
-  model = tokenizer.build_model(tokenizer.resolve_config(c).model)
+  model = vitok.from_config(tokenizer.resolve_config(c).model)
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
   variables = model.init({"params": jax.random.key(1), "sample": jax.random.key(2)}, x)
   (recon, aux), state = model.apply(variables, x, train=True,

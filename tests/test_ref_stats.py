@@ -13,7 +13,7 @@ from vitok_jax.evaluators import ref_stats
 
 @pytest.fixture
 def counted_passes(monkeypatch):
-  """generation.reference_stats, counting its passes over the data (the
+  """ref_stats.compute, counting its passes over the data (the
   statistics of fixed features, so the cached values can be checked)."""
   calls = []
   feats = np.random.default_rng(0).normal(size=(9, 4))
@@ -24,7 +24,7 @@ def counted_passes(monkeypatch):
     stats.update(feats)
     return stats
 
-  monkeypatch.setattr(generation, "reference_stats", fake)
+  monkeypatch.setattr(ref_stats, "compute", fake)
   return calls, feats
 
 

@@ -32,7 +32,7 @@ def stage2_config(init_from=None, steps=4, gan=0.5, dlr=1e-3, warmup=0,
   c.init_from = init_from
   c.optim.freeze = tokenizer.ENCODER_PATTERNS
   c.loss.update(gan_weight=gan, gan_start_step=start)
-  c.disc = dict(lr=dlr, warmup_steps=warmup, channel_base=128, channel_max=16)
+  c.disc.update(lr=dlr, warmup_steps=warmup, channel_base=128, channel_max=16)
   c.ema_decay = ema
   return c
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from vitok_jax import flops
 from vitok_jax import sharding as sh
+from vitok_jax.models import vitok
 from vitok_jax.trainers import tokenizer
 
 
@@ -179,7 +180,7 @@ def _time(compiled, state, args_tuple, warmup, steps, profile=None):
 def bench_half(args, config, mesh):
   """Throughput of the jitted encode (images -> z) or decode (z -> images)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  model = tokenizer.build_model(config.model)
+  model = vitok.from_config(config.model)
   shape = tokenizer.input_shape(config)
   params = jax.jit(model.init, out_shardings=sh.replicated(mesh))(
       jax.random.key(0), jnp.zeros((1,) + shape[1:]))["params"]
@@ -249,9 +250,7 @@ def _report(header, args, compiled, compile_s, step_s, m, model_flops,
 
 
 def bench_dit(args):
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from vitok_jax import latents as latents_lib  # pylint: disable=g-import-not-at-top
-  from vitok_jax.models import vitok  # pylint: disable=g-import-not-at-top
   from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
   # The tokenizer only sets the latent shape here (its params are unused).
   codec = latents_lib.Codec(vitok.create(args.variant, args.code_channels),
@@ -273,15 +272,12 @@ def bench_dit(args):
                            ).astype(np.float32),
        rng.integers(0, args.classes, (b_local,)).astype(np.int32)),
       setup.batch_sharding)
-  repl = sh.replicated(mesh)
-  stats = jax.device_put((jnp.zeros(codec.channels), jnp.ones(codec.channels)),
-                         repl)
   t0 = time.time()
-  state = setup.init(jax.random.key(0))
-  compiled = setup.step.lower(state, z, y, {}, stats).compile()
+  state = setup.init(jax.random.key(0))  # latent statistics 0 / 1
+  compiled = setup.step.lower(state, z, y, {}).compile()
   compile_s = time.time() - t0
-  step_s, m = _time(compiled, state, (z, y, {}, stats), args.warmup,
-                    args.steps, args.profile)
+  step_s, m = _time(compiled, state, (z, y, {}), args.warmup, args.steps,
+                    args.profile)
   header = (f"DiT-{args.dit} on {codec.num_tokens} tokens x {codec.channels} "
             f"({args.variant} at {args.res}p) batch {args.batch}")
   return _report(header, args, compiled, compile_s, step_s, m,

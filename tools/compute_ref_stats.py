@@ -25,11 +25,11 @@ from vitok_jax import distributed
 
 def compute(data: str, res: int, inception_path: str, batch_size: int = 50,
             num_examples=None, data_dir=None, frames: int = 1):
-  from vitok_jax.evaluators import generation  # pylint: disable=g-import-not-at-top
+  from vitok_jax.evaluators import ref_stats  # pylint: disable=g-import-not-at-top
   from vitok_jax.models import inception  # pylint: disable=g-import-not-at-top
   cfg = data_config(data, res, data_dir, frames)
-  return generation.reference_stats(cfg, inception.load(inception_path),
-                                    num_examples, batch_size)
+  return ref_stats.compute(cfg, inception.load(inception_path), num_examples,
+                           batch_size)
 
 
 def data_config(data, res, data_dir=None, frames=1):

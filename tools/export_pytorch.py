@@ -29,6 +29,8 @@ import numpy as np
 from vitok_jax import checkpoint as ckpt_lib
 from vitok_jax import export
 from vitok_jax import input_pipeline
+from vitok_jax.models import dit as dit_lib
+from vitok_jax.models import vitok
 from vitok_jax.trainers import dit
 from vitok_jax.trainers import tokenizer
 
@@ -68,8 +70,9 @@ def verify_dit(params, model, out: str, num_tokens: int, grid) -> float:
 
 def export_dit_run(workdir, params, config, step, ema, out, do_verify):
   codec = dit.load_codec(config)
-  model = dit.build_model(config, codec.channels).clone(dtype=np.float32)
-  export.export_dit(params, model, out, dit.load_run_stats(workdir),
+  model = dit_lib.from_config(config.model, codec.channels,
+                              config.num_classes).clone(dtype=np.float32)
+  export.export_dit(params, model, out, dit.load_run_stats(workdir, step),
                     grid=codec.rope_grid,
                     extra=dict(step=step, ema=ema, workdir=workdir,
                                tokenizer=codec.workdir,
@@ -112,7 +115,7 @@ def main(argv=None):
     err = export_dit_run(args.workdir, params, config, step, args.ema,
                          args.out, args.verify)
   else:
-    model = tokenizer.build_model(config.model).clone(dtype=np.float32)
+    model = vitok.from_config(config.model).clone(dtype=np.float32)
     export.export(params, model, args.out,
                   extra=dict(step=step, ema=args.ema, workdir=args.workdir,
                              res=config.input.res, frames=config.input.frames))

@@ -23,9 +23,8 @@ from vitok_jax import sharding as sh
 class Checkpointer:
 
   def __init__(self, workdir: str, *, max_to_keep: Optional[int] = 3,
-               save_every: int = 1000, async_save: bool = True):
+               async_save: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.save_every = int(save_every)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True,
         enable_async_checkpointing=async_save)
@@ -37,10 +36,6 @@ class Checkpointer:
 
   def all_steps(self):
     return list(self.manager.all_steps())
-
-  def should_save(self, step: int, last_step: int) -> bool:
-    return step == last_step or (self.save_every > 0 and
-                                 step % self.save_every == 0)
 
   def save(self, step: int, state, data_state=None, config=None,
            force: bool = False) -> bool:

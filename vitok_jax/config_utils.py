@@ -1,6 +1,14 @@
-"""Helpers for configs: `parse_arg` for `--config=file.py:key=value,...` and
-a check that a config only uses keys the code knows about."""
-from typing import Any
+"""Helpers for configs (docs/configs.md says how they are written):
+
+  * `parse_arg`: the arguments after the colon of
+    `--config=file.py:key=value,...`, typed by their defaults; with
+    `runlocal`, the config's small-machine defaults (local_defaults) apply
+    first and explicit arguments still win;
+  * `check_keys`: a config uses only keys its trainer's default config has;
+  * named validators (`POSITIVE`, `FRACTION`, ...) and `check_values`, which
+    fails naming the key and the rule it breaks.
+"""
+from typing import Any, Callable, NamedTuple, Optional
 
 import ml_collections
 
@@ -17,26 +25,36 @@ def _coerce(value: str, default: Any) -> Any:
   return type(default)(value)
 
 
-def parse_arg(arg, lazy: bool = False, **spec) -> ml_collections.ConfigDict:
+def parse_arg(arg, lazy: bool = False, local_defaults: Optional[dict] = None,
+              **spec) -> ml_collections.ConfigDict:
   """big_vision's parser: "variant=S-B/16,res=256,runlocal" -> ConfigDict.
 
   A bare name sets a boolean to True. Values are cast to the type of their
   default. Unknown names raise unless `lazy` (then they are kept as strings).
+  `local_defaults`: the defaults that change when the argument `runlocal`
+  is set (a small run for one CPU); arguments given explicitly override
+  them.
   """
   out = ml_collections.ConfigDict(dict(spec))
-  if not arg:
-    return out
-  for item in str(arg).split(","):
-    if not item:
-      continue
+  items = [i for i in str(arg or "").split(",") if i]
+  given = {}
+  for item in items:
     key, _, value = item.partition("=")
     if key not in spec:
       if not lazy:
         raise ValueError(f"Unknown config argument {key!r}; known: "
                          f"{sorted(spec)}")
-      out[key] = value
+      given[key] = value
       continue
-    out[key] = _coerce(value if "=" in item else "true", spec[key])
+    given[key] = _coerce(value if "=" in item else "true", spec[key])
+  if local_defaults and given.get("runlocal"):
+    unknown = set(local_defaults) - set(spec)
+    if unknown:
+      raise ValueError(f"runlocal defaults for unknown arguments "
+                       f"{sorted(unknown)}")
+    out.update(local_defaults)
+  for key, value in given.items():
+    out[key] = value
   return out
 
 
@@ -60,43 +78,70 @@ def check_keys(config, defaults, prefix="config") -> None:
       check_keys(sub, ref, path)
 
 
-def merge_defaults(config, defaults) -> ml_collections.ConfigDict:
-  """`defaults` overridden by `config` (after check_keys), as a new dict."""
-  check_keys(config, defaults)
-  out = ml_collections.ConfigDict(defaults.to_dict() if hasattr(
-      defaults, "to_dict") else defaults)
+def missing_keys(config, defaults, prefix="config") -> list:
+  """Keys of `defaults` that `config` lacks (free-form dicts excepted)."""
+  out = []
+  if not len(defaults.keys()):
+    return out
+  for key in defaults.keys():
+    path = f"{prefix}.{key}"
+    if key not in config:
+      out.append(path)
+    elif isinstance(defaults[key], ml_collections.ConfigDict) and isinstance(
+        config[key], (dict, ml_collections.ConfigDict)):
+      out += missing_keys(config[key], defaults[key], path)
+  return out
+
+
+def with_defaults(config, defaults, prefix="config"
+                  ) -> ml_collections.ConfigDict:
+  """`defaults` (a complete ConfigDict, typed placeholders kept) with the
+  keys of `config` set over it, after check_keys. For partial dicts such as
+  an evaluator's entry written as a plain dict."""
+  check_keys(config, defaults, prefix)
+  out = defaults  # a fresh dict from a default_config() function
 
   def _update(dst, src):
     for k in src.keys():
       v = src[k]
       if isinstance(v, (dict, ml_collections.ConfigDict)) and isinstance(
-          dst.get(k), (dict, ml_collections.ConfigDict)):
+          dst.get(k), ml_collections.ConfigDict) and len(dst[k].keys()):
         _update(dst[k], v)
       else:
         with dst.ignore_type():
-          dst[k] = v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
+          dst[k] = v
   _update(out, config)
   return out
 
 
-def check_ranges(config, ranges: dict) -> None:
-  """Raises ValueError naming the first key outside its valid range.
+# --------------------------------------------------------------------------
+# Validators
+# --------------------------------------------------------------------------
+class Validator(NamedTuple):
+  """A rule a numeric config value must satisfy; `rule` names it."""
+  rule: str  # "> 0", "in [0, 1)"
+  ok: Callable[[Any], bool]
 
-  ranges: {"a.b": (lowest, highest, lowest allowed?, highest allowed?)},
-  None = unbounded; a None value (an optional key) is not checked.
+
+POSITIVE = Validator("> 0", lambda v: v > 0)
+NON_NEGATIVE = Validator(">= 0", lambda v: v >= 0)
+FRACTION = Validator("in [0, 1)", lambda v: 0 <= v < 1)  # decays, betas
+UNIT_INTERVAL = Validator("in [0, 1]", lambda v: 0 <= v <= 1)
+OPEN_UNIT_INTERVAL = Validator("in (0, 1)", lambda v: 0 < v < 1)
+
+
+def check_values(config, validators: dict) -> None:
+  """Raises ValueError naming the first key whose value breaks its rule.
+
+  validators: {"a.b": Validator}. An unset value (None: a typed placeholder
+  not given) is not checked; NaN breaks every rule.
   """
-  for key, (lo, hi, lo_ok, hi_ok) in ranges.items():
+  for key, validator in validators.items():
     value = config
     for part in key.split("."):
       value = value[part]
     if value is None:
       continue
-    bad = (value != value or (lo is not None and (
-        value < lo or (value == lo and not lo_ok))) or (hi is not None and (
-            value > hi or (value == hi and not hi_ok))))
-    if bad:
-      interval = (("[" if lo_ok else "(") + f"{lo}, " +
-                  (f"{hi}" if hi is not None else "inf") +
-                  ("]" if hi_ok else ")"))
-      raise ValueError(f"config.{key}={value!r} is outside its valid range "
-                       f"{interval}")
+    if value != value or not validator.ok(value):
+      raise ValueError(f"config.{key}={value!r} is invalid: it must be "
+                       f"{validator.rule}")

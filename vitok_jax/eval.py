@@ -28,7 +28,7 @@ import vitok_jax.utils as u
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The training config of the run (optionally ':args').",
-    lock_config=False)
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None,
                                    "Step to evaluate (default: the latest).")

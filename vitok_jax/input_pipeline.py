@@ -338,7 +338,7 @@ def _check_batch(global_batch: int) -> int:
 
 def source_of(config):
   """The source config.input (or an evaluator's data config) names."""
-  return get_source(config.data, config.get("data_dir"),
+  return get_source(config.data, config.get("data_dir") or None,
                     config.get("image_key") or "image",
                     config.get("frames") or 1,
                     config.get("video_key") or "video",
@@ -397,6 +397,38 @@ def make_train_dataset(config, seed: int) -> grain.IterDataset:
   if workers:  # needs parsed absl flags and a __main__ guard (train.py has both)
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return it_ds
+
+
+class CountingIterator:
+  """Wraps a training iterator of batches; counts the records read and the
+  unreadable ones skipped (`skipped`, `read`: this process, since the
+  iterator was made) from the per-example counts SkipBadRecords attaches,
+  and yields the batches without them. A source without bad records
+  (latent shards) needs nothing: its batches count as read. The count
+  travels in the batch because grain workers run in other processes.
+  Checkpointable like the iterator it wraps."""
+
+  def __init__(self, iterator):
+    self._it = iterator
+    self.skipped, self.read = 0, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = dict(next(self._it))
+    per_example = batch.pop("skipped", None)
+    n = len(next(iter(batch.values())))
+    bad = 0 if per_example is None else int(np.sum(per_example))
+    self.skipped += bad
+    self.read += n + bad
+    return batch
+
+  def get_state(self):
+    return self._it.get_state()
+
+  def set_state(self, state):
+    self._it.set_state(state)
 
 
 def check_bad_fraction(skipped: int, read: int, max_fraction: float) -> None:

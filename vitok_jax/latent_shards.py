@@ -96,7 +96,7 @@ class LatentShards:
     s = int(np.searchsorted(self.offsets, i, side="right")) - 1
     j = i - int(self.offsets[s])
     return {"latent": np.array(self.latents[s][j]),
-            "label": np.int32(self.labels[s][j]), "skipped": np.int32(0)}
+            "label": np.int32(self.labels[s][j])}
 
 
 def make_train_dataset(directory: str, global_batch: int, seed: int):

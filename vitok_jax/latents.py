@@ -9,7 +9,7 @@ decoding appends the tokenizer's mask token for the rest.
 
 Normalisation (paper §2.3: the DiT trains on standardised latents): the
 per-channel mean and std over the training data, computed once when a DiT
-run starts and stored with it (<workdir>/latent_stats.npz).
+run first starts and kept in its train state (trainers/dit.py).
 """
 import json
 import logging
@@ -23,8 +23,6 @@ import numpy as np
 from vitok_jax import checkpoint as ckpt_lib
 from vitok_jax import multihost
 from vitok_jax.models import vitok
-
-STATS_FILE = "latent_stats.npz"
 
 
 class LatentStats(NamedTuple):
@@ -134,9 +132,7 @@ class Codec:
     if config.get("trainer", "tokenizer") != "tokenizer":
       raise ValueError(f"{key}={workdir!r} is a {config.get('trainer')!r} run, "
                        "not a ViTok tokenizer run")
-    from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
-    model = tokenizer.build_model(tokenizer.resolve_config(
-        _config_dict(config)).model)
+    model = vitok.from_config(config["model"])
     state = ckpt_lib.load_state_tree(step_path)
     use_ema = use_ema and "params_ema" in state
     params = jax.tree.map(jnp.asarray,
@@ -156,16 +152,6 @@ def _stored_config(step_path: str) -> dict:
     raise FileNotFoundError(f"{step_path} holds no training config ({f})")
   with open(f) as fh:
     return json.load(fh)
-
-
-def _config_dict(config: dict):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  out = ml_collections.ConfigDict(config)
-  # JSON turns tuples into lists; the code wants tuples in a few places.
-  out.model.mask_lengths = tuple(out.model.get("mask_lengths") or ())
-  out.model.logvar_range = tuple(out.model.get("logvar_range") or
-                                 (-30.0, 20.0))
-  return out
 
 
 def check_matches(codec_tokens: int, codec_channels: int, want_tokens,

@@ -34,7 +34,6 @@ import numpy as np
 from vitok_jax import distributed
 from vitok_jax import multihost
 from vitok_jax import sample_parts
-from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import generation
 from vitok_jax.evaluators import ref_stats as ref_stats_lib
@@ -151,7 +150,7 @@ def define_flags() -> dict:
   importing this module (tests, other tools) defines no absl flags."""
   _CONFIG = config_flags.DEFINE_config_file(
       "config", None, "The DiT run's training config (optionally ':args').",
-      lock_config=False)
+      lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "The DiT run's workdir.")
   _NUM = flags.DEFINE_integer("num", 64, "How many samples.")
   _CFG = flags.DEFINE_float("cfg", None, "Guidance scale (default: "

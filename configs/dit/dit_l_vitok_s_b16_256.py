@@ -20,57 +20,63 @@ scored against the photos by PSNR (is a sample nearest to its own class?):
   python -m vitok_jax.train --config=configs/dit/dit_l_vitok_s_b16_256.py:runlocal,tokenizer=/tmp/vitok_local --workdir=/tmp/dit_local
 """
 from vitok_jax import config_utils
+from vitok_jax.evaluators import common as evaluators
+from vitok_jax.trainers import dit
+
+ARGS = dict(size="L", tokenizer="", shards="", res=256, tokens=256, c=16,
+            batch=256, steps=500_000, classes=1000,
+            data="tfds:imagenet2012:train", cfg=1.5,
+            inception_weights="weights/fid_inception_v3.npz", ref_stats="",
+            runlocal=False)
+# The README's chain on 2 cores: the demo ViTok's 64 tokens, a tiny DiT.
+RUNLOCAL = dict(size="mu", tokens=64, res=64, batch=16, steps=1000, classes=9,
+                data="embedded", cfg=3.0)
 
 
-def get_config(arg=None, **defaults):
-  spec = dict(size="L", tokenizer="", shards="", res=256, tokens=256, c=16,
-              batch=256, steps=500_000, classes=1000,
-              data="tfds:imagenet2012:train", cfg=1.5,
-              inception_weights="weights/fid_inception_v3.npz", ref_stats="",
-              runlocal=False)
-  spec.update(defaults)  # the XL configs start from here
-  arg = config_utils.parse_arg(arg, **spec)
-  from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
-  c = dit.default_config()
-  c.total_steps = arg.steps
-  c.log_every = 100
-  c.ckpt_every = 5000
-  c.image_every = 5000
-  c.tokenizer.workdir = arg.tokenizer or None
-  c.latents.source = f"shards:{arg.shards}" if arg.shards else "encode"
-  c.latents.tokens, c.latents.channels = arg.tokens, arg.c
-  c.num_classes = arg.classes
-  c.model.size = arg.size  # bf16 matmuls, float32 stream (autocast)
-  c.input.update(data=arg.data, res=arg.res, batch_size=arg.batch,
-                 crop="center", flip=True, num_workers=16)
-  c.sampling = dict(num_steps=250, eta=0.0, cfg_scale=arg.cfg)
-  c.ema_decay = 0.9999
-  gen = dict(type="generation", num_samples=50_000, batch_size=256,
-             num_steps=250, log_steps=50_000,
-             inception_weights=arg.inception_weights,
-             ref_stats=arg.ref_stats or None)
-  c.evals = {"gen_cfg15": dict(gen, cfg_scale=1.5),
-             "gen_cfg30": dict(gen, cfg_scale=3.0, log_steps=None)}
+def get_config(arg=None):
+  return make(**config_utils.parse_arg(arg, local_defaults=RUNLOCAL, **ARGS))
 
-  if arg.runlocal:  # the same recipe, small enough for a 2-core CPU
-    c.total_steps = 1000 if arg.steps == spec["steps"] else arg.steps
-    c.log_every = 50
-    c.ckpt_every = 200
-    c.image_every = 200
-    c.num_preview = 9
-    c.latents.tokens = 64 if arg.tokens == spec["tokens"] else arg.tokens
-    c.latents.stats_examples = 9
-    c.num_classes = 9  # one class per embedded photo
-    c.model.update(size="mu" if arg.size == spec["size"] else arg.size,
-                   dtype="float32")
+
+def make(*, size, tokenizer, shards, res, tokens, c, batch, steps, classes,
+         data, cfg, inception_weights, ref_stats, runlocal, frames=1, fps=8.0):
+  """The config for these arguments (derived configs call this; videos set
+  frames and fps)."""
+  config = dit.default_config()
+  config.total_steps = steps
+  config.log_every = 100
+  config.ckpt_every = 5000
+  config.image_every = 5000
+  config.tokenizer.workdir = tokenizer
+  config.latents.source = f"shards:{shards}" if shards else "encode"
+  config.latents.tokens, config.latents.channels = tokens, c
+  config.num_classes = classes
+  config.model.size = size  # bf16 matmuls, float32 stream (autocast)
+  config.input.update(data=data, res=res, frames=frames, fps=fps,
+                      batch_size=batch, crop="center", flip=True,
+                      num_workers=16)
+  config.sampling.update(num_steps=250, eta=0.0, cfg_scale=cfg)
+  config.ema_decay = 0.9999
+  gen = dict(num_samples=50_000, batch_size=256, num_steps=250,
+             inception_weights=inception_weights, ref_stats=ref_stats)
+  config.evals = {
+      "gen_cfg15": evaluators.config("generation", cfg_scale=1.5,
+                                     log_steps=50_000, **gen),
+      "gen_cfg30": evaluators.config("generation", cfg_scale=3.0, **gen)}
+
+  if runlocal:  # the same recipe, small enough for a 2-core CPU
+    config.log_every = 50
+    config.ckpt_every = 200
+    config.image_every = 200
+    config.num_preview = 9
+    config.latents.stats_examples = 9  # one class per embedded photo
+    config.model.dtype = "float32"
     # One centre crop per photo: the DiT learns 9 latents, one per class.
-    c.input.update(data="embedded", res=64, batch_size=16, flip=False,
-                   num_workers=0)
-    c.optim.update(base_lr=0.128, warmup_steps=50)  # peak lr 8e-3 at 16
-    c.ema_decay = 0.99
-    c.sampling = dict(num_steps=50, eta=0.0, cfg_scale=3.0)
-    c.evals = {"classes": dict(
-        type="generation", num_samples=18, batch_size=8, cfg_scale=3.0,
-        num_steps=50, nearest=True, inception_weights=arg.inception_weights,
+    config.input.update(flip=False, num_workers=0)
+    config.optim.update(base_lr=0.128, warmup_steps=50)  # peak lr 8e-3 at 16
+    config.ema_decay = 0.99
+    config.sampling.num_steps = 50
+    config.evals = {"classes": evaluators.config(
+        "generation", num_samples=18, batch_size=8, cfg_scale=cfg,
+        num_steps=50, nearest=True, inception_weights=inception_weights,
         data=dict(data="embedded"))}
-  return c
+  return config

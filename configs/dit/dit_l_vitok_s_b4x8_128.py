@@ -12,16 +12,11 @@ dit_l_vitok_s_b16_256.py, plus frames and fps.
 from configs.dit import dit_l_vitok_s_b16_256 as base
 from vitok_jax import config_utils
 
+ARGS = dict(base.ARGS, res=128, tokens=1024, classes=101,
+            data="tfds:ucf101:train", cfg=2.0, frames=16, fps=8.0)
+# The video :runlocal ViTok: 16 x 32 x 32 clips -> 128 tokens.
+RUNLOCAL = dict(base.RUNLOCAL, res=32, batch=8, tokens=128)
+
 
 def get_config(arg=None):
-  arg = config_utils.parse_arg(arg, lazy=True, frames=16, fps=8.0)
-  rest = ",".join(f"{k}={v}" if v != "true" else k for k, v in arg.items()
-                  if k not in ("frames", "fps"))
-  c = base.get_config(rest, res=128, tokens=1024, classes=101,
-                      data="tfds:ucf101:train", cfg=2.0)
-  runlocal = "runlocal" in arg
-  c.input.update(frames=arg.frames, fps=arg.fps)
-  if runlocal:
-    c.input.update(res=32, batch_size=8)
-    c.latents.tokens = 128 if c.latents.tokens == 64 else c.latents.tokens
-  return c
+  return base.make(**config_utils.parse_arg(arg, local_defaults=RUNLOCAL, **ARGS))

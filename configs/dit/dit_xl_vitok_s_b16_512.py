@@ -8,8 +8,11 @@ The tokenizer is a 512p ViTok run (configs/vitok/s_b16_256.py:res=512).
 Same arguments as dit_l_vitok_s_b16_256.py (size XL, res 512, 1024 tokens).
 """
 from configs.dit import dit_l_vitok_s_b16_256 as base
+from vitok_jax import config_utils
+
+ARGS = dict(base.ARGS, size="XL", steps=4_000_000, res=512, tokens=1024)
 
 
 def get_config(arg=None):
-  return base.get_config(arg, size="XL", steps=4_000_000, res=512,
-                         tokens=1024)
+  return base.make(**config_utils.parse_arg(arg, local_defaults=base.RUNLOCAL,
+                                            **ARGS))

@@ -13,24 +13,29 @@ for tests). The sweep (configs/sweeps.py "mini_e") is p in {4, 8, 16} x c in
 """
 import os
 
+from configs.vitok import s_b16_256
 from vitok_jax import config_utils
+
+ARGS = dict(p=8, c=16, steps=1500, res=64,
+            lpips_weights="weights/lpips_vgg16.npz", runlocal=False)
 
 
 def get_config(arg=None):
-  arg = config_utils.parse_arg(arg, p=8, c=16, steps=1500, res=64,
-                               lpips_weights="weights/lpips_vgg16.npz",
-                               runlocal=False)
-  from configs.vitok import s_b16_256  # pylint: disable=g-import-not-at-top
-  c = s_b16_256.get_config(f"runlocal,steps={arg.steps}")
-  c.model.update(variant=f"mu-mu/{arg.p}", code_channels=arg.c)
-  c.input.res = arg.res
-  c.log_every = 100
-  c.ckpt_every = 500
-  c.image_every = 0
-  c.keep_ckpts = 1
-  if arg.runlocal:  # a smoke run for tests
-    c.total_steps = min(arg.steps, 4)
-    c.log_every = c.ckpt_every = 2
-  if not os.path.exists(arg.lpips_weights):
-    c.loss.lpips_weight = 0.0
-  return c
+  return make(**config_utils.parse_arg(arg, **ARGS))
+
+
+def make(*, p, c, steps, res, lpips_weights, runlocal):
+  args = {**s_b16_256.ARGS, **s_b16_256.RUNLOCAL}  # the demo's recipe
+  args.update(variant=f"mu-mu/{p}", c=c, steps=steps, res=res,
+              lpips_weights=lpips_weights, runlocal=True)
+  cfg = s_b16_256.make(**args)
+  cfg.log_every = 100
+  cfg.ckpt_every = 500
+  cfg.image_every = 0
+  cfg.keep_ckpts = 1
+  if runlocal:  # a smoke run for tests
+    cfg.total_steps = min(steps, 4)
+    cfg.log_every = cfg.ckpt_every = 2
+  if not os.path.exists(lpips_weights):
+    cfg.loss.lpips_weight = 0.0
+  return cfg

@@ -3,12 +3,14 @@ r"""ViTok S-B/16 at 256p, stage 1 (paper §2.3; the headline image tokenizer).
   python -m vitok_jax.train --config=configs/vitok/s_b16_256.py --workdir=DIR
   python -m vitok_jax.train --config=configs/vitok/s_b16_256.py:runlocal --workdir=DIR
 
-Arguments (comma separated after the colon): variant, c (code channels),
-res, batch, steps, data, lpips (weight), rec (l1|l2), latent (Latent ViTok
-tokens), mask (Masked ViTok lengths, '/'-separated), l_eval, dtype (matmuls),
-runlocal. configs/sweeps.py turns the paper's figures into sweeps
-(tools/sweep.py). Every
-field of config.model can also be set with --config.model.<field>=<value>.
+Arguments (comma separated after the colon; ARGS below, with defaults):
+variant, c (code channels), res, batch, steps, data, lpips (weight), rec
+(l1|l2), latent (Latent ViTok tokens), mask (Masked ViTok lengths,
+'/'-separated), l_eval, dtype (matmuls), eval_data, lpips_weights,
+inception_weights, runlocal. `runlocal` changes the defaults in RUNLOCAL
+(explicit arguments still win). configs/sweeps.py turns the paper's figures
+into sweeps (tools/sweep.py). Every key of the trainer's default config can
+also be set with --config.<key>=<value> (docs/configs.md).
 The paper's figures:
   Fig. 2/17 sweep point p=8, c=4:  --config=configs/vitok/s_b16_256.py:variant=S-B/8,c=4
   Fig. 4 (512p, p=8):              --config=configs/vitok/s_b16_256.py:variant=S-B/8,res=512
@@ -34,67 +36,69 @@ it never trains on, next to bicubic resampling with the same floats.
 import os
 
 from vitok_jax import config_utils
+from vitok_jax.evaluators import common as evaluators
+from vitok_jax.trainers import tokenizer
+
+ARGS = dict(variant="S-B/16", c=16, res=256, batch=1024, steps=100_000,
+            data="tfds:imagenet2012:train", lpips=1.0, rec="l2", latent=0,
+            mask="", l_eval=0, dtype="bfloat16",
+            eval_data="tfds:imagenet2012:validation",
+            lpips_weights="weights/lpips_vgg16.npz",
+            inception_weights="weights/fid_inception_v3.npz", runlocal=False)
+# ~2 minutes on 2 cores: a tiny ViTok (p=8, 64 codes of c=16 for a 64x64
+# photo) trained on the 9 embedded photos, bf16 matmuls off (slow on CPU).
+RUNLOCAL = dict(variant="mu-mu/8", res=64, batch=16, steps=3000,
+                data="embedded", dtype="float32")
 
 
-def get_config(arg=None, **defaults):
-  spec = dict(variant="S-B/16", c=16, res=256, batch=1024, steps=100_000,
-      data="tfds:imagenet2012:train", lpips=1.0, rec="l2", latent=0, mask="",
-      l_eval=0, dtype="bfloat16", eval_data="tfds:imagenet2012:validation",
-      lpips_weights="weights/lpips_vgg16.npz",
-      inception_weights="weights/fid_inception_v3.npz", runlocal=False)
-  spec.update(defaults)  # the named headline configs start from here
-  arg = config_utils.parse_arg(arg, **spec)
-  from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
-  c = config_utils.ml_collections.ConfigDict()
-  c.trainer = "tokenizer"
-  c.seed = 0
-  c.total_steps = arg.steps
-  c.log_every = 100
-  c.ckpt_every = 2000
-  c.keep_ckpts = 3
-  c.image_every = 2000
+def get_config(arg=None):
+  return make(**config_utils.parse_arg(arg, local_defaults=RUNLOCAL, **ARGS))
 
-  # Every vitok.Model field; bf16 matmuls with a float32 stream (autocast).
-  c.model = tokenizer.model_config_fields()
-  c.model.update(variant=arg.variant, code_channels=arg.c, dtype=arg.dtype,
-                 num_latent_tokens=arg.latent,
-                 mask_lengths=tuple(int(l) for l in arg.mask.split("/") if l))
-  if arg.l_eval:
-    c.model.eval_length = arg.l_eval
-  c.input = dict(data=arg.data, res=arg.res, frames=1, batch_size=arg.batch,
-                 crop_scale=(0.5, 1.0), flip=True, num_workers=16)
+
+def make(*, variant, c, res, batch, steps, data, lpips, rec, latent, mask,
+         l_eval, dtype, eval_data, lpips_weights, inception_weights,
+         runlocal):
+  """The config for these arguments (derived configs call this)."""
+  cfg = tokenizer.default_config()
+  cfg.total_steps = steps
+  cfg.log_every = 100
+  cfg.ckpt_every = 2000
+  cfg.image_every = 2000
+
+  # bf16 matmuls with a float32 stream (autocast).
+  cfg.model.update(variant=variant, code_channels=c, dtype=dtype,
+                   num_latent_tokens=latent,
+                   mask_lengths=tuple(int(l) for l in mask.split("/") if l))
+  if l_eval:
+    cfg.model.eval_length = l_eval
+  cfg.input.update(data=data, res=res, frames=1, batch_size=batch,
+                   crop_scale=(0.5, 1.0), flip=True, num_workers=16)
   # L_REC + 1e-3 L_KL + 1.0 L_LPIPS (stage 1: no GAN).
-  c.loss = dict(rec=arg.rec, kl_weight=1e-3, lpips_weight=arg.lpips,
-                lpips_weights=arg.lpips_weights)
+  cfg.loss.update(rec=rec, kl_weight=1e-3, lpips_weight=lpips,
+                  lpips_weights=lpips_weights)
   # AdamW (0.9, 0.95), wd 1e-4 on kernels, peak lr 1e-4 * batch * frames /
   # 256 (the trainer scales base_lr), 5% linear warm-up then cosine to 0.
-  c.optim = dict(base_lr=1e-4, b1=0.9, b2=0.95, weight_decay=1e-4,
-                 warmup_steps=int(0.05 * arg.steps), grad_clip=1.0)
-  c.mesh = [("data", -1), ("fsdp", 1)]
+  cfg.optim.update(base_lr=1e-4, b1=0.9, b2=0.95, weight_decay=1e-4,
+                   warmup_steps=int(0.05 * steps), grad_clip=1.0)
   # rFID/rIS/rPSNR/rSSIM on ImageNet val (50k); the EMA params when present.
-  c.evals = {"imagenet_val": dict(
-      type="reconstruction", log_steps=10_000, batch_size=256,
-      num_examples=None, inception_weights=arg.inception_weights,
-      data=dict(data=arg.eval_data))}  # res: input's
+  cfg.evals = {"imagenet_val": evaluators.config(
+      "reconstruction", log_steps=10_000, batch_size=256,
+      inception_weights=inception_weights,
+      data=dict(data=eval_data))}  # res: the input's
 
-  if arg.runlocal:  # the same recipe, small enough for a 2-core CPU
-    # ~2 minutes on 2 cores: a tiny ViTok (p=8, 64 codes of c=16 for a 64x64
-    # photo) trained on the 9 embedded photos, and scored on 16 tiles of
-    # photos it never saw, beside bicubic at the same E = 64 x 16 floats.
-    c.total_steps = 3000 if arg.steps == 100_000 else arg.steps
-    c.log_every = 250
-    c.ckpt_every = 1000
-    c.image_every = 1000
-    c.model.variant = "mu-mu/8"
-    c.model.dtype = "float32"  # bf16 matmuls are slow on CPU
-    c.input.update(data="embedded", res=64, batch_size=16, num_workers=0)
-    c.input.crop_scale = (0.05, 1.0)  # 9 photos: zoom in for variety
-    c.optim.update(base_lr=0.32, warmup_steps=150)  # peak lr 2e-2 at 16
-    c.evals = {"heldout": dict(
-        type="reconstruction", log_steps=None, batch_size=16,
-        label="held-out photos", inception_weights=arg.inception_weights,
-        bicubic_baseline=True,
+  if runlocal:  # the same recipe, small enough for a 2-core CPU
+    # Scored on 16 tiles of photos it never saw, beside bicubic at the same
+    # E = 64 x 16 floats.
+    cfg.log_every = 250
+    cfg.ckpt_every = 1000
+    cfg.image_every = 1000
+    cfg.input.num_workers = 0
+    cfg.input.crop_scale = (0.05, 1.0)  # 9 photos: zoom in for variety
+    cfg.optim.update(base_lr=0.32, warmup_steps=150)  # peak lr 2e-2 at 16
+    cfg.evals = {"heldout": evaluators.config(
+        "reconstruction", batch_size=16, label="held-out photos",
+        inception_weights=inception_weights, bicubic_baseline=True,
         data=dict(data="heldout"))}
-    if not os.path.exists(arg.lpips_weights):
-      c.loss.lpips_weight = 0.0
-  return c
+    if not os.path.exists(lpips_weights):
+      cfg.loss.lpips_weight = 0.0
+  return cfg

@@ -10,7 +10,7 @@ params is what evaluation uses. Batch 256, 100k steps.
 The encoder is frozen, so the step encodes outside the differentiated
 function and pays for no encoder backward pass.
 
-Fig. 18 ablations (arguments after the colon):
+Fig. 18 ablations (arguments after the colon; ARGS below):
   no GAN:            --config=configs/vitok/s_b16_256_stage2.py:init_from=/runs/s1,gan=0
   disc lr:           --config=configs/vitok/s_b16_256_stage2.py:init_from=/runs/s1,gan=0.05,dlr=1e-5
                      (dlr in {1e-5, 2e-5, 4e-5})
@@ -21,37 +21,44 @@ Lambda defaults to the main text's 1.0; the appendix's best is gan=0.05.
 """
 import os
 
-from configs.vitok import s_b16_256
+from configs.vitok import s_b16_256 as stage1
 from vitok_jax import config_utils
+from vitok_jax.trainers import tokenizer
+
+ARGS = dict(init_from="", variant="S-B/16", c=16, res=256, batch=256,
+            steps=100_000, data="tfds:imagenet2012:train", gan=1.0, dlr=2e-5,
+            full=False, ema=0.9999, lpips_weights="weights/lpips_vgg16.npz",
+            runlocal=False)
+# Seconds on a CPU: stage 1's small model, short warm-up, small D, fast EMA.
+RUNLOCAL = dict({k: v for k, v in stage1.RUNLOCAL.items() if k in ARGS},
+                steps=30, ema=0.9)
 
 
 def get_config(arg=None):
-  arg = config_utils.parse_arg(
-      arg, init_from="", variant="S-B/16", c=16, res=256, batch=256,
-      steps=100_000, data="tfds:imagenet2012:train", gan=1.0, dlr=2e-5,
-      full=False, ema=0.9999, lpips_weights="weights/lpips_vgg16.npz",
-      runlocal=False)
-  base = ",".join(f"{k}={arg[k]}" for k in ("variant", "c", "res", "batch",
-                                              "steps", "data", "lpips_weights"))
-  c = s_b16_256.get_config(base + (",runlocal" if arg.runlocal else ""))
-  c.init_from = arg.init_from or None
-  # Peak lr 1e-4 x batch / 256 (the trainer scales base_lr).
-  c.optim.base_lr = 1e-4 if not arg.runlocal else 0.016
-  c.optim.warmup_steps = 0 if arg.runlocal else 1000
-  if not arg.full:
-    from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
-    c.optim.freeze = tokenizer.ENCODER_PATTERNS
-  c.loss.update(gan_weight=arg.gan, gan_loss="hinge", gan_start_step=0)
-  c.disc = dict(lr=arg.dlr, warmup_steps=25_000, b1=0.0, b2=0.99,
-                channel_base=32768, channel_max=512, mbstd_group=4)
-  c.ema_decay = arg.ema
-  if arg.runlocal:  # seconds on a CPU: short warm-up, small D, fast EMA
-    c.total_steps = 30 if arg.steps == 100_000 else arg.steps
-    c.disc.update(warmup_steps=10, channel_base=512, channel_max=64)
-    c.ema_decay = 0.9 if arg.ema == 0.9999 else arg.ema
-  if not c.init_from:
+  return make(**config_utils.parse_arg(arg, local_defaults=RUNLOCAL, **ARGS))
+
+
+def make(*, init_from, variant, c, res, batch, steps, data, gan, dlr, full,
+         ema, lpips_weights, runlocal):
+  if not init_from:
     raise ValueError("configs/vitok/s_b16_256_stage2.py needs init_from=<stage-1 "
                      "workdir> (e.g. :init_from=/runs/stage1)")
-  if not os.path.isdir(c.init_from):
-    raise FileNotFoundError(f"init_from={c.init_from!r} is not a directory")
-  return c
+  if not os.path.isdir(init_from):
+    raise FileNotFoundError(f"init_from={init_from!r} is not a directory")
+  cfg = stage1.make(**dict(
+      stage1.ARGS, variant=variant, c=c, res=res, batch=batch, steps=steps,
+      data=data, lpips_weights=lpips_weights, runlocal=runlocal,
+      dtype=stage1.RUNLOCAL["dtype"] if runlocal else stage1.ARGS["dtype"]))
+  cfg.init_from = init_from
+  # Peak lr 1e-4 x batch / 256 (the trainer scales base_lr).
+  cfg.optim.base_lr = 1e-4 if not runlocal else 0.016
+  cfg.optim.warmup_steps = 0 if runlocal else 1000
+  if not full:
+    cfg.optim.freeze = tokenizer.ENCODER_PATTERNS
+  cfg.loss.update(gan_weight=gan, gan_loss="hinge", gan_start_step=0)
+  cfg.disc.update(lr=dlr, warmup_steps=25_000, b1=0.0, b2=0.99,
+                  channel_base=32768, channel_max=512, mbstd_group=4)
+  cfg.ema_decay = ema
+  if runlocal:
+    cfg.disc.update(warmup_steps=10, channel_base=512, channel_max=64)
+  return cfg

@@ -7,7 +7,11 @@ r"""ViTok S-B/16 at 512p, stage 1 (paper Table 4: rFID 0.18, rPSNR 26.72;
 Same arguments as s_b16_256.py (res defaults to 512).
 """
 from configs.vitok import s_b16_256 as base
+from vitok_jax import config_utils
+
+ARGS = dict(base.ARGS, res=512)
 
 
 def get_config(arg=None):
-  return base.get_config(arg, res=512)
+  return base.make(**config_utils.parse_arg(arg, local_defaults=base.RUNLOCAL,
+                                            **ARGS))

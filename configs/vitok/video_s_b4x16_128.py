@@ -8,7 +8,11 @@ r"""ViTok S-B/4x16 on 16 x 128 x 128 video (paper Table 5; Fig. 13 varies T):
 Same arguments as video_s_b4x8_128.py.
 """
 from configs.vitok import video_s_b4x8_128 as base
+from vitok_jax import config_utils
+
+ARGS = dict(base.ARGS, variant="S-B/4x16")
 
 
 def get_config(arg=None):
-  return base.get_config(arg, variant="S-B/4x16")
+  return base.make(**config_utils.parse_arg(arg, local_defaults=base.RUNLOCAL,
+                                            **ARGS))

@@ -22,52 +22,53 @@ trains on any folder of video files (mp4/webm/avi/mkv/mov, PyAV).
 import os
 
 from vitok_jax import config_utils
+from vitok_jax.evaluators import common as evaluators
+from vitok_jax.trainers import tokenizer
+
+ARGS = dict(variant="S-B/4x8", c=16, res=128, frames=16, fps=8.0, batch=256,
+            steps=100_000, data="tfds:ucf101:train", lpips=1.0,
+            lpips_weights="weights/lpips_vgg16.npz",
+            i3d_weights="weights/i3d_kinetics400.npz",
+            inception_weights="weights/fid_inception_v3.npz", runlocal=False)
+# A few minutes on 2 cores; 16 frames: I3D (rFVD) needs at least 9.
+RUNLOCAL = dict(variant="mu-mu/2x8", res=32, batch=4, steps=300,
+                data="embedded")
 
 
-def get_config(arg=None, **defaults):
-  spec = dict(variant="S-B/4x8", c=16, res=128, frames=16, fps=8.0, batch=256,
-              steps=100_000, data="tfds:ucf101:train", lpips=1.0,
-              lpips_weights="weights/lpips_vgg16.npz",
-              i3d_weights="weights/i3d_kinetics400.npz",
-              inception_weights="weights/fid_inception_v3.npz",
-              runlocal=False)
-  spec.update(defaults)  # the S-B/8x8 and S-B/4x16 configs start from here
-  arg = config_utils.parse_arg(arg, **spec)
-  from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
-  c = tokenizer.default_config()
-  c.total_steps = arg.steps
-  c.log_every = 100
-  c.ckpt_every = 2000
-  c.image_every = 2000
-  c.model.update(variant=arg.variant, code_channels=arg.c)
-  c.input.update(data=arg.data, res=arg.res, frames=arg.frames, fps=arg.fps,
-                 batch_size=arg.batch, flip=True, num_workers=16)
-  c.loss.update(rec="l2", kl_weight=1e-3, lpips_weight=arg.lpips,
-                lpips_weights=arg.lpips_weights)
-  c.optim.update(base_lr=1e-4, warmup_steps=int(0.05 * arg.steps))
-  val = arg.data.replace(":train", ":test")
-  c.evals = {"val": dict(
-      type="reconstruction", log_steps=10_000, batch_size=32,
-      num_examples=None, inception_weights=arg.inception_weights,
-      i3d_weights=arg.i3d_weights, data=dict(data=val))}
+def get_config(arg=None):
+  return make(**config_utils.parse_arg(arg, local_defaults=RUNLOCAL, **ARGS))
 
-  if arg.runlocal:  # a few minutes on a 2-core CPU
-    c.total_steps = 300 if arg.steps == spec["steps"] else arg.steps
-    c.log_every = 50
-    c.ckpt_every = 150
-    c.image_every = 150
-    c.model.update(variant="mu-mu/2x8", dtype="float32")
-    frames = arg.frames  # 16: I3D (rFVD) needs at least 9
-    c.input.update(data="embedded" if arg.data == spec["data"] else arg.data,
-                   res=32 if arg.res == spec["res"] else arg.res,
-                   frames=frames, batch_size=4, num_workers=0)
-    c.optim.update(base_lr=0.004, warmup_steps=30)  # peak 1e-3 at 4 x 16
-    c.evals = {"val": dict(
-        type="reconstruction", log_steps=None, batch_size=4, num_examples=8,
-        inception_weights=arg.inception_weights, i3d_weights=arg.i3d_weights,
+
+def make(*, variant, c, res, frames, fps, batch, steps, data, lpips,
+         lpips_weights, i3d_weights, inception_weights, runlocal):
+  cfg = tokenizer.default_config()
+  cfg.total_steps = steps
+  cfg.log_every = 100
+  cfg.ckpt_every = 2000
+  cfg.image_every = 2000
+  cfg.model.update(variant=variant, code_channels=c)
+  cfg.input.update(data=data, res=res, frames=frames, fps=fps,
+                   batch_size=batch, flip=True, num_workers=16)
+  cfg.loss.update(rec="l2", kl_weight=1e-3, lpips_weight=lpips,
+                  lpips_weights=lpips_weights)
+  cfg.optim.update(base_lr=1e-4, warmup_steps=int(0.05 * steps))
+  cfg.evals = {"val": evaluators.config(
+      "reconstruction", log_steps=10_000, batch_size=32,
+      inception_weights=inception_weights, i3d_weights=i3d_weights,
+      data=dict(data=data.replace(":train", ":test")))}
+
+  if runlocal:  # a few minutes on a 2-core CPU
+    cfg.log_every = 50
+    cfg.ckpt_every = 150
+    cfg.image_every = 150
+    cfg.model.dtype = "float32"
+    cfg.input.num_workers = 0
+    cfg.optim.update(base_lr=0.004, warmup_steps=30)  # peak 1e-3 at 4 x 16
+    cfg.evals = {"val": evaluators.config(
+        "reconstruction", batch_size=4, num_examples=8,
+        inception_weights=inception_weights, i3d_weights=i3d_weights,
         bicubic_baseline=True, label="held-out pans",
-        data=dict(data="heldout" if c.input.data == "embedded" else
-                  c.input.data))}
-    if not os.path.exists(arg.lpips_weights):
-      c.loss.lpips_weight = 0.0
-  return c
+        data=dict(data="heldout" if data == "embedded" else data))}
+    if not os.path.exists(lpips_weights):
+      cfg.loss.lpips_weight = 0.0
+  return cfg

@@ -6,7 +6,11 @@ r"""ViTok S-B/8x8 on 16 x 128 x 128 video (paper Table 5): 512 codes of c=16.
 Same arguments as video_s_b4x8_128.py.
 """
 from configs.vitok import video_s_b4x8_128 as base
+from vitok_jax import config_utils
+
+ARGS = dict(base.ARGS, variant="S-B/8x8")
 
 
 def get_config(arg=None):
-  return base.get_config(arg, variant="S-B/8x8")
+  return base.make(**config_utils.parse_arg(arg, local_defaults=base.RUNLOCAL,
+                                            **ARGS))

@@ -16,8 +16,10 @@ import os
 from typing import Any, Dict, Iterator, Tuple
 
 import jax
+import ml_collections
 import numpy as np
 
+from vitok_jax import config_utils
 from vitok_jax import multihost
 from vitok_jax import sharding as sh
 from vitok_jax.pp import ops
@@ -70,14 +72,67 @@ def grid_picture(images, cols: int = 8) -> np.ndarray:
                                         axis=1) for r in range(rows)], axis=0)
 
 
-def build(name: str, eval_config, *, predict_fns: Dict[str, Any], mesh,
-          input_config=None) -> Any:
-  """Instantiates config.evals[name] by its `type`."""
-  kind = eval_config.get("type")
+def _module(name: str, kind):
   if kind not in TYPES:
     raise ValueError(f"config.evals.{name}.type={kind!r}: known evaluator "
                      f"types: {list(TYPES)}")
-  module = importlib.import_module(f"vitok_jax.evaluators.{kind}")
+  return importlib.import_module(f"vitok_jax.evaluators.{kind}")
+
+
+def data_fields() -> ml_collections.ConfigDict:
+  """An evaluator's `data`: the keys of config.input it may set; unset ones
+  ("" or a typed placeholder) are the training input's."""
+  placeholder = ml_collections.config_dict.placeholder
+  return ml_collections.ConfigDict(dict(
+      data="", data_dir="", image_key="", res=placeholder(int),
+      frames=placeholder(int), fps=placeholder(float),
+      src_fps=placeholder(float), video_key=""))
+
+
+def config(kind: str, **fields) -> ml_collections.ConfigDict:
+  """config.evals.<name> of type `kind`: its module's default_config() with
+  `fields` set (unknown fields fail, naming them). Configs build their
+  evaluators with this, so every field exists and can be set from the
+  command line."""
+  return config_utils.with_defaults(dict(fields, type=kind),
+                                    _module("?", kind).default_config(),
+                                    prefix=f"config.evals.<{kind}>")
+
+
+def resolve_all(evals_config) -> ml_collections.ConfigDict:
+  """Every entry of config.evals completed with its type's defaults."""
+  out = ml_collections.ConfigDict()
+  for name in evals_config.keys():
+    entry = evals_config[name]
+    module = _module(name, entry.get("type"))
+    out[name] = complete(name, entry, module.default_config())
+  return out
+
+
+def complete(name: str, eval_config, defaults) -> ml_collections.ConfigDict:
+  """An evaluator's config with every field: `defaults` (its module's
+  default_config()) under the given ones; an unknown field fails."""
+  return config_utils.with_defaults(eval_config, defaults,
+                                    prefix=f"config.evals.{name}")
+
+
+def data_config(input_config, data) -> ml_collections.ConfigDict:
+  """The data an evaluator reads: the training input's keys, overridden by
+  the set ones of its `data` (data_fields)."""
+  out = {k: (input_config or {}).get(k) for k in data_fields().keys()}
+  for k, v in dict(data or {}).items():
+    if v not in (None, ""):
+      out[k] = v
+  out["data"] = out.get("data") or "embedded"
+  return ml_collections.ConfigDict(out)
+
+
+def build(name: str, eval_config, *, predict_fns: Dict[str, Any], mesh,
+          input_config=None) -> Any:
+  """Instantiates config.evals[name] by its `type` (the Evaluator fills in
+  missing fields with the type's defaults: `complete`)."""
+  kind = eval_config.get("type")
+  module = _module(name, kind)
   missing = sorted(set(module.NEEDS) - set(predict_fns))
   if missing:
     raise ValueError(f"config.evals.{name}.type={kind!r} needs the predict "

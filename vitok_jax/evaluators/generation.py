@@ -20,6 +20,12 @@ config.evals.<name> fields (type="generation"):
                      to a photo of class k?): <name>/own_class_psnr,
                      <name>/other_class_psnr, <name>/nearest_is_own_class
   seed:              the samples' noise (fixed: evaluations are comparable)
+  data:              the keys of config.input the references come from;
+                     unset ones are the training input's
+  log_steps:         0 = only at the end
+
+Every field is in default_config() below and can be set from the command
+line (--config.evals.<name>.<field>=...).
 """
 from typing import Callable
 
@@ -89,7 +95,7 @@ class Scorer:
     if inception_params is not None:  # videos: frame-wise gFID/gIS
       self.stats = metrics.GaussianStats()
       self.score = metrics.InceptionScore(num_samples * frames)
-      self._net = inception_fn(mesh)
+      self._net = inception.apply_fn(mesh)
     self.references = references  # (uint8 images [R, H, W, 3], labels [R])
     self.own, self.other, self.hits, self.n = 0.0, 0.0, 0, 0
 
@@ -163,18 +169,6 @@ class Scorer:
     return out
 
 
-def inception_fn(mesh=None):
-  """Jitted (params, images in [0, 1]) -> (pool, logits); with a mesh, the
-  batch is sharded over it (pass global arrays) and so are the outputs."""
-  net = inception.FIDInceptionV3()
-  fn = lambda p, x: net.apply({"params": p}, x)
-  if mesh is None:
-    return jax.jit(fn)
-  batch = sh.batch_sharding(mesh)
-  return jax.jit(fn, in_shardings=(sh.replicated(mesh), batch),
-                 out_shardings=(batch, batch))
-
-
 def reference_photos(data_config, max_examples: int = 256):
   """uint8 evaluation crops and labels of a (small) labelled data set; every
   process gets all of them (each reads its share, then they are gathered)."""
@@ -193,25 +187,18 @@ def reference_photos(data_config, max_examples: int = 256):
   return images[masks], labels[masks]
 
 
-def reference_stats(data_config, inception_params, num_examples=None,
-                    batch_size: int = 50) -> metrics.GaussianStats:
-  """Inception statistics of a data set's evaluation crops (frame-wise for
-  videos); tools/compute_ref_stats.py saves them."""
-  fn = inception_fn()
-  stats = metrics.GaussianStats()
-  n = input_pipeline.eval_num_examples(data_config, num_examples)
-  # A global batch every process can split evenly, no larger than the data.
-  nproc = jax.process_count()
-  batch = max(min(batch_size, -(-n // nproc) * nproc) // nproc, 1) * nproc
-  for b in input_pipeline.make_eval_dataset(data_config, batch, num_examples):
-    q = np.asarray(metrics.quantize(b["image"][b["mask"]])) / 255.0
-    if len(q):
-      stats.update(np.asarray(fn(inception_params,
-                                 q.reshape((-1,) + q.shape[-3:]))[0]))
-  return stats.sum_over_processes()
-
-
 NEEDS = ("sample", "labels")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field of a generation evaluator, with its default; unset
+  cfg_scale and num_steps are config.sampling's."""
+  placeholder = ml_collections.config_dict.placeholder
+  return ml_collections.ConfigDict(dict(
+      type="generation", log_steps=0, num_samples=50_000, batch_size=64,
+      seed=0, cfg_scale=placeholder(float), num_steps=placeholder(int),
+      inception_weights="", ref_stats="", ref_examples=placeholder(int),
+      nearest=False, data=common.data_fields()))
 
 
 class Evaluator:
@@ -221,6 +208,7 @@ class Evaluator:
 
   def __init__(self, name: str, config, *, predict_fns, mesh,
                input_config=None):
+    config = common.complete(name, config, default_config())
     self.name = name
     self.sample = predict_fns["sample"](config.get("cfg_scale"),
                                         config.get("num_steps"))
@@ -234,11 +222,7 @@ class Evaluator:
     self.log_steps = config.get("log_steps")
     self.seed = int(config.get("seed", 0))
     self.cfg_scale = config.get("cfg_scale")
-    data = dict(input_config or {})
-    data.update(dict(config.get("data") or {}))
-    self.data_config = ml_collections.ConfigDict(
-        {k: data.get(k) for k in ("data", "data_dir", "image_key", "res",
-                                  "frames", "fps", "src_fps", "video_key")})
+    self.data_config = common.data_config(input_config, config.data)
     self.frames = self.data_config.get("frames") or 1
     self.ref_stats = None
     self.inception_params = common.load_inception(

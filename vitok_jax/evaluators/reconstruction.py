@@ -1,11 +1,14 @@
 """Reconstruction evaluator: rPSNR, rSSIM, rFID, rIS over a validation split.
 
-config.evals.<name> fields:
-  data:              dict(data=..., res=..., data_dir=None) (as config.input);
-                     default: the training input's data and resolution
+config.evals.<name> fields (default_config() below; every one can be set
+from the command line, --config.evals.<name>.<field>=...):
+  data:              the keys of config.input to evaluate on (data, res,
+                     data_dir, frames, ...); unset ones are the training
+                     input's
   batch_size:        global batch (divisible by the mesh size)
-  num_examples:      None = the whole split
-  log_steps:         every how many training steps (training loop only)
+  num_examples:      unset = the whole split
+  log_steps:         every how many training steps (training loop only);
+                     0 = only at the end
   inception_weights: .npz from tools/convert_inception.py; missing -> rFID and
                      rIS are skipped with a warning, PSNR/SSIM still run
   ref_stats:         optional .npz from tools/compute_ref_stats.py (Inception
@@ -55,22 +58,28 @@ from vitok_jax.models import inception
 NEEDS = ("reconstruct",)
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """Every field of a reconstruction evaluator, with its default."""
+  placeholder = ml_collections.config_dict.placeholder
+  return ml_collections.ConfigDict(dict(
+      type="reconstruction", log_steps=0, batch_size=64,
+      num_examples=placeholder(int), data=common.data_fields(),
+      inception_weights="", ref_stats="", i3d_weights="", label="",
+      bicubic_baseline=False))
+
+
 class Evaluator:
 
   def __init__(self, name: str, config, *, predict_fns, mesh,
                input_config=None):
+    config = common.complete(name, config, default_config())
     self.name = name
     self.label = config.get("label") or name
     self.reconstruct = predict_fns["reconstruct"]
     self.mesh = mesh
-    data = dict(input_config or {})
-    data.update(dict(config.get("data") or {}))
-    data.setdefault("data", "embedded")
-    if "res" not in data:
+    self.data_config = common.data_config(input_config, config.data)
+    if not self.data_config.res:
       raise ValueError(f"config.evals.{name}.data needs a 'res'")
-    self.data_config = ml_collections.ConfigDict(
-        {k: data.get(k) for k in ("data", "data_dir", "image_key", "res",
-                                  "frames", "fps", "src_fps", "video_key")})
     self.batch_size = int(config.get("batch_size", 64))
     if self.batch_size % mesh.size:
       raise ValueError(f"config.evals.{name}.batch_size={self.batch_size} is "

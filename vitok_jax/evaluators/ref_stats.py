@@ -21,10 +21,13 @@ import os
 import re
 from typing import Optional, Tuple
 
+import jax
 import numpy as np
 
 from vitok_jax import input_pipeline
 from vitok_jax import multihost
+from vitok_jax.evaluators import metrics
+from vitok_jax.models import inception
 
 MAX_AT_START = 50_000
 
@@ -64,13 +67,30 @@ def tool_command(data_config, inception_weights, num_examples, path) -> str:
   return cmd + f" --out={path}"
 
 
+def compute(data_config, inception_params, num_examples=None,
+            batch_size: int = 50) -> metrics.GaussianStats:
+  """Inception statistics of a data set's evaluation crops (frame-wise for
+  videos); tools/compute_ref_stats.py saves them."""
+  fn = inception.apply_fn()
+  stats = metrics.GaussianStats()
+  n = input_pipeline.eval_num_examples(data_config, num_examples)
+  # A global batch every process can split evenly, no larger than the data.
+  nproc = jax.process_count()
+  batch = max(min(batch_size, -(-n // nproc) * nproc) // nproc, 1) * nproc
+  for b in input_pipeline.make_eval_dataset(data_config, batch, num_examples):
+    q = np.asarray(metrics.quantize(b["image"][b["mask"]])) / 255.0
+    if len(q):
+      stats.update(np.asarray(fn(inception_params,
+                                 q.reshape((-1,) + q.shape[-3:]))[0]))
+  return stats.sum_over_processes()
+
+
 def load_or_compute(data_config, inception_params, inception_weights: str, *,
                     num_examples: Optional[int] = None,
                     path: Optional[str] = None,
                     max_examples: Optional[int] = None):
   """(mu, sigma) of data_config's evaluation crops: from `path` (default:
   default_path), else computed (sharded over processes) and saved there."""
-  from vitok_jax.evaluators import generation  # pylint: disable=g-import-not-at-top
   path = path or default_path(data_config, inception_weights, num_examples)
   if os.path.exists(path):
     logging.info("Reference statistics from %s", path)
@@ -82,8 +102,7 @@ def load_or_compute(data_config, inception_params, inception_weights: str, *,
         f"No reference statistics at {path}, and computing them would read "
         f"{n} examples at every start (more than {limit}). Compute them once:"
         f"\n  {tool_command(data_config, inception_weights, num_examples, path)}")
-  stats = generation.reference_stats(data_config, inception_params,
-                                     num_examples)
+  stats = compute(data_config, inception_params, num_examples)
   if multihost.is_main():
     save(stats, path)
   logging.info("Reference statistics of %d examples saved to %s", stats.n,

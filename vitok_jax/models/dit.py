@@ -167,3 +167,14 @@ def create(size: str, in_channels: int, num_classes: int, **overrides) -> DiT:
                      f"{in_channels}, {num_classes}")
   return DiT(width=width, depth=depth, num_heads=heads,
              in_channels=in_channels, num_classes=num_classes, **overrides)
+
+
+def from_config(model_config, in_channels: int, num_classes: int) -> DiT:
+  """The DiT of a config.model: `size` picks width, depth and heads, every
+  other key sets the DiT field of that name; dtypes are names, unset ones
+  float32."""
+  kw = dict(model_config)
+  size = kw.pop("size")
+  for k in ("dtype", "stream_dtype"):
+    kw[k] = jnp.dtype(kw.get(k) or "float32")
+  return create(size, in_channels, num_classes, **kw)

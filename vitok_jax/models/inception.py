@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vitok_jax import sharding as sh
 import vitok_jax.utils as u
 
 BN_EPS = 1e-3
@@ -202,3 +203,15 @@ def load(path: Optional[str]) -> dict:
       path, abstract_params(), "FID Inception", CONVERT_TOOL,
       f"python {CONVERT_TOOL} --pth pt_inception-2015-12-05-6726825d.pth "
       f"--out {path or 'weights/fid_inception_v3.npz'}")
+
+
+def apply_fn(mesh=None):
+  """Jitted (params, images in [0, 1]) -> (pool, logits); with a mesh, the
+  batch is sharded over it (pass global arrays) and so are the outputs."""
+  net = FIDInceptionV3()
+  fn = lambda p, x: net.apply({"params": p}, x)
+  if mesh is None:
+    return jax.jit(fn)
+  batch = sh.batch_sharding(mesh)
+  return jax.jit(fn, in_shardings=(sh.replicated(mesh), batch),
+                 out_shardings=(batch, batch))

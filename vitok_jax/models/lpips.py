@@ -84,8 +84,9 @@ def save(path: str, params) -> None:
 
 
 def load(path: Optional[str], *, allow_random: bool = False) -> dict:
-  """Params from a converted .npz; None -> random weights if allowed."""
-  if path is None:
+  """Params from a converted .npz; no path (None or "") -> random weights
+  if allowed."""
+  if not path:
     if not allow_random:
       raise ValueError("No LPIPS weights given: set config.loss.lpips_weights "
                        f"to the .npz that {CONVERT_TOOL} writes")

@@ -283,3 +283,18 @@ def create(variant: str, code_channels: int, **overrides) -> Model:
   if "mask_lengths" in kw:
     kw["mask_lengths"] = tuple(int(l) for l in kw["mask_lengths"])
   return Model(code_channels=code_channels, **kw)
+
+
+def from_config(model_config) -> Model:
+  """The ViTok of a config.model (a trainer config's, or one a run stored
+  as JSON): variant and code_channels pick the sizes, every other key sets
+  the Model field of that name; dtypes are names ("bfloat16"), unset ones
+  float32."""
+  kw = dict(model_config)
+  variant, c = kw.pop("variant"), kw.pop("code_channels")
+  for k in ("dtype", "stream_dtype"):
+    kw[k] = jnp.dtype(kw.get(k) or "float32")
+  kw["mask_lengths"] = tuple(kw.get("mask_lengths") or ())
+  if "logvar_range" in kw:  # JSON stores tuples as lists
+    kw["logvar_range"] = tuple(kw["logvar_range"])
+  return create(variant, c, **kw)

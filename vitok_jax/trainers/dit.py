@@ -3,8 +3,9 @@
   latents: encoded on the fly from images by the tokenizer run at
            config.tokenizer.workdir (latents.source="encode"), or read from
            shards that tools/encode_dataset.py wrote (source="shards:<dir>");
-           standardised per channel with statistics computed once when the
-           run starts and stored with it (<workdir>/latent_stats.npz);
+           standardised per channel with statistics computed when the run
+           first starts and kept in its train state (state["latent_stats"],
+           so every checkpoint carries the statistics it was trained with);
   loss:    DDPM epsilon loss (1000 steps, linear betas), labels replaced by
            the null class at rate diffusion.label_dropout (for CFG);
   optim:   AdamW at a constant lr (DiT's recipe), EMA of the params (0.9999)
@@ -23,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from vitok_jax import config_utils
 from vitok_jax import diffusion
@@ -35,6 +35,7 @@ from vitok_jax import sampling
 from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common as evaluators
 from vitok_jax.models import dit as dit_lib
+from vitok_jax.trainers import common
 from vitok_jax.trainers import host_loop
 import vitok_jax.utils as u
 
@@ -43,18 +44,21 @@ import vitok_jax.utils as u
 # Config: every key the trainer knows, with its default
 # ==========================================================================
 def default_config() -> ml_collections.ConfigDict:
+  """Every key a DiT config may set, with its default; the configs in
+  configs/dit/ start from this (docs/configs.md). Unset values are "" or
+  typed placeholders, so each can be set from the command line."""
   placeholder = ml_collections.config_dict.placeholder
   c = ml_collections.ConfigDict()
   c.trainer = "dit"
   # The picture: num_preview samples of classes 0, 1, ...
   host_loop.loop_config(c, total_steps=500_000, log_every=100, ckpt_every=5000,
                         image_every=5000, num_preview=16)
-  # The frozen ViTok: a tokenizer run's workdir (its EMA params if any).
-  c.tokenizer = dict(workdir=placeholder(str), step=placeholder(int),
-                     use_ema=True)
+  # The frozen ViTok: a tokenizer run's workdir (its EMA params if any), at
+  # its latest step unless `step` is set.
+  c.tokenizer = dict(workdir="", step=placeholder(int), use_ema=True)
   # source: "encode" (on the fly) or "shards:<dir>" (tools/encode_dataset.py).
   # tokens/channels: what this DiT is built for; checked against the
-  # tokenizer (None = take the tokenizer's). stats_examples: training
+  # tokenizer (unset = take the tokenizer's). stats_examples: training
   # examples the normalisation statistics are computed over.
   c.latents = dict(source="encode", tokens=placeholder(int),
                    channels=placeholder(int), stats_examples=10_000,
@@ -65,7 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
                  mlp_dim=placeholder(int), rope_base=10000.0)
   # Images for source="encode" (the tokenizer's resolution); ADM/DiT crop:
   # resize + centre crop + random flip.
-  c.input = dict(data="embedded", data_dir=None, image_key="image", res=256,
+  c.input = dict(data="embedded", data_dir="", image_key="image", res=256,
                  frames=1, batch_size=256, crop="center",
                  crop_scale=(0.5, 1.0), flip=True, num_workers=0,
                  fps=8.0, src_fps=25.0, video_key="video",  # videos
@@ -77,33 +81,32 @@ def default_config() -> ml_collections.ConfigDict:
   # DiT: AdamW, lr 1e-4 at batch 256, constant (end_lr_factor 1), no decay.
   c.optim = dict(base_lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.0,
                  warmup_steps=0, end_lr_factor=1.0, grad_clip=0.0, freeze=())
-  c.ema_decay = 0.9999
-  # name -> dict(type="generation", ...); see evaluators/generation.py.
+  c.ema_decay = 0.9999  # 0 = no EMA
+  # name -> evaluators.config("generation", ...); see evaluators/generation.py.
   c.evals = {}
   return c
 
 
-_POSITIVE, _NON_NEGATIVE = (0, None, False, None), (0, None, True, None)
-_FRACTION = (0, 1, True, False)
-VALID_RANGES = {
-    **host_loop.LOOP_RANGES, "num_classes": _POSITIVE,
-    "latents.tokens": _POSITIVE, "latents.channels": _POSITIVE,
-    "latents.stats_examples": _POSITIVE, "latents.stats_batch": _POSITIVE,
-    "input.res": _POSITIVE,
-    "diffusion.train_steps": _POSITIVE, "diffusion.beta_start": (0, 1, False, False),
-    "diffusion.beta_end": (0, 1, False, False),
-    "diffusion.label_dropout": _FRACTION, "sampling.num_steps": _POSITIVE,
-    "sampling.eta": _NON_NEGATIVE, "sampling.cfg_scale": _NON_NEGATIVE,
-    "optim.base_lr": _POSITIVE, "optim.b1": _FRACTION, "optim.b2": _FRACTION,
-    "optim.weight_decay": _NON_NEGATIVE, "optim.warmup_steps": _NON_NEGATIVE,
-    "optim.end_lr_factor": (0, 1, True, True), "optim.grad_clip": _NON_NEGATIVE,
+V = config_utils
+VALIDATORS = {
+    **host_loop.LOOP_VALIDATORS, "num_classes": V.POSITIVE,
+    "latents.tokens": V.POSITIVE, "latents.channels": V.POSITIVE,
+    "latents.stats_examples": V.POSITIVE, "latents.stats_batch": V.POSITIVE,
+    "input.res": V.POSITIVE,
+    "diffusion.train_steps": V.POSITIVE,
+    "diffusion.beta_start": V.OPEN_UNIT_INTERVAL,
+    "diffusion.beta_end": V.OPEN_UNIT_INTERVAL,
+    "diffusion.label_dropout": V.FRACTION, "sampling.num_steps": V.POSITIVE,
+    "sampling.eta": V.NON_NEGATIVE, "sampling.cfg_scale": V.NON_NEGATIVE,
+    "optim.base_lr": V.POSITIVE, "optim.b1": V.FRACTION, "optim.b2": V.FRACTION,
+    "optim.weight_decay": V.NON_NEGATIVE, "optim.warmup_steps": V.NON_NEGATIVE,
+    "optim.end_lr_factor": V.UNIT_INTERVAL, "optim.grad_clip": V.NON_NEGATIVE,
 }
 
 
 def resolve_config(config) -> ml_collections.ConfigDict:
-  """Defaults + config; unknown keys and values out of range fail here."""
-  config = config_utils.merge_defaults(config, default_config())
-  config_utils.check_ranges(config, VALID_RANGES)
+  """As tokenizer.resolve_config, and latents.source must name a source."""
+  config = common.resolve_config(config, default_config(), VALIDATORS)
   source = config.latents.source
   if source != "encode" and not source.startswith("shards:"):
     raise ValueError(f"config.latents.source={source!r}: expected 'encode' or "
@@ -136,15 +139,6 @@ def load_codec(config) -> latents_lib.Codec:
   return codec
 
 
-def build_model(config, channels: int) -> dit_lib.DiT:
-  """The DiT of config.model for latents of `channels` channels."""
-  mc = dict(config.model)
-  size = mc.pop("size")
-  for k in ("dtype", "stream_dtype"):
-    mc[k] = jnp.dtype(mc[k] or "float32")
-  return dit_lib.create(size, channels, config.num_classes, **mc)
-
-
 def make_schedule(config) -> diffusion.Schedule:
   dc = config.diffusion
   return diffusion.linear_schedule(dc.train_steps, dc.beta_start, dc.beta_end)
@@ -159,7 +153,7 @@ class Setup(NamedTuple):
   state_sharding: Any
   batch_sharding: Any
   init: Callable  # rng -> sharded state
-  step: Callable  # (state, inputs, labels, tok_params, stats) -> (state, m)
+  step: Callable  # (state, inputs, labels, tok_params) -> (state, m)
   encode: Callable  # (tok_params, images) -> z (sharded like the batch)
 
 
@@ -167,13 +161,9 @@ def make_setup(config, mesh, codec: latents_lib.Codec, *,
                batch: Optional[int] = None) -> Setup:
   """Everything jitted, with explicit shardings over `mesh`. The step takes
   images (source "encode") or latents (shards) as `inputs`."""
-  model = build_model(config, codec.channels)
-  b = config.input.batch_size if batch is None else batch
-  n_batch_devices = int(np.prod([mesh.shape[a] for a in sh.batch_axes(mesh)]))
-  if b % n_batch_devices:
-    raise ValueError(f"config.input.batch_size={b} is not divisible by the "
-                     f"{n_batch_devices} devices of the data axes "
-                     f"{dict(mesh.shape)}")
+  model = dit_lib.from_config(config.model, codec.channels,
+                              config.num_classes)
+  common.check_batch(config.input.batch_size if batch is None else batch, mesh)
   sched = make_schedule(config)
   grid = codec.rope_grid
   base_rng = jax.random.key(config.seed)
@@ -192,11 +182,11 @@ def make_setup(config, mesh, codec: latents_lib.Codec, *,
                             optim.peak_lr(config.optim, config.input))
 
   def init(rng):
-    params = init_params(rng)
-    state = dict(step=jnp.zeros((), jnp.int32), params=params,
-                 opt=tx.init(params))
-    if ema_decay is not None:
-      state["params_ema"] = params
+    state = common.new_state(init_params(rng), tx, ema_decay)
+    # Set once, before the first step (init_state_with_stats), then carried
+    # and checkpointed with the state, never trained.
+    state["latent_stats"] = dict(mean=jnp.zeros((codec.channels,)),
+                                 std=jnp.ones((codec.channels,)))
     return state
 
   abstract_state = jax.eval_shape(init, base_rng)
@@ -205,12 +195,12 @@ def make_setup(config, mesh, codec: latents_lib.Codec, *,
   batch_sharding = sh.batch_sharding(mesh)
   repl = sh.replicated(mesh)
 
-  def train_step(state, inputs, labels, tok_params, stats):
+  def train_step(state, inputs, labels, tok_params):
     step = state["step"]
     rng_drop, rng_loss = jax.random.split(jax.random.fold_in(base_rng, step))
     # The tokenizer is frozen: its latents are inputs, never differentiated.
     z = codec.encode(tok_params, inputs) if encode_inputs else inputs
-    mean, std = stats
+    mean, std = state["latent_stats"]["mean"], state["latent_stats"]["std"]
     x0 = jax.lax.stop_gradient((z.astype(jnp.float32) - mean) / std)
     labels = jnp.where(labels < 0, null, labels)  # no class: unconditional
     labels = diffusion.drop_labels(rng_drop, labels, dropout, null)
@@ -221,23 +211,14 @@ def make_setup(config, mesh, codec: latents_lib.Codec, *,
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new = dict(state, step=step + 1, params=params, opt=opt)
-    if ema_decay is not None:
-      new["params_ema"] = host_loop.ema_update(state["params_ema"], params,
-                                               ema_decay)
-    measurements = dict(loss=loss, l2_grads=u.l2_norm(grads),
-                        l2_params=u.l2_norm(params), lr=schedule(step),
-                        latent_std=jnp.std(x0))
-    measurements["finite"] = host_loop.finite_flag(measurements)
-    return new, measurements
+    new, measurements = common.apply_gradients(
+        state, grads, tx, schedule, ema_decay, loss=loss,
+        latent_std=jnp.std(x0))
+    return new, common.with_finite_flag(measurements)
 
-  init_jit = jax.jit(init, out_shardings=state_sharding)
-  step_jit = jax.jit(
-      train_step, in_shardings=(state_sharding, batch_sharding, batch_sharding,
-                                repl, repl),
-      out_shardings=(state_sharding, repl), donate_argnums=(0,))
+  init_jit = common.jit_init(init, state_sharding)
+  step_jit = common.jit_step(train_step, state_sharding,
+                             (batch_sharding, batch_sharding, repl), mesh)
   encode_jit = jax.jit(codec.encode, in_shardings=(repl, batch_sharding),
                        out_shardings=batch_sharding)
   return Setup(model, codec, sched, mesh, abstract_state, state_sharding,
@@ -266,30 +247,24 @@ def compute_latent_stats(config, setup: Setup, tok_params
   return moments.sum_over_processes().result()
 
 
-def latent_stats(config, setup: Setup, tok_params, workdir: str
-                 ) -> latents_lib.LatentStats:
-  """The run's statistics: read from <workdir>/latent_stats.npz, or computed
-  (first start) and written there before the first step."""
-  path = os.path.join(workdir, latents_lib.STATS_FILE)
-  if os.path.exists(path):
-    stats = latents_lib.LatentStats.load(path)
-    if stats.mean.shape != (setup.codec.channels,):
-      raise ValueError(f"{path} holds statistics of {stats.mean.shape[0]} "
-                       f"channels, the tokenizer has {setup.codec.channels}")
-    return stats
+def init_state_with_stats(config, setup: Setup, tok_params, rng):
+  """A fresh state whose latent_stats are computed now (the first start;
+  a resumed run restores them with its state)."""
+  state = setup.init(rng)
   stats = compute_latent_stats(config, setup, tok_params)
-  if jax.process_index() == 0:
-    stats.save(path, tokenizer=setup.codec.workdir, step=setup.codec.step,
-               source=config.latents.source)
-  logging.info("Latent statistics (stored in %s): mean %s, std %s", path,
-               np.round(stats.mean, 3), np.round(stats.std, 3))
-  return stats
+  logging.info("Latent statistics of %s (kept in the train state): mean %s, "
+               "std %s", setup.codec.describe(), np.round(stats.mean, 3),
+               np.round(stats.std, 3))
+  state["latent_stats"] = jax.device_put(
+      dict(mean=jnp.asarray(stats.mean, jnp.float32),
+           std=jnp.asarray(stats.std, jnp.float32)),
+      setup.state_sharding["latent_stats"])
+  return state
 
 
-def stats_on_mesh(stats: latents_lib.LatentStats, mesh):
-  """(mean, std) replicated over the mesh: the step's and sampler's input."""
-  return jax.device_put((jnp.asarray(stats.mean), jnp.asarray(stats.std)),
-                        sh.replicated(mesh))
+def stats_of(state) -> Any:
+  """(mean, std) of a state's latent statistics: the sampler's input."""
+  return state["latent_stats"]["mean"], state["latent_stats"]["std"]
 
 
 class Restored(NamedTuple):
@@ -298,7 +273,7 @@ class Restored(NamedTuple):
   step: int
   params: Any  # the EMA params when the run has them
   tok_params: Any  # the frozen ViTok's, replicated
-  stats: Any  # (mean, std), replicated
+  stats: Any  # (mean, std) from the train state
 
 
 def restore_run(config, workdir: str, step: Optional[int] = None) -> Restored:
@@ -314,17 +289,21 @@ def restore_run(config, workdir: str, step: Optional[int] = None) -> Restored:
   ckpt = ckpt_lib.Checkpointer(workdir)
   state, _, _ = ckpt.restore(setup.abstract_state, setup.state_sharding, step)
   ckpt.close()
-  return Restored(setup, int(state["step"]), host_loop.eval_params(state),
+  return Restored(setup, int(state["step"]), common.eval_params(state),
                   jax.device_put(setup.codec.params, sh.replicated(mesh)),
-                  stats_on_mesh(load_run_stats(workdir), mesh))
+                  stats_of(state))
 
 
-def load_run_stats(workdir: str) -> latents_lib.LatentStats:
-  path = os.path.join(workdir, latents_lib.STATS_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: it is written when a DiT run "
-                            f"starts; is {workdir!r} a DiT run's workdir?")
-  return latents_lib.LatentStats.load(path)
+def load_run_stats(workdir: str, step: Optional[int] = None
+                   ) -> latents_lib.LatentStats:
+  """The latent statistics a DiT run's checkpoint carries (host numpy)."""
+  from vitok_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  tree = ckpt_lib.load_state_tree(workdir, step)
+  if "latent_stats" not in tree:
+    raise ValueError(f"{workdir!r}'s checkpoint has no latent_stats: is it a "
+                     "DiT run's workdir?")
+  return latents_lib.LatentStats(np.asarray(tree["latent_stats"]["mean"]),
+                                 np.asarray(tree["latent_stats"]["std"]))
 
 
 def make_sampler(config, setup: Setup, *, cfg_scale=None, num_steps=None,
@@ -365,9 +344,8 @@ def train_and_evaluate(config, workdir: str, *,
 def make_task(config, mesh, workdir) -> host_loop.Task:
   codec = load_codec(config)
   setup = make_setup(config, mesh, codec)
+  del workdir  # the run keeps everything in its checkpoints
   tok_params = jax.device_put(codec.params, sh.replicated(mesh))
-  stats_dev = stats_on_mesh(latent_stats(config, setup, tok_params, workdir),
-                            mesh)
   logging.info("Peak lr %.4g; latents %s", optim.peak_lr(
       config.optim, config.input), codec.describe())
 
@@ -387,22 +365,27 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
                        f"config.num_classes={config.num_classes}")
     inputs, labels = sh.put_global_batch((local[key], labels),
                                          setup.batch_sharding)
-    return setup.step(state, inputs, labels, tok_params, stats_dev)
+    return setup.step(state, inputs, labels, tok_params)
 
-  evals = evaluators.build_all(
-      config.evals, predict_fns=predict_fns(config, setup, tok_params,
-                                            stats_dev),
-      mesh=mesh, input_config=config.input)
+  # The evaluators and the picture sample with the statistics of the state
+  # they are handed (its buffers: the next step donates the state).
+  stats = {}
+
+  def eval_params(state):
+    stats["v"] = stats_of(state)
+    return common.eval_params(state)
+
+  fns = predict_fns(config, setup, tok_params, lambda: stats["v"])
+  evals = evaluators.build_all(config.evals, predict_fns=fns, mesh=mesh,
+                               input_config=config.input)
   labels = preview_labels(config, mesh)
-  sample_fn = make_sampler(config, setup)
-
+  sample_fn = fns["sample"]()
   index = preview_index(config, mesh)
 
   def pictures(params):
-    images, _ = sample_fn(params, tok_params, stats_dev,
-                          *sh.put_global_batch((labels, index),
-                                               setup.batch_sharding),
-                          config.seed + 1)
+    images = sample_fn(params, *sh.put_global_batch((labels, index),
+                                                    setup.batch_sharding),
+                       config.seed + 1)
     # Process 0's rows (it alone writes pictures).
     return {"samples": evaluators.grid_picture(
         multihost.local_rows(images))}
@@ -410,37 +393,41 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
   return host_loop.Task(
       abstract_state=setup.abstract_state,
       state_sharding=setup.state_sharding,
-      init_state=lambda: setup.init(jax.random.key(config.seed)),
+      init_state=lambda: init_state_with_stats(
+          config, setup, tok_params, jax.random.key(config.seed)),
       train_step=train_step, train_data=train_data,
       examples_per_step=config.input.batch_size,
       log_line=lambda m: f"loss {m['loss']:.4f}", evaluators=evals,
-      pictures=pictures,
+      pictures=pictures, eval_params=eval_params,
       description=f"DiT-{config.model.size} with "
       f"{u.count_params(setup.abstract_state['params']) / 1e6:.1f}M params on "
       f"{codec.describe()}")
 
 
-def predict_fns(config, setup: Setup, tok_params, stats) -> dict:
+def predict_fns(config, setup: Setup, tok_params, stats: Callable) -> dict:
   """What a DiT hands its evaluators (evaluators/common.py): `sample`, a
   factory (cfg_scale, num_steps) -> fn(params, labels, index, seed) ->
-  images, and `labels`, num -> the labels of samples 0 .. num - 1."""
+  images, and `labels`, num -> the labels of samples 0 .. num - 1.
+  stats() gives the latent statistics (mean, std) when sampling."""
   from vitok_jax.evaluators import generation  # pylint: disable=g-import-not-at-top
 
   def sample(cfg_scale=None, num_steps=None):
     sampler = make_sampler(config, setup, cfg_scale=cfg_scale,
                            num_steps=num_steps)
-    return lambda p, y, i, seed: sampler(p, tok_params, stats, y, i, seed)[0]
+    return lambda p, y, i, seed: sampler(p, tok_params, stats(), y, i,
+                                         seed)[0]
 
   return dict(sample=sample, labels=lambda num: generation.sample_labels(
       num, config.num_classes))
 
 
-def restore_for_eval(config, workdir: str, step=None) -> host_loop.EvalRun:
+def restore_for_eval(config, workdir: str, step=None) -> common.EvalRun:
   """The eval job's view of a DiT run (vitok_jax/eval.py)."""
   if not config.evals:
     raise ValueError("config.evals has no generation evaluator to run")
   run = restore_run(config, workdir, step)
-  return host_loop.EvalRun(
-      step=run.step, params=run.params, ema=config.ema_decay is not None,
+  return common.EvalRun(
+      step=run.step, params=run.params, ema=bool(config.ema_decay),
       mesh=run.setup.mesh,
-      predict_fns=predict_fns(config, run.setup, run.tok_params, run.stats))
+      predict_fns=predict_fns(config, run.setup, run.tok_params,
+                              lambda: run.stats))

@@ -3,14 +3,16 @@
 
 A trainer (trainers/tokenizer.py, trainers/dit.py) describes itself as a
 `Task`: its state's shapes and shardings, how to make a fresh state, the
-jitted step, its data, its evaluators and its pictures. Everything else is
-here, once:
+jitted step, its data, its evaluators and its pictures. The loop knows
+nothing else of a trainer (what the trainers' steps share is in
+trainers/common.py). Everything else is here, once:
 
   * the workdir lock and SIGTERM/SIGINT handling (save this step, exit
     128 + signal);
   * resume from the newest intact checkpoint (state + data iterator), with
     the rows a killed run logged after its last save dropped;
-  * unreadable records counted against config.input.max_bad_fraction;
+  * unreadable records, as the input iterator counts them
+    (input_pipeline.CountingIterator), against config.input.max_bad_fraction;
   * per-step "finite" flags read at log steps and before every save, so a
     non-finite state is never written;
   * metrics (TensorBoard + metrics.jsonl), pictures (TensorBoard and
@@ -24,7 +26,6 @@ from typing import Any, Callable, Dict, NamedTuple, Optional
 
 from clu import parameter_overview  # parameter_overview imports without TensorFlow
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vitok_jax import checkpoint as ckpt_lib
@@ -32,6 +33,7 @@ from vitok_jax import input_pipeline
 from vitok_jax import metrics_writer
 from vitok_jax import sharding as sh
 from vitok_jax import stop_request
+from vitok_jax import config_utils
 from vitok_jax import workdir_lock
 from vitok_jax.evaluators import common as evaluators
 import vitok_jax.utils as u
@@ -43,33 +45,26 @@ class Task(NamedTuple):
   state_sharding: Any
   init_state: Callable[[], Any]  # a fresh, sharded state (seeded init, init_from)
   train_step: Callable[[Any, dict], Any]  # (state, local batch) -> (state, measurements)
-  train_data: Any  # grain IterDataset of dicts (with "skipped" counts)
+  train_data: Any  # grain IterDataset of local batches (dicts)
   examples_per_step: int  # images (frames) per step, for images/s
   log_line: Callable[[dict], str]  # host measurements -> "loss .. rec .."
   evaluators: Dict[str, Any]  # name -> .run(params), .log_steps, [.summary]
   pictures: Callable[[Any], Dict[str, np.ndarray]]  # eval params -> uint8 images
   description: str  # "ViTok S-B/16 with 22.1M params"
+  eval_params: Callable[[Any], Any]  # state -> what evaluators and pictures see
 
 
-class EvalRun(NamedTuple):
-  """A restored run as the eval job sees it, whatever its trainer."""
-  step: int
-  params: Any  # what evaluators score: the EMA when the run has one
-  ema: bool
-  mesh: Any
-  predict_fns: Dict[str, Any]  # handed to the evaluators (evaluators/common.py)
-
-
-# The keys every trainer's config has for the loop, and their valid ranges
-# (config_utils.check_ranges).
-LOOP_RANGES = {
-    "total_steps": (0, None, False, None), "log_every": (0, None, False, None),
-    "ckpt_every": (0, None, False, None), "keep_ckpts": (0, None, False, None),
-    "image_every": (0, None, True, None), "num_preview": (0, None, False, None),
-    "ema_decay": (0, 1, True, False),
-    "input.batch_size": (0, None, False, None),
-    "input.num_workers": (0, None, True, None),
-    "input.max_bad_fraction": (0, 1, True, False),
+# The keys every trainer's config has for the loop, and the rule each
+# satisfies (config_utils.check_values).
+LOOP_VALIDATORS = {
+    "total_steps": config_utils.POSITIVE, "log_every": config_utils.POSITIVE,
+    "ckpt_every": config_utils.POSITIVE, "keep_ckpts": config_utils.POSITIVE,
+    "image_every": config_utils.NON_NEGATIVE,
+    "num_preview": config_utils.POSITIVE,
+    "ema_decay": config_utils.FRACTION,
+    "input.batch_size": config_utils.POSITIVE,
+    "input.num_workers": config_utils.NON_NEGATIVE,
+    "input.max_bad_fraction": config_utils.FRACTION,
 }
 
 
@@ -84,14 +79,17 @@ def loop_config(c, *, total_steps: int, log_every: int, ckpt_every: int,
   c.async_ckpt = True
   c.image_every = image_every  # the picture; 0 = only at the end
   c.num_preview = num_preview
-  c.mesh = [("data", -1), ("fsdp", 1)]
-  c.sharding = dict(rules=[], fsdp_min_size=2**18)
+  # Tuples, not lists: the command line can set tuples
+  # (--config.mesh="(('data', -1), ('fsdp', 2))").
+  c.mesh = (("data", -1), ("fsdp", 1))
+  c.sharding = dict(rules=(), fsdp_min_size=2**18)
   return c
 
 
-def eval_params(state):
-  """The params evaluators and pictures see: the EMA when there is one."""
-  return state.get("params_ema", state["params"])
+def is_due(step: int, every: int, last: int) -> bool:
+  """The one rule for "is it time to log, save, draw or evaluate": every
+  `every` steps (0 = never) and at the last step of this run."""
+  return step == last or bool(every and step % every == 0)
 
 
 def train_and_evaluate(config, workdir: str,
@@ -120,9 +118,8 @@ def _train(config, workdir, make_task, max_steps, stop) -> dict:
     logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(
         task.abstract_state["params"], include_stats=False))
 
-  train_it = iter(task.train_data)
+  train_it = input_pipeline.CountingIterator(iter(task.train_data))
   ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_ckpts,
-                               save_every=config.ckpt_every,
                                async_save=config.async_ckpt)
   try:
     if ckpt.latest_step() is not None:
@@ -156,15 +153,15 @@ def _loop(config, workdir, task: Task, writer, ckpt, train_it, state, start,
 
   def run_evals(step, final):
     for name, ev in task.evaluators.items():
-      if final or (ev.log_steps and step % ev.log_steps == 0):
-        results = dict(ev.run(eval_params(state)))
+      if final or is_due(step, ev.log_steps, last):
+        results = dict(ev.run(task.eval_params(state)))
         scalars = evaluators.write_results(writer, step, results)
         logging.info("eval %s at step %d: %s", name, step, scalars)
         if final and hasattr(ev, "summary"):
           summaries.append(ev.summary(scalars))
 
   def write_pictures(step):
-    pictures = task.pictures(eval_params(state))
+    pictures = task.pictures(task.eval_params(state))
     writer.write_images(step, pictures)
     if jax.process_index() == 0:
       from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -188,19 +185,18 @@ def _loop(config, workdir, task: Task, writer, ckpt, train_it, state, start,
   measurements = {}
   t0, n_ex, t_start = time.time(), 0, time.time()
   per_step = task.examples_per_step
-  skipped, read = 0, 0  # unreadable records of this process since (re)start
   step = start
   for step in range(start + 1, last + 1):
     local = next(train_it)
-    n_bad = int(local["skipped"].sum())
-    skipped, read = skipped + n_bad, read + len(local["skipped"]) + n_bad
+    # Unreadable records of this process since (re)start.
+    skipped, read = train_it.skipped, train_it.read
     input_pipeline.check_bad_fraction(skipped, read,
                                       config.input.max_bad_fraction)
     state, measurements = task.train_step(state, local)
     finite_flags.append((step, measurements["finite"]))
     n_ex += per_step
     stopping = stop.requested()
-    if step % config.log_every == 0 or step == last:
+    if is_due(step, config.log_every, last):
       check_finite(step, measurements)
       measurements = host_measurements(measurements)
       dt = time.time() - t0
@@ -217,7 +213,7 @@ def _loop(config, workdir, task: Task, writer, ckpt, train_it, state, start,
                    config.total_steps, task.log_line(measurements),
                    speed["images_per_sec"], _fmt_time(eta))
       t0, n_ex = time.time(), 0
-    if ckpt.should_save(step, last) or stopping:
+    if is_due(step, config.ckpt_every, last) or stopping:
       check_finite(step, measurements)
       if step not in ckpt.all_steps():
         ckpt.save(step, state, train_it.get_state(), config, force=stopping)
@@ -226,7 +222,7 @@ def _loop(config, workdir, task: Task, writer, ckpt, train_it, state, start,
       logging.warning("Stopped at step %d, saved; run the same command to "
                       "resume", step)
       break
-    if (config.image_every and step % config.image_every == 0) or step == last:
+    if is_due(step, config.image_every, last):
       write_pictures(step)
     run_evals(step, final=step == last)
   logging.info("Done: %d steps in %.1fs", step - start, time.time() - t_start)
@@ -240,19 +236,6 @@ def host_measurements(measurements) -> dict:
   """The step's measurements on the host, less the per-step finite flag."""
   return {k: v for k, v in jax.device_get(measurements).items()
           if k != "finite"}
-
-
-def finite_flag(measurements: dict):
-  """One device bool per step (read by the host in batches, no sync per
-  step): every measurement (loss terms, norms of grads and params) is
-  finite."""
-  return jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(measurements)]))
-
-
-def ema_update(ema, params, decay: float):
-  """ema <- decay * ema + (1 - decay) * params."""
-  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
 def _fmt_time(seconds: float) -> str:

@@ -27,6 +27,7 @@ from vitok_jax import input_pipeline
 from vitok_jax import losses
 from vitok_jax import optim
 from vitok_jax import sharding as sh
+from vitok_jax.trainers import common
 from vitok_jax.trainers import host_loop
 from vitok_jax.models import discriminator
 from vitok_jax.models import lpips as lpips_lib
@@ -38,6 +39,10 @@ import vitok_jax.utils as u
 # Config: every key the trainer knows, with its default
 # ==========================================================================
 def default_config() -> ml_collections.ConfigDict:
+  """Every key a tokenizer config may set, with its default; the configs in
+  configs/vitok/ start from this (docs/configs.md). Unset values are "" or
+  typed placeholders, so each can be set from the command line."""
+  placeholder = ml_collections.config_dict.placeholder
   c = ml_collections.ConfigDict()
   c.trainer = "tokenizer"
   host_loop.loop_config(c, total_steps=100_000, log_every=50, ckpt_every=1000,
@@ -45,8 +50,16 @@ def default_config() -> ml_collections.ConfigDict:
   # Every vitok.Model field a user may set (the variant gives the sizes).
   # dtype: matmuls; stream_dtype: residual stream and norms (the paper's
   # bf16 autocast is dtype=bfloat16, stream_dtype=float32).
-  c.model = model_config_fields()
-  c.input = dict(data="embedded", data_dir=None, image_key="image", res=256,
+  c.model = dict(
+      variant="S-B/16", code_channels=16, posemb="learn",
+      num_latent_tokens=0,  # > 0: Latent ViTok (appendix 8.3)
+      mask_lengths=(),  # e.g. (32, 64, 128, 256): Masked ViTok
+      eval_length=placeholder(int),  # l_eval of Masked ViTok
+      enc_mlp_dim=placeholder(int), dec_mlp_dim=placeholder(int),
+      logvar_range=(-30.0, 20.0), rope_base=10000.0,
+      dtype="bfloat16", stream_dtype="float32", remat="none",
+      attn_impl=placeholder(str))  # unset | "xla" | "cudnn"
+  c.input = dict(data="embedded", data_dir="", image_key="image", res=256,
                  frames=1, batch_size=1024, crop="random_resized",
                  crop_scale=(0.5, 1.0), flip=True,
                  num_workers=0,
@@ -57,8 +70,8 @@ def default_config() -> ml_collections.ConfigDict:
                  # fraction of the records read the run stops.
                  max_bad_fraction=0.01)
   c.loss = dict(rec="l2", kl_weight=1e-3, lpips_weight=0.0,
-                lpips_weights=None,  # .npz from tools/convert_lpips.py
-                lpips_allow_random=False,  # None weights -> random VGG
+                lpips_weights="",  # .npz from tools/convert_lpips.py
+                lpips_allow_random=False,  # no weights -> random VGG
                 gan_weight=0.0, gan_loss="hinge", gan_start_step=0,
                 r1_weight=0.0, lecam_weight=0.0, lecam_decay=0.999)
   # Peak lr = base_lr * batch * frames / 256 (optim.peak_lr).
@@ -70,80 +83,45 @@ def default_config() -> ml_collections.ConfigDict:
   c.disc = dict(lr=2e-5, warmup_steps=25_000, b1=0.0, b2=0.99,
                 weight_decay=0.0, grad_clip=0.0, channel_base=32768,
                 channel_max=512, mbstd_group=4)
-  c.ema_decay = None  # e.g. 0.9999 in stage 2; the EMA params are evaluated
-  # Stage 2: start from this stage-1 workdir (latest step, or init_from_step).
-  c.init_from = None
-  c.init_from_step = None
-  # name -> dict(type="reconstruction", log_steps=..., ...); see evaluators/.
+  c.ema_decay = 0.0  # 0 = no EMA; e.g. 0.9999 in stage 2 (then evaluated)
+  # Stage 2: start from this stage-1 workdir ("" = a fresh start), at its
+  # latest step or at init_from_step.
+  c.init_from = ""
+  c.init_from_step = placeholder(int)
+  # name -> evaluators.config("reconstruction", ...); see evaluators/.
   c.evals = {}
   return c
 
 
-def model_config_fields() -> ml_collections.ConfigDict:
-  """config.model with its defaults; the configs start from this, so every
-  field exists (and can be set from the command line) in a locked config.
-
-  Fields that default to None are typed placeholders, so that
-  `--config.model.eval_length=64` parses as an int.
-  """
-  placeholder = ml_collections.config_dict.placeholder
-  return ml_collections.ConfigDict(dict(
-      variant="S-B/16", code_channels=16, posemb="learn",
-      num_latent_tokens=0,  # > 0: Latent ViTok (appendix 8.3)
-      mask_lengths=(),  # e.g. (32, 64, 128, 256): Masked ViTok
-      eval_length=placeholder(int),  # l_eval of Masked ViTok
-      enc_mlp_dim=placeholder(int), dec_mlp_dim=placeholder(int),
-      logvar_range=(-30.0, 20.0), rope_base=10000.0,
-      dtype="bfloat16", stream_dtype="float32", remat="none",
-      attn_impl=placeholder(str)))  # None | "xla" | "cudnn"
-
-
-# The valid range of every numeric key: (lowest, highest, lowest allowed?,
-# highest allowed?); None = unbounded. Checked at start, naming the key.
-_POSITIVE, _NON_NEGATIVE = (0, None, False, None), (0, None, True, None)
-_FRACTION = (0, 1, True, False)  # [0, 1)
-VALID_RANGES = {
-    **host_loop.LOOP_RANGES,
-    "model.code_channels": _POSITIVE, "model.num_latent_tokens": _NON_NEGATIVE,
-    "input.res": _POSITIVE, "input.frames": _POSITIVE,
-    "loss.kl_weight": _NON_NEGATIVE, "loss.lpips_weight": _NON_NEGATIVE,
-    "loss.gan_weight": _NON_NEGATIVE, "loss.gan_start_step": _NON_NEGATIVE,
-    "loss.r1_weight": _NON_NEGATIVE, "loss.lecam_weight": _NON_NEGATIVE,
-    "loss.lecam_decay": _FRACTION,
-    "optim.base_lr": _POSITIVE, "optim.b1": _FRACTION, "optim.b2": _FRACTION,
-    "optim.weight_decay": _NON_NEGATIVE, "optim.warmup_steps": _NON_NEGATIVE,
-    "optim.end_lr_factor": (0, 1, True, True), "optim.grad_clip": _NON_NEGATIVE,
-    "disc.lr": _NON_NEGATIVE, "disc.warmup_steps": _NON_NEGATIVE,
-    "disc.b1": _FRACTION, "disc.b2": _FRACTION,
-    "disc.weight_decay": _NON_NEGATIVE, "disc.grad_clip": _NON_NEGATIVE,
+# The rule every numeric key must satisfy; checked at start, naming the key.
+V = config_utils
+VALIDATORS = {
+    **host_loop.LOOP_VALIDATORS,
+    "model.code_channels": V.POSITIVE, "model.num_latent_tokens": V.NON_NEGATIVE,
+    "input.res": V.POSITIVE, "input.frames": V.POSITIVE,
+    "loss.kl_weight": V.NON_NEGATIVE, "loss.lpips_weight": V.NON_NEGATIVE,
+    "loss.gan_weight": V.NON_NEGATIVE, "loss.gan_start_step": V.NON_NEGATIVE,
+    "loss.r1_weight": V.NON_NEGATIVE, "loss.lecam_weight": V.NON_NEGATIVE,
+    "loss.lecam_decay": V.FRACTION,
+    "optim.base_lr": V.POSITIVE, "optim.b1": V.FRACTION, "optim.b2": V.FRACTION,
+    "optim.weight_decay": V.NON_NEGATIVE, "optim.warmup_steps": V.NON_NEGATIVE,
+    "optim.end_lr_factor": V.UNIT_INTERVAL, "optim.grad_clip": V.NON_NEGATIVE,
+    "disc.lr": V.NON_NEGATIVE, "disc.warmup_steps": V.NON_NEGATIVE,
+    "disc.b1": V.FRACTION, "disc.b2": V.FRACTION,
+    "disc.weight_decay": V.NON_NEGATIVE, "disc.grad_clip": V.NON_NEGATIVE,
 }
 
 
-def check_ranges(config) -> None:
-  """Raises ValueError naming the first key outside VALID_RANGES."""
-  config_utils.check_ranges(config, VALID_RANGES)
-
-
 def resolve_config(config) -> ml_collections.ConfigDict:
-  """Defaults + config; unknown keys and values out of range fail here."""
-  config = config_utils.merge_defaults(config, default_config())
-  check_ranges(config)
-  return config
+  """The config as the trainer runs it: checked against default_config()
+  (unknown or missing keys fail), evaluator entries completed with their
+  type's defaults, every value checked against VALIDATORS."""
+  return common.resolve_config(config, default_config(), VALIDATORS)
 
 
 # ==========================================================================
 # Setup: model, optimizer, shardings, jitted init and step
 # ==========================================================================
-def build_model(model_config) -> vitok.Model:
-  kw = dict(model_config)
-  variant, c = kw.pop("variant"), kw.pop("code_channels")
-  for k in ("dtype", "stream_dtype"):
-    kw[k] = jnp.dtype(kw.get(k) or "float32")
-  kw["mask_lengths"] = tuple(kw.get("mask_lengths") or ())
-  kw["logvar_range"] = tuple(kw["logvar_range"])
-  return vitok.create(variant, c, **kw)
-
-
 def input_shape(config, batch: Optional[int] = None):
   b = config.input.batch_size if batch is None else batch
   res, t = config.input.res, config.input.frames
@@ -206,13 +184,9 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
   The step takes `frozen` = {"lpips": params} (replicated, no gradients,
   outside the train state); pass {} when loss.lpips_weight is 0.
   """
-  model = build_model(config.model)
+  model = vitok.from_config(config.model)
   shape = input_shape(config, batch)
-  n_batch_devices = int(np.prod([mesh.shape[a] for a in sh.batch_axes(mesh)]))
-  if shape[0] % n_batch_devices:
-    raise ValueError(f"config.input.batch_size={shape[0]} is not divisible by "
-                     f"the {n_batch_devices} devices of the data axes "
-                     f"{dict(mesh.shape)}")
+  common.check_batch(shape[0], mesh)
   model.token_grid(shape)  # fail early on a resolution the model can't take
   base_rng = jax.random.key(config.seed)
   lc, dc = config.loss, config.disc
@@ -238,11 +212,7 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
   d_tx, d_sched = make_disc_tx(dc) if use_gan else (None, None)
 
   def init(rng):
-    params = init_params(rng)
-    state = dict(step=jnp.zeros((), jnp.int32), params=params,
-                 opt=tx.init(params))
-    if ema_decay is not None:
-      state["params_ema"] = params
+    state = common.new_state(init_params(rng), tx, ema_decay)
     if use_gan:
       d_params = disc.init(jax.random.fold_in(rng, 1),
                            jnp.zeros(frame_shape))["params"]
@@ -311,11 +281,9 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
     # --- generator (the ViTok auto-encoder)
     (_, (terms, recon)), grads = jax.value_and_grad(g_loss, has_aux=True)(
         state["params"], state, images, frozen, rng)
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new = dict(state, step=step + 1, params=params, opt=opt)
-    measurements = dict(terms, l2_grads=u.l2_norm(grads),
-                        l2_params=u.l2_norm(params), lr=schedule(step))
+    # (and the EMA of the trained params; frozen ones stay themselves)
+    new, measurements = common.apply_gradients(state, grads, tx, schedule,
+                                               ema_decay, **terms)
 
     # --- discriminator
     if use_gan:
@@ -332,20 +300,12 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
             fake=dec * state["lecam"]["fake"] + (1 - dec) * d_terms["d_fake"])
       measurements.update(d_terms, l2_d_grads=u.l2_norm(d_grads),
                           d_lr=d_sched(step), gan_on=gan_switch(step))
-
-    # --- EMA of the trained params (frozen ones stay equal to themselves)
-    if ema_decay is not None:
-      new["params_ema"] = host_loop.ema_update(state["params_ema"], params,
-                                               ema_decay)
-    measurements["finite"] = host_loop.finite_flag(measurements)
-    return new, measurements
+    return new, common.with_finite_flag(measurements)
 
   frozen_sharding = {"lpips": repl} if lc.lpips_weight else {}
-  init_jit = jax.jit(init, out_shardings=state_sharding)
-  step_jit = jax.jit(
-      train_step, in_shardings=(state_sharding, batch_sharding,
-                                frozen_sharding),
-      out_shardings=(state_sharding, repl), donate_argnums=(0,))
+  init_jit = common.jit_init(init, state_sharding)
+  step_jit = common.jit_step(train_step, state_sharding,
+                             (batch_sharding, frozen_sharding), mesh)
   return Setup(model, mesh, abstract_state, state_sharding, batch_sharding,
                init_jit, step_jit, g_loss, d_loss)
 
@@ -397,7 +357,7 @@ def predict_fns(setup: Setup) -> dict:
           model, data_config))
 
 
-def restore_for_eval(config, workdir: str, step=None) -> host_loop.EvalRun:
+def restore_for_eval(config, workdir: str, step=None) -> common.EvalRun:
   """The eval job's view of a tokenizer run (vitok_jax/eval.py): `step` (or
   the latest) restored onto config.mesh; the EMA params when present."""
   if not config.evals:  # score the training data's evaluation crops
@@ -411,10 +371,9 @@ def restore_for_eval(config, workdir: str, step=None) -> host_loop.EvalRun:
     raise FileNotFoundError(f"No checkpoint in {ckpt.directory} to evaluate")
   state, _, _ = ckpt.restore(setup.abstract_state, setup.state_sharding, step)
   ckpt.close()
-  return host_loop.EvalRun(step=int(step),
-                           params=host_loop.eval_params(state),
-                           ema="params_ema" in state, mesh=mesh,
-                           predict_fns=predict_fns(setup))
+  return common.EvalRun(step=int(step), params=common.eval_params(state),
+                        ema="params_ema" in state, mesh=mesh,
+                        predict_fns=predict_fns(setup))
 
 
 def make_reconstruct_fn(setup: Setup):
@@ -483,6 +442,7 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
       train_data=input_pipeline.make_train_dataset(config.input, config.seed),
       examples_per_step=config.input.batch_size * config.input.frames,
       log_line=log_line, evaluators=evals, pictures=pictures,
+      eval_params=common.eval_params,
       description=f"ViTok {config.model.variant} with "
       f"{u.count_params(setup.abstract_state['params']) / 1e6:.1f}M params")
 

@@ -1,0 +1,75 @@
+"""The package's layers, read from its import statements: library modules
+never import a trainer, the host loop knows only its Task (not the
+trainers, not their shared step helpers), and no two modules import each
+other, directly or around a cycle."""
+import ast
+import pathlib
+
+import pytest
+
+PKG = pathlib.Path(__file__).parents[1] / "vitok_jax"
+# Entry points and the trainer registry may import trainers.
+ENTRY_POINTS = {"vitok_jax.train", "vitok_jax.eval", "vitok_jax.sample",
+                "vitok_jax.trainers"}
+
+
+def module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(PKG.parent).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: pathlib.Path) -> set:
+  """The vitok_jax modules a file imports (anywhere in it, lazy ones too)."""
+  out = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      out |= {a.name for a in node.names if a.name.startswith("vitok_jax")}
+    elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+        "vitok_jax"):
+      for a in node.names:  # "from vitok_jax.models import vitok"
+        candidate = f"{node.module}.{a.name}"
+        out.add(candidate if (PKG.parent / (candidate.replace(".", "/") + ".py")
+                              ).exists() or (PKG.parent / candidate.replace(
+                                  ".", "/")).is_dir() else node.module)
+  return out
+
+
+GRAPH = {module_name(p): imports_of(p) for p in PKG.rglob("*.py")}
+
+
+def test_the_graph_is_read():
+  assert "vitok_jax.trainers.tokenizer" in GRAPH["vitok_jax.train"] or (
+      "vitok_jax.trainers" in GRAPH["vitok_jax.train"])
+  assert "vitok_jax.models.vitok" in GRAPH["vitok_jax.latents"]
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_no_library_module_imports_a_trainer(module):
+  if module in ENTRY_POINTS or module.startswith("vitok_jax.trainers."):
+    return
+  bad = sorted(m for m in GRAPH[module] if m.startswith("vitok_jax.trainers"))
+  assert not bad, f"{module} imports {bad}"
+
+
+def test_the_host_loop_knows_only_its_task():
+  bad = sorted(m for m in GRAPH["vitok_jax.trainers.host_loop"]
+               if m.startswith("vitok_jax.trainers"))
+  assert not bad, bad
+
+
+def test_no_import_cycles():
+  state = {}
+
+  def visit(m, stack):
+    state[m] = "open"
+    for n in sorted(GRAPH.get(m, ())):
+      if n not in GRAPH or n == m:
+        continue
+      assert state.get(n) != "open", " -> ".join(stack + [m, n])
+      if n not in state:
+        visit(n, stack + [m])
+    state[m] = "done"
+
+  for m in sorted(GRAPH):
+    if m not in state:
+      visit(m, [])

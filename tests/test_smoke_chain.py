@@ -1,0 +1,83 @@
+"""The whole chain once, at the smallest shapes, in about a minute: the quick
+tier's end-to-end path (`pytest -m "not slow"`). A tokenizer trains two
+steps and evaluates; the eval job scores the same params the same way; a
+DiT trains two steps on its latents, evaluates its samples and samples
+through vitok_jax.sample; both runs export to PyTorch and verify. The slow
+tier checks each link against independent calculations."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs.dit import dit_l_vitok_s_b16_256 as dit_config
+from configs.vitok import s_b16_256
+from tests import helpers
+from vitok_jax import checkpoint as ckpt_lib
+from vitok_jax import eval as eval_job
+from vitok_jax import sample as sample_lib
+from vitok_jax.trainers import dit
+from vitok_jax.trainers import tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("smoke") / "vitok")
+  c = s_b16_256.get_config("runlocal,lpips=0,steps=2,res=32,batch=8,"
+                           "inception_weights=none.npz")
+  c.log_every = c.ckpt_every = 1
+  m = tokenizer.train_and_evaluate(c, wd)
+  return c, wd, m
+
+
+def _rows(wd):
+  with open(os.path.join(wd, "metrics.jsonl")) as f:
+    return [json.loads(l) for l in f]
+
+
+def test_tokenizer_trains_evaluates_and_the_eval_job_agrees(tokenizer_run):
+  c, wd, m = tokenizer_run
+  assert np.isfinite(m["loss"])
+  assert ckpt_lib.Checkpointer(wd).all_steps() == [1, 2]
+  final = [r for r in _rows(wd) if "heldout/rpsnr" in r]
+  assert [r["step"] for r in final] == [2] and final[0][
+      "heldout/num_examples"] == 16
+  assert os.path.exists(os.path.join(wd, "reconstruction.png"))
+  r = eval_job.evaluate(c, wd)
+  for k in ("heldout/rpsnr", "heldout/rssim", "heldout/bicubic_rpsnr"):
+    assert r[k] == pytest.approx(final[0][k], rel=1e-5), k
+
+
+@pytest.fixture(scope="module")
+def dit_run(tokenizer_run):
+  wd = os.path.join(os.path.dirname(tokenizer_run[1]), "dit")
+  c = dit_config.get_config(f"runlocal,tokenizer={tokenizer_run[1]},steps=2,"
+                            "tokens=16,res=32,batch=8")
+  c.log_every = c.ckpt_every = c.image_every = 1
+  c.num_preview = 8
+  c.sampling.num_steps = 2
+  c.evals.classes.update(num_samples=4, batch_size=8, num_steps=2)
+  m = dit.train_and_evaluate(c, wd)
+  return c, wd, m
+
+
+def test_dit_trains_samples_and_evaluates(dit_run):
+  c, wd, m = dit_run
+  assert np.isfinite(m["loss"]) and m["lr"] > 0
+  final = [r for r in _rows(wd) if "classes/num_samples" in r]
+  assert final[-1]["classes/num_samples"] == 4 and final[-1]["step"] == 2
+  stats = dit.load_run_stats(wd)
+  assert stats.mean.shape == (16,) and np.all(stats.std > 0)
+  out = sample_lib.sample(c, wd, 5, cfg=2.0, steps=2, batch_size=8)
+  with np.load(out["npz"]) as f:
+    assert f["arr_0"].shape == (5, 32, 32, 3) and f["arr_0"].dtype == np.uint8
+    np.testing.assert_array_equal(f["labels"], np.arange(5) % 9)
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "dit"])
+def test_both_runs_export_to_pytorch(which, tokenizer_run, dit_run, tmp_path):
+  wd = tokenizer_run[1] if which == "tokenizer" else dit_run[1]
+  err = helpers.load_tool("export_pytorch").main(
+      ["--workdir", wd, "--ema" if which == "dit" else "--step=2",
+       "--out", str(tmp_path / "m.safetensors"), "--verify"])
+  assert err < 1e-4
