@@ -22,7 +22,7 @@ setuptools.setup(
         # resolver never upgrades torch. Only the parity tests (lpips,
         # pytorch-fid, torch-fidelity, diffusers' DDIM references) and the
         # PyTorch export need them.
-        "test": ["pytest>=7", "chex>=0.1.86", "tensorboard>=2.15",
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "chex>=0.1.86", "tensorboard>=2.15",
                  "torch==2.13.0", "torchvision==0.28.0", "lpips==0.1.4",
                  "pytorch-fid==0.3.0", "torch-fidelity==0.4.0",
                  "diffusers==0.42.1"],

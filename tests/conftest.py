@@ -5,3 +5,37 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8")
+
+
+# The quick tier (`pytest -m "not slow"`, a few minutes on 2 cores) touches
+# every module: unit tests, parity at tiny shapes, and test_smoke_chain.py's
+# end-to-end run. These are the slow tier's: whole files, or named tests.
+SLOW_FILES = {
+    "test_multihost_jobs.py", "test_multihost_video.py", "test_multihost.py", "test_dit_train.py",
+    "test_train.py", "test_stage2.py", "test_loss_gradients.py",
+    "test_torch_export.py", "test_eval.py",
+}
+SLOW_TESTS = {
+    "test_video.py": {"test_video_runlocal_trains_and_the_eval_job_reports_rfvd",
+                      "test_video_step_with_framewise_lpips_and_gan",
+                      "test_train_batches_skip_and_count_bad_videos"},
+    "test_robustness.py": {
+        "test_sigterm_saves_that_step_and_the_restart_is_exact",
+        "test_failure_right_after_a_save_exits_nonzero_at_once",
+        "test_non_finite_state_is_never_saved",
+        "test_a_second_job_on_the_workdir_fails_naming_the_first",
+        "test_a_damaged_latest_checkpoint_falls_back_and_metrics_stay_unique"},
+    "test_sweeps.py": {"test_sweep_runs_resumes_skips_and_plots"},
+    "test_lpips.py": {"test_distance_is_zero_for_identical_images_and_has_input_grads",
+                      "test_random_weights_only_when_allowed"},
+    "test_bench.py": {"test_bench_modes_xla_flops_profile_and_input"},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  import pytest  # pylint: disable=g-import-not-at-top
+  for item in items:
+    name = os.path.basename(str(item.fspath))
+    if name in SLOW_FILES or item.originalname in SLOW_TESTS.get(name, ()):
+      item.add_marker(pytest.mark.slow)

@@ -1,6 +1,10 @@
 """Shared test helpers."""
 import importlib.util
+import os
 import pathlib
+import socket
+import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -12,3 +16,37 @@ def load_tool(name: str):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch(module, args, processes, devices, timeout=600):
+  """Runs `python -m module args` (module None: `python args`, a script) as
+  `processes` processes of `devices` fake CPU devices each; returns their
+  stdouts (asserting every one exits 0)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  port = _free_port()
+  dist = lambda i: ([f"--coordinator_address=127.0.0.1:{port}",
+                     f"--num_processes={processes}", f"--process_id={i}"]
+                    if processes > 1 else [])
+  run = [sys.executable] + (["-m", module] if module else [])
+  procs = [subprocess.Popen(run + [*args, *dist(i)],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for i in range(processes)]
+  outs = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=timeout)
+      assert p.returncode == 0, f"{module} {args} failed:\n{err[-4000:]}"
+      outs.append(out)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return outs

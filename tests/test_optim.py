@@ -128,3 +128,42 @@ def test_schedule_ends_at_end_lr_factor_times_peak(warmup):
     np.testing.assert_allclose(float(sched(s)), closed_form(s), rtol=1e-5,
                                err_msg=f"step {s}")
   np.testing.assert_allclose(float(sched(total)), end * peak, rtol=1e-5)
+
+
+DIT_CONFIGS = ["dit_l_vitok_s_b16_256", "dit_xl_vitok_s_b16_256",
+               "dit_xl_vitok_s_b16_512", "dit_l_vitok_s_b4x8_128"]
+
+
+@pytest.mark.parametrize("name", DIT_CONFIGS)
+def test_dit_peak_lr_has_no_frames_factor(name):
+  """The DiT recipe: 1e-4 at batch 256, constant; a video latent is one
+  sample (the tokenizer's batch x frames rule is not the DiT's)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
+  mod = importlib.import_module(f"configs.dit.{name}")
+  c = dit.resolve_config(mod.get_config("tokenizer=/runs/t"))
+  assert dit.peak_lr(c) == pytest.approx(1e-4)  # batch 256, any frames
+  assert c.optim.end_lr_factor == 1.0 and c.optim.warmup_steps == 0
+  local = dit.resolve_config(mod.get_config("runlocal,tokenizer=/runs/t"))
+  assert dit.peak_lr(local) == pytest.approx(
+      local.optim.base_lr * local.input.batch_size / 256)
+
+
+def test_video_dit_step_trains_at_the_frameless_lr():
+  """The lr the video DiT's step reports is base_lr x batch / 256."""
+  from configs.dit import dit_l_vitok_s_b4x8_128  # pylint: disable=g-import-not-at-top
+  from vitok_jax import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
+  c = dit.resolve_config(dit_l_vitok_s_b4x8_128.get_config(
+      "runlocal,tokenizer=/runs/t"))
+  c.optim.warmup_steps = 0
+  c.latents.source = "shards:unused"  # the step takes latents
+  assert c.input.frames == 16
+  codec = latents_lib.Codec(vitok.create("mu-mu/2x8", 16), None, 32, 16)
+  mesh = sh.make_mesh([("data", 1)], jax.devices()[:1])
+  setup = dit.make_setup(c, mesh, codec)
+  state = setup.init(jax.random.key(0))
+  z = np.zeros((c.input.batch_size, codec.num_tokens, 16), np.float32)
+  y = np.zeros((c.input.batch_size,), np.int32)
+  _, m = setup.step(state, z, y, {})
+  assert float(m["lr"]) == pytest.approx(c.optim.base_lr * 8 / 256)

@@ -1,7 +1,8 @@
 """The whole chain once, at the smallest shapes, in about a minute: the quick
 tier's end-to-end path (`pytest -m "not slow"`). A tokenizer trains two
-steps and evaluates; the eval job scores the same params the same way; a
-DiT trains two steps on its latents, evaluates its samples and samples
+steps through `python -m vitok_jax.train` and evaluates; the eval job scores
+the same params the same way; tools/encode_dataset.py writes its latents as
+shards; a DiT trains two steps on them, evaluates its samples and samples
 through vitok_jax.sample; both runs export to PyTorch and verify. The slow
 tier checks each link against independent calculations."""
 import json
@@ -17,17 +18,22 @@ from vitok_jax import checkpoint as ckpt_lib
 from vitok_jax import eval as eval_job
 from vitok_jax import sample as sample_lib
 from vitok_jax.trainers import dit
-from vitok_jax.trainers import tokenizer
+
+
+ARG = "runlocal,lpips=0,steps=2,res=32,batch=8,inception_weights=none.npz"
 
 
 @pytest.fixture(scope="module")
 def tokenizer_run(tmp_path_factory):
+  """Trained by the real entry point, one process of 2 fake devices."""
   wd = str(tmp_path_factory.mktemp("smoke") / "vitok")
-  c = s_b16_256.get_config("runlocal,lpips=0,steps=2,res=32,batch=8,"
-                           "inception_weights=none.npz")
+  out = helpers.launch("vitok_jax.train", [
+      f"--config=configs/vitok/s_b16_256.py:{ARG}", f"--workdir={wd}",
+      "--config.log_every=1", "--config.ckpt_every=1"], processes=1,
+                       devices=2)[0]
+  c = s_b16_256.get_config(ARG)
   c.log_every = c.ckpt_every = 1
-  m = tokenizer.train_and_evaluate(c, wd)
-  return c, wd, m
+  return c, wd, out
 
 
 def _rows(wd):
@@ -36,8 +42,9 @@ def _rows(wd):
 
 
 def test_tokenizer_trains_evaluates_and_the_eval_job_agrees(tokenizer_run):
-  c, wd, m = tokenizer_run
-  assert np.isfinite(m["loss"])
+  c, wd, out = tokenizer_run
+  assert "held-out photos: rPSNR" in out and "[16 images]" in out
+  assert all(np.isfinite(r["loss"]) for r in _rows(wd) if "loss" in r)
   assert ckpt_lib.Checkpointer(wd).all_steps() == [1, 2]
   final = [r for r in _rows(wd) if "heldout/rpsnr" in r]
   assert [r["step"] for r in final] == [2] and final[0][
@@ -50,9 +57,15 @@ def test_tokenizer_trains_evaluates_and_the_eval_job_agrees(tokenizer_run):
 
 @pytest.fixture(scope="module")
 def dit_run(tokenizer_run):
-  wd = os.path.join(os.path.dirname(tokenizer_run[1]), "dit")
+  root = os.path.dirname(tokenizer_run[1])
+  shards, wd = os.path.join(root, "latents"), os.path.join(root, "dit")
+  helpers.load_tool("encode_dataset").main([
+      f"--tokenizer={tokenizer_run[1]}", "--data=embedded", "--res=32",
+      "--shard_size=4", "--batch_size=4", "--workers=1", f"--out={shards}"])
+  assert sorted(os.listdir(shards))[:2] == ["meta.json",
+                                           "shard_00000.labels.npy"]
   c = dit_config.get_config(f"runlocal,tokenizer={tokenizer_run[1]},steps=2,"
-                            "tokens=16,res=32,batch=8")
+                            f"tokens=16,res=32,batch=8,shards={shards}")
   c.log_every = c.ckpt_every = c.image_every = 1
   c.num_preview = 8
   c.sampling.num_steps = 2

@@ -39,9 +39,11 @@ from typing import List, NamedTuple
 
 import grain
 import jax
+import ml_collections
 import numpy as np
 from PIL import Image
 
+from vitok_jax import config_utils
 from vitok_jax import video
 from vitok_jax.pp import ops
 
@@ -429,6 +431,31 @@ class CountingIterator:
 
   def set_state(self, state):
     self._it.set_state(state)
+
+
+def default_config(**overrides):
+  """config.input with every key and its default (both trainers start from
+  this): `overrides` set a trainer's own defaults."""
+  c = ml_collections.ConfigDict(dict(
+      data="embedded", data_dir="", image_key="image", res=256, frames=1,
+      batch_size=256, crop="random_resized", crop_scale=(0.5, 1.0), flip=True,
+      num_workers=0,
+      # Videos (frames > 1): clips at fps; TFDS videos are stored as frames
+      # under video_key at src_fps.
+      fps=8.0, src_fps=25.0, video_key="video",
+      # Unreadable records are skipped and counted; above this fraction of
+      # the records read the run stops.
+      max_bad_fraction=0.01))
+  c.update(overrides)
+  return c
+
+
+# The rule of each numeric config.input key (config_utils.check_values).
+VALIDATORS = {"input.res": config_utils.POSITIVE,
+              "input.frames": config_utils.POSITIVE,
+              "input.batch_size": config_utils.POSITIVE,
+              "input.num_workers": config_utils.NON_NEGATIVE,
+              "input.max_bad_fraction": config_utils.FRACTION}
 
 
 def check_bad_fraction(skipped: int, read: int, max_fraction: float) -> None:

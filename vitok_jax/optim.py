@@ -24,14 +24,16 @@ def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
       end_value=peak_lr * end_factor)
 
 
-def peak_lr(optim_config, input_config) -> float:
+def peak_lr(optim_config, input_config, per_frame: bool = True) -> float:
   """The paper's rule: peak lr = base_lr * batch * frames / 256.
 
-  `optim.base_lr` is the peak lr per 256 samples (1e-4 in the paper); a
-  sample is a frame, so a video batch of 256 clips of 16 frames trains at
-  16x the lr of 256 images.
+  `optim.base_lr` is the peak lr per 256 samples (1e-4 in the paper); for a
+  tokenizer a sample is a frame, so a video batch of 256 clips of 16 frames
+  trains at 16x the lr of 256 images. A DiT's sample is one latent (a whole
+  clip's tokens): per_frame=False, peak lr = base_lr * batch / 256 (the DiT
+  recipe: 1e-4 at batch 256).
   """
-  frames = input_config.get("frames", 1) or 1
+  frames = (input_config.get("frames", 1) or 1) if per_frame else 1
   return float(optim_config.base_lr) * input_config.batch_size * frames / 256
 
 

@@ -69,11 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
                  mlp_dim=placeholder(int), rope_base=10000.0)
   # Images for source="encode" (the tokenizer's resolution); ADM/DiT crop:
   # resize + centre crop + random flip.
-  c.input = dict(data="embedded", data_dir="", image_key="image", res=256,
-                 frames=1, batch_size=256, crop="center",
-                 crop_scale=(0.5, 1.0), flip=True, num_workers=0,
-                 fps=8.0, src_fps=25.0, video_key="video",  # videos
-                 max_bad_fraction=0.01)
+  c.input = input_pipeline.default_config(batch_size=256, crop="center")
   c.diffusion = dict(train_steps=1000, beta_start=1e-4, beta_end=0.02,
                      label_dropout=0.1)
   # Sampling for pictures and `python -m vitok_jax.sample` defaults.
@@ -92,7 +88,6 @@ VALIDATORS = {
     **host_loop.LOOP_VALIDATORS, "num_classes": V.POSITIVE,
     "latents.tokens": V.POSITIVE, "latents.channels": V.POSITIVE,
     "latents.stats_examples": V.POSITIVE, "latents.stats_batch": V.POSITIVE,
-    "input.res": V.POSITIVE,
     "diffusion.train_steps": V.POSITIVE,
     "diffusion.beta_start": V.OPEN_UNIT_INTERVAL,
     "diffusion.beta_end": V.OPEN_UNIT_INTERVAL,
@@ -139,6 +134,12 @@ def load_codec(config) -> latents_lib.Codec:
   return codec
 
 
+def peak_lr(config) -> float:
+  """base_lr x batch / 256: a DiT's batch is its batch of latents, with no
+  frames factor (a video latent is one sample)."""
+  return optim.peak_lr(config.optim, config.input, per_frame=False)
+
+
 def make_schedule(config) -> diffusion.Schedule:
   dc = config.diffusion
   return diffusion.linear_schedule(dc.train_steps, dc.beta_start, dc.beta_end)
@@ -179,7 +180,7 @@ def make_setup(config, mesh, codec: latents_lib.Codec, *,
 
   abstract_params = jax.eval_shape(init_params, base_rng)
   tx, schedule = optim.make(config.optim, abstract_params, config.total_steps,
-                            optim.peak_lr(config.optim, config.input))
+                            peak_lr(config))
 
   def init(rng):
     state = common.new_state(init_params(rng), tx, ema_decay)
@@ -346,8 +347,7 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
   setup = make_setup(config, mesh, codec)
   del workdir  # the run keeps everything in its checkpoints
   tok_params = jax.device_put(codec.params, sh.replicated(mesh))
-  logging.info("Peak lr %.4g; latents %s", optim.peak_lr(
-      config.optim, config.input), codec.describe())
+  logging.info("Peak lr %.4g; latents %s", peak_lr(config), codec.describe())
 
   if config.latents.source == "encode":
     train_data = input_pipeline.make_train_dataset(config.input, config.seed)

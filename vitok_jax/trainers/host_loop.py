@@ -62,9 +62,7 @@ LOOP_VALIDATORS = {
     "image_every": config_utils.NON_NEGATIVE,
     "num_preview": config_utils.POSITIVE,
     "ema_decay": config_utils.FRACTION,
-    "input.batch_size": config_utils.POSITIVE,
-    "input.num_workers": config_utils.NON_NEGATIVE,
-    "input.max_bad_fraction": config_utils.FRACTION,
+    **input_pipeline.VALIDATORS,
 }
 
 

@@ -59,16 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
       logvar_range=(-30.0, 20.0), rope_base=10000.0,
       dtype="bfloat16", stream_dtype="float32", remat="none",
       attn_impl=placeholder(str))  # unset | "xla" | "cudnn"
-  c.input = dict(data="embedded", data_dir="", image_key="image", res=256,
-                 frames=1, batch_size=1024, crop="random_resized",
-                 crop_scale=(0.5, 1.0), flip=True,
-                 num_workers=0,
-                 # Videos (frames > 1): clips at fps; TFDS videos are stored
-                 # as frames under video_key at src_fps.
-                 fps=8.0, src_fps=25.0, video_key="video",
-                 # Unreadable records are skipped and counted; above this
-                 # fraction of the records read the run stops.
-                 max_bad_fraction=0.01)
+  c.input = input_pipeline.default_config(batch_size=1024)
   c.loss = dict(rec="l2", kl_weight=1e-3, lpips_weight=0.0,
                 lpips_weights="",  # .npz from tools/convert_lpips.py
                 lpips_allow_random=False,  # no weights -> random VGG
@@ -98,7 +89,6 @@ V = config_utils
 VALIDATORS = {
     **host_loop.LOOP_VALIDATORS,
     "model.code_channels": V.POSITIVE, "model.num_latent_tokens": V.NON_NEGATIVE,
-    "input.res": V.POSITIVE, "input.frames": V.POSITIVE,
     "loss.kl_weight": V.NON_NEGATIVE, "loss.lpips_weight": V.NON_NEGATIVE,
     "loss.gan_weight": V.NON_NEGATIVE, "loss.gan_start_step": V.NON_NEGATIVE,
     "loss.r1_weight": V.NON_NEGATIVE, "loss.lecam_weight": V.NON_NEGATIVE,
