@@ -151,7 +151,7 @@ def _loop(config, workdir, task: Task, writer, ckpt, train_it, state, start,
 
   def run_evals(step, final):
     for name, ev in task.evaluators.items():
-      if final or is_due(step, ev.log_steps, last):
+      if is_due(step, ev.log_steps, last):  # the last step included
         results = dict(ev.run(task.eval_params(state)))
         scalars = evaluators.write_results(writer, step, results)
         logging.info("eval %s at step %d: %s", name, step, scalars)
