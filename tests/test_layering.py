@@ -73,3 +73,47 @@ def test_no_import_cycles():
   for m in sorted(GRAPH):
     if m not in state:
       visit(m, [])
+
+
+# File access goes through vitok_jax/fileio.py, so that every path a job
+# reads or writes may be gs://. These calls reach only the local disk:
+LOCAL_ONLY_CALLS = {"open", "os.path.join", "os.path.exists", "os.path.isdir",
+                    "os.path.isfile", "os.path.abspath", "os.path.dirname",
+                    "os.path.basename", "os.path.expanduser", "os.makedirs",
+                    "os.listdir", "os.remove", "os.replace", "os.rename",
+                    "os.walk", "os.scandir", "os.open", "np.load", "np.save",
+                    "np.savez", "shutil.move", "shutil.rmtree", "shutil.copy",
+                    "glob.glob", "pathlib.Path"}
+# (file, call) pairs that never touch a job's paths, with the reason.
+LOCAL_ONLY_ALLOWED = {
+    # The demo's photos ship inside scikit-learn and matplotlib.
+    ("vitok_jax/input_pipeline.py", "os.path.join"),
+    ("vitok_jax/input_pipeline.py", "os.path.dirname"),
+}
+IO_TOOLS = ("check_metrics", "encode_dataset", "export_pytorch", "plot_sweep",
+            "convert_inception", "convert_lpips", "compute_ref_stats")
+
+
+def _dotted(node) -> str:
+  if isinstance(node, ast.Name):
+    return node.id
+  if isinstance(node, ast.Attribute):
+    inner = _dotted(node.value)
+    return f"{inner}.{node.attr}" if inner else ""
+  return ""
+
+
+def test_file_access_goes_through_fileio():
+  root = PKG.parent
+  files = [p for p in PKG.rglob("*.py") if p.name != "fileio.py"]
+  files += [root / "tools" / f"{t}.py" for t in IO_TOOLS]
+  found = []
+  for path in files:
+    rel = str(path.relative_to(root))
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Call):
+        name = _dotted(node.func)
+        if name in LOCAL_ONLY_CALLS and (rel, name) not in LOCAL_ONLY_ALLOWED:
+          found.append(f"{rel}:{node.lineno} {name}()")
+  assert not found, ("local-only file access outside vitok_jax/fileio.py "
+                     "(use fileio.*):\n" + "\n".join(found))

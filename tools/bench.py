@@ -64,7 +64,8 @@ def main(argv=None):
                   "autocast (default), bfloat16 = all-bf16")
   ap.add_argument("--remat", default="none", choices=["none", "block", "dots"],
                   help="activation checkpointing policy")
-  ap.add_argument("--attn_impl", default=None, help="None | xla | cudnn")
+  ap.add_argument("--attn_impl", default=None,
+                  help="None | auto | xla | cudnn | splash (models/attention.py)")
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--lpips", type=float, default=0.0,
@@ -121,7 +122,7 @@ def main(argv=None):
                     args.profile)
   header = (f"ViTok {args.variant} {'stage 2' if args.stage2 else 'stage 1'}"
             f" {args.frames}x{args.res}^2 batch {shape[0]}")
-  model_flops = (stage2_step_flops(setup.model, shape) if args.stage2 else
+  model_flops = (flops.stage2_step_flops(setup.model, shape) if args.stage2 else
                  flops.train_step_flops(setup.model, shape))
   return _report(header, args, compiled, compile_s, step_s, m, model_flops,
                  shape[0] * args.frames, mesh,
@@ -145,16 +146,6 @@ def bench_input(args) -> dict:
   print(f"input {args.input} at {args.frames}x{args.res}^2: {per_s:.1f} "
         f"{unit}/s on one core")
   return dict(data=args.input, per_sec=per_s, unit=unit)
-
-
-def stage2_step_flops(model, shape) -> float:
-  """Encoder forward + decoder forward and backward (2 FLOPs per MAC)."""
-  macs = flops.count_macs(model, (1,) + tuple(shape[1:]))
-  n_patch = macs["tokens"]
-  tub_in = model.tubelet * model.patch * model.patch * 3
-  enc = macs["encoder"] + n_patch * tub_in * model.enc_width
-  dec = macs["decoder"] + n_patch * tub_in * model.dec_width
-  return 2 * (enc + 3 * dec) * shape[0]
 
 
 def _time(compiled, state, args_tuple, warmup, steps, profile=None):
@@ -201,12 +192,7 @@ def bench_half(args, config, mesh):
   compile_s = time.time() - t0
   step = lambda state, x: (state, {"loss": jnp.mean(compiled(params, x))})
   step_s, m = _time(step, None, (x,), args.warmup, args.steps, args.profile)
-  macs = flops.count_macs(model, (1,) + shape[1:])
-  n_patch = macs["tokens"]
-  tub_in = model.tubelet * model.patch * model.patch * 3
-  half = (macs["encoder"] + n_patch * tub_in * model.enc_width
-          if args.mode == "encode" else
-          macs["decoder"] + n_patch * tub_in * model.dec_width)
+  half = flops.half_macs(model, shape)[args.mode]
   return _report(f"ViTok {args.variant} {args.mode} {args.frames}x{args.res}^2"
                  f" batch {shape[0]}", args, compiled, compile_s, step_s, m,
                  2 * half * shape[0], shape[0] * args.frames, mesh,

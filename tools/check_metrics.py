@@ -11,14 +11,15 @@ values of the last row that has both keys.
 """
 import argparse
 import json
-import os
 import sys
+
+from vitok_jax import fileio
 
 
 def last_values(path: str, keys) -> dict:
   """The values of `keys` in the last row of a metrics.jsonl with all of them."""
   found = None
-  with open(path) as f:
+  with fileio.open(path) as f:
     for line in f:
       try:
         row = json.loads(line)
@@ -38,8 +39,8 @@ def main(argv=None) -> int:
   ap.add_argument("--above", required=True,
                   help="the metric must be strictly above this one")
   args = ap.parse_args(argv)
-  path = os.path.join(args.workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = fileio.join(args.workdir, "metrics.jsonl")
+  if not fileio.exists(path):
     raise SystemExit(f"{path} does not exist: did the run start?")
   row = last_values(path, (args.metric, args.above))
   ok = row[args.metric] > row[args.above]

@@ -14,6 +14,8 @@ import argparse
 
 import numpy as np
 
+from vitok_jax import fileio
+
 _BN = {"weight": "scale", "bias": "bias", "running_mean": "mean",
        "running_var": "var"}
 
@@ -48,7 +50,7 @@ def main(argv=None):
   import torch  # pylint: disable=g-import-not-at-top
   state = torch.load(args.pth, map_location="cpu", weights_only=True)
   flat = convert(state)
-  np.savez(args.out, **flat)
+  fileio.save_npz(args.out, **flat)
   print(f"wrote {len(flat)} arrays to {args.out}")
 
 

@@ -13,6 +13,8 @@ import argparse
 
 import numpy as np
 
+from vitok_jax import fileio
+
 # torchvision vgg16().features indices of the 13 convolutions.
 VGG_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 VGG_CONV_NAMES = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1",
@@ -55,7 +57,7 @@ def main(argv=None):
   vgg = torch.load(args.vgg, map_location="cpu", weights_only=True)
   lin = torch.load(args.lin, map_location="cpu", weights_only=True)
   flat = convert(vgg, lin)
-  np.savez(args.out, **flat)
+  fileio.save_npz(args.out, **flat)
   print(f"wrote {len(flat)} arrays to {args.out}")
 
 

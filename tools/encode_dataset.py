@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from vitok_jax import distributed
+from vitok_jax import fileio
 from vitok_jax import input_pipeline
 from vitok_jax import latent_shards
 from vitok_jax import latents as latents_lib
@@ -50,7 +51,7 @@ def encode(tokenizer: str, data: str, res: int, out: str, *, step=None,
               num_shards=math.ceil(n / shard_size), tokens=codec.num_tokens,
               channels=codec.channels,
               rope_grid=list(codec.rope_grid) if codec.rope_grid else None)
-  if os.path.exists(os.path.join(out, latent_shards.META)):
+  if fileio.exists(fileio.join(out, latent_shards.META)):
     old = latent_shards.read_meta(out)
     differ = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
     if differ:

@@ -18,8 +18,6 @@ torch model on the embedded photos (centre crops at the model's resolution)
 and prints, as its last line, `max relative error: <value>`.
 """
 import argparse
-import json
-import os
 import sys
 
 import jax
@@ -28,6 +26,7 @@ import numpy as np
 
 from vitok_jax import checkpoint as ckpt_lib
 from vitok_jax import export
+from vitok_jax import fileio
 from vitok_jax import input_pipeline
 from vitok_jax.models import dit as dit_lib
 from vitok_jax.models import vitok
@@ -43,9 +42,8 @@ def read_run(workdir: str, step=None, ema: bool = False):
   if key not in state:
     raise ValueError(f"Checkpoint {step} of {workdir} has no {key!r} (the run "
                      "had no EMA)" if ema else f"Checkpoint has no {key!r}")
-  cfg_file = os.path.join(folder, "config", "metadata")
-  with open(cfg_file) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(
+      fileio.read_json(fileio.join(folder, "config", "metadata")))
   if config.get("trainer") == "dit":
     return state[key], dit.resolve_config(config), step
   return state[key], tokenizer.resolve_config(config), step

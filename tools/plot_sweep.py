@@ -15,10 +15,11 @@ Runs without an evaluation yet are listed as missing.
 import argparse
 import json
 import math
-import os
 import re
 
 import numpy as np
+
+from vitok_jax import fileio
 
 METRICS = ("rpsnr", "rssim", "rfid", "rfvd", "bicubic_rpsnr")
 
@@ -33,11 +34,11 @@ def patch_of(args: dict):
 
 def last_eval(workdir: str, prefix=None):
   """The last metrics.jsonl row with evaluation results -> {metric: value}."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = fileio.join(workdir, "metrics.jsonl")
+  if not fileio.exists(path):
     return None
   found = None
-  with open(path) as f:
+  with fileio.open(path) as f:
     for line in f:
       row = json.loads(line)
       keys = [k for k in row if k.endswith("/rpsnr") and
@@ -51,8 +52,7 @@ def last_eval(workdir: str, prefix=None):
 
 
 def collect(root: str, prefix=None) -> tuple:
-  with open(os.path.join(root, "sweep.json")) as f:
-    sweep = json.load(f)
+  sweep = fileio.read_json(fileio.join(root, "sweep.json"))
   rows, missing = [], []
   for run in sweep["runs"]:
     ev = last_eval(run["workdir"], prefix)
@@ -156,7 +156,10 @@ def plot(rows, out_png: str, title: str) -> None:
     ax.grid(alpha=0.3)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(out_png, dpi=120)
+  import io  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120)
+  fileio.write_atomic(out_png, buf.getvalue())
   plt.close(fig)
 
 
@@ -174,11 +177,10 @@ def main(argv=None):
     raise SystemExit(f"No run under {args.root} has an evaluation yet "
                      f"(missing: {missing})")
   corr = correlations(rows)
-  os.makedirs(out, exist_ok=True)
+  fileio.makedirs(out)
   md = table(rows, corr, missing)
-  with open(os.path.join(out, "sweep.md"), "w") as f:
-    f.write(md)
-  plot(rows, os.path.join(out, "sweep.png"), f"{sweep['sweep']}: "
+  fileio.write_atomic(fileio.join(out, "sweep.md"), md)
+  plot(rows, fileio.join(out, "sweep.png"), f"{sweep['sweep']}: "
        f"{len(rows)} runs")
   print(md)
   return dict(rows=rows, correlations=corr, missing=missing)

@@ -8,8 +8,6 @@ one mesh restores onto any other.
 """
 import json
 import logging
-import os
-import shutil
 import threading
 from typing import Any, Optional, Tuple
 
@@ -17,6 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vitok_jax import fileio
 from vitok_jax import sharding as sh
 
 
@@ -24,7 +23,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, max_to_keep: Optional[int] = 3,
                async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = fileio.join(fileio.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True,
         enable_async_checkpointing=async_save)
@@ -67,14 +66,14 @@ class Checkpointer:
       try:
         return self.restore(abstract_state, shardings, step)
       except Exception as e:  # pylint: disable=broad-except
-        damaged = os.path.join(os.path.dirname(self.directory),
-                               "checkpoints_damaged", str(step))
+        damaged = fileio.join(fileio.dirname(self.directory),
+                              "checkpoints_damaged", str(step))
         logging.warning("Checkpoint %s/%d is damaged (%s: %s); moving it to "
                         "%s and falling back to the previous step",
                         self.directory, step, type(e).__name__, e, damaged)
-        os.makedirs(os.path.dirname(damaged), exist_ok=True)
-        shutil.rmtree(damaged, ignore_errors=True)
-        shutil.move(os.path.join(self.directory, str(step)), damaged)
+        fileio.makedirs(fileio.dirname(damaged))
+        fileio.rmtree(damaged)
+        fileio.move(fileio.join(self.directory, str(step)), damaged)
         self.manager.reload()
     raise FileNotFoundError(f"No intact checkpoint left in {self.directory}")
 
@@ -113,9 +112,9 @@ def _config_to_dict(config) -> dict:
 
 def step_dir(workdir: str, step: Optional[int] = None) -> Tuple[str, int]:
   """(folder, step) of a workdir's checkpoint: the given or the latest step."""
-  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  steps = sorted(int(s) for s in os.listdir(ckpt_dir)
-                 if s.isdigit()) if os.path.isdir(ckpt_dir) else []
+  ckpt_dir = fileio.join(fileio.abspath(workdir), "checkpoints")
+  steps = sorted(int(s) for s in fileio.listdir(ckpt_dir)
+                 if s.isdigit()) if fileio.isdir(ckpt_dir) else []
   if not steps:
     raise FileNotFoundError(f"No checkpoint in {ckpt_dir}")
   if step is None:
@@ -123,7 +122,7 @@ def step_dir(workdir: str, step: Optional[int] = None) -> Tuple[str, int]:
   elif step not in steps:
     raise FileNotFoundError(f"No checkpoint for step {step} in {ckpt_dir}; "
                             f"have {steps}")
-  return os.path.join(ckpt_dir, str(step)), step
+  return fileio.join(ckpt_dir, str(step)), step
 
 
 def load_state_tree(path_or_workdir: str, step: Optional[int] = None,
@@ -133,11 +132,11 @@ def load_state_tree(path_or_workdir: str, step: Optional[int] = None,
   Accepts a workdir (its latest or given step) or a step folder. Used by the
   stage-2 initialisation and the PyTorch export.
   """
-  path = os.path.abspath(path_or_workdir)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  path = fileio.abspath(path_or_workdir)
+  if fileio.isdir(fileio.join(path, "checkpoints")):
     path, _ = step_dir(path, step)
-  item_dir = os.path.join(path, item)
-  if not os.path.isdir(item_dir):
+  item_dir = fileio.join(path, item)
+  if not fileio.isdir(item_dir):
     raise FileNotFoundError(f"{item_dir} is not an Orbax checkpoint item")
   with ocp.PyTreeCheckpointer() as ckptr:
     meta = ckptr.metadata(item_dir)

@@ -11,8 +11,6 @@ generation evaluators (gFID/gIS). Both trainers go through the same code:
 the trainer restores its run (restore_for_eval) and hands its predict
 functions to the evaluators of the registry (evaluators/common.py).
 """
-import json
-import os
 
 from absl import app
 from absl import flags
@@ -21,6 +19,7 @@ import jax
 from ml_collections import config_flags
 
 from vitok_jax import distributed
+from vitok_jax import fileio
 from vitok_jax import metrics_writer
 from vitok_jax import trainers
 from vitok_jax.evaluators import common as evaluators
@@ -39,8 +38,8 @@ def evaluate(config, workdir: str, step=None) -> dict:
 
   One path for every trainer: the trainer restores its run and hands over
   the predict functions; the evaluators come from the registry by type."""
-  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(ckpt_dir):  # a read-only job creates nothing
+  ckpt_dir = fileio.join(fileio.abspath(workdir), "checkpoints")
+  if not fileio.isdir(ckpt_dir):  # a read-only job creates nothing
     raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints folder "
                             f"({ckpt_dir}): is it the training run's workdir?")
   trainer = trainers.get(config.get("trainer", "tokenizer"))
@@ -50,7 +49,7 @@ def evaluate(config, workdir: str, step=None) -> dict:
                "EMA" if run.ema else "raw")
   evals = evaluators.build_all(config.evals, predict_fns=run.predict_fns,
                                mesh=run.mesh, input_config=config.input)
-  out_dir = os.path.join(workdir, "eval")
+  out_dir = fileio.join(workdir, "eval")
   writer = metrics_writer.MetricWriter(out_dir)
   results = {}
   for ev in evals.values():
@@ -62,8 +61,8 @@ def evaluate(config, workdir: str, step=None) -> dict:
       print(ev.summary(scalars), flush=True)
   writer.close()
   if jax.process_index() == 0:
-    with open(os.path.join(out_dir, f"results_{run.step}.json"), "w") as f:
-      json.dump(dict(step=run.step, ema=run.ema, **results), f, indent=2)
+    fileio.write_json(fileio.join(out_dir, f"results_{run.step}.json"),
+                      dict(step=run.step, ema=run.ema, **results))
   logging.info("Results at step %d: %s", run.step, results)
   return results
 

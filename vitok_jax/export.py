@@ -5,13 +5,14 @@ state dict (vitok_jax/torch/convert.py), checks that it is exactly what the
 module expects, and writes <out>.safetensors and <out>.json.
 """
 import dataclasses
-import json
-import os
 
 import numpy as np
 
 from vitok_jax.models import vitok
+from vitok_jax.torch import config_path as vt_config_path
 from vitok_jax.torch import convert
+
+from vitok_jax import fileio
 
 _JAX_ONLY = {"parent", "name", "dtype", "param_dtype", "stream_dtype", "remat",
              "attn_impl"}
@@ -30,15 +31,18 @@ def model_config(model: vitok.Model, params) -> dict:
 
 def export(params, model: vitok.Model, out: str, extra: dict = None) -> dict:
   """Writes <out> (safetensors) and its JSON; returns the torch state dict."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   state = convert.flax_to_torch(params)
   cfg = dict(model=model_config(model, params), **(extra or {}))
   _check_against_torch_module(state, cfg["model"])
-  os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
-  save_file(state, out, metadata={"format": "vitok_jax"})
-  with open(os.path.splitext(out)[0] + ".json", "w") as f:
-    json.dump(cfg, f, indent=2)
+  _write(out, state, cfg, {"format": "vitok_jax"})
   return state
+
+
+def _write(out: str, state, cfg: dict, metadata: dict) -> None:
+  """The safetensors weights and their JSON config, each written whole."""
+  from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
+  fileio.write_atomic(out, save(state, metadata=metadata))
+  fileio.write_json(vt_config_path(out), cfg)
 
 
 def dit_model_config(model, grid=None) -> dict:
@@ -52,17 +56,13 @@ def dit_model_config(model, grid=None) -> dict:
 def export_dit(params, model, out: str, latent_stats, grid=None,
                extra: dict = None) -> dict:
   """A DiT and its run's latent statistics -> <out> + JSON (kind "dit")."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   state = convert.flax_to_torch(params)
   cfg = dict(kind="dit", model=dit_model_config(model, grid),
              latent_stats=dict(mean=np.asarray(latent_stats.mean).tolist(),
                                std=np.asarray(latent_stats.std).tolist()),
              **(extra or {}))
   _check_against_torch_module(state, cfg["model"], kind="dit")
-  os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
-  save_file(state, out, metadata={"format": "vitok_jax", "kind": "dit"})
-  with open(os.path.splitext(out)[0] + ".json", "w") as f:
-    json.dump(cfg, f, indent=2)
+  _write(out, state, cfg, {"format": "vitok_jax", "kind": "dit"})
   return state
 
 

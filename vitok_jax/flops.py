@@ -99,3 +99,35 @@ def dit_macs(model, tokens: int) -> Dict[str, int]:
 def dit_train_step_flops(model, tokens: int, batch: int) -> float:
   """Real FLOPs (2 per multiply-add) of a DiT forward+backward, for MFU."""
   return 3 * 2 * dit_macs(model, tokens)["total"] * batch
+
+
+def half_macs(model: vitok.Model, input_shape: Sequence[int]) -> Dict[str, int]:
+  """Multiply-adds of each half for ONE example, its tubelet included:
+  `encode` (images -> code) and `decode` (code -> images)."""
+  macs = count_macs(model, (1,) + tuple(input_shape[1:]))
+  tub_in = model.tubelet * model.patch * model.patch * 3
+  return dict(encode=macs["encoder"] + macs["tokens"] * tub_in * model.enc_width,
+              decode=macs["decoder"] + macs["tokens"] * tub_in * model.dec_width)
+
+
+def stage2_step_flops(model: vitok.Model, input_shape: Sequence[int]) -> float:
+  """Stage 2's step: the frozen encoder's forward, the decoder's forward and
+  backward (2 FLOPs per multiply-add); LPIPS and the discriminator are not
+  model FLOPs."""
+  half = half_macs(model, input_shape)
+  return 2 * (half["encode"] + 3 * half["decode"]) * input_shape[0]
+
+
+def forward_flops(model: vitok.Model, input_shape: Sequence[int]) -> float:
+  """One evaluation-mode reconstruction of the batch (encode + decode)."""
+  return 2 * count_macs(model, (1,) + tuple(input_shape[1:]))["total"] * (
+      input_shape[0])
+
+
+def dit_sample_flops(model, tokens: int, batch: int, num_steps: int,
+                     guided: bool, decode_macs: int = 0) -> float:
+  """DDIM sampling of `batch` latents: `num_steps` DiT forwards, each on
+  twice the batch with classifier-free guidance, then the tokenizer's
+  decode (`decode_macs` per example, half_macs(...)["decode"])."""
+  per_step = dit_macs(model, tokens)["total"] * (2 if guided else 1)
+  return 2 * (num_steps * per_step + decode_macs) * batch

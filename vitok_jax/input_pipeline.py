@@ -34,7 +34,6 @@ continues with the same batches.
 """
 import logging
 import os
-import pathlib
 from typing import List, NamedTuple
 
 import grain
@@ -44,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from vitok_jax import config_utils
+from vitok_jax import fileio
 from vitok_jax import video
 from vitok_jax.pp import ops
 
@@ -121,17 +121,18 @@ class FolderImages:
   EXTS = IMAGE_EXTS
 
   def __init__(self, root: str):
-    root_path = pathlib.Path(root)
-    if not root_path.is_dir():
+    if not fileio.isdir(root):
       raise FileNotFoundError(f"config.input.data: image folder {root!r} does "
                               "not exist")
-    self.files: List[str] = sorted(
-        str(p) for p in root_path.rglob("*") if p.suffix.lower() in self.EXTS)
+    self.files: List[str] = [
+        f for f in fileio.rglob(root)
+        if "." in fileio.basename(f)
+        and "." + f.rsplit(".", 1)[-1].lower() in self.EXTS]
     if not self.files:
       raise FileNotFoundError(f"config.input.data: no {self.EXTS} "
                               f"{'videos' if self.is_video else 'images'} "
                               f"below {root!r}")
-    tops = [pathlib.Path(f).relative_to(root_path).parts for f in self.files]
+    tops = [fileio.relative_parts(f, root) for f in self.files]
     self.classes = sorted({p[0] for p in tops if len(p) > 1})
     index = {c: k for k, c in enumerate(self.classes)}
     self.labels = [index[p[0]] if len(p) > 1 else -1 for p in tops]
@@ -140,7 +141,7 @@ class FolderImages:
     return len(self.files)
 
   def __getitem__(self, i):
-    with Image.open(self.files[i]) as im:
+    with Image.open(fileio.local_or_file(self.files[i])) as im:
       im.load()  # decode now: a truncated file raises here
       return ops.pil_to_rgb_uint8(im)
 
@@ -242,7 +243,7 @@ def get_source(data: str, data_dir=None, image_key="image", frames: int = 1,
   kind, _, rest = data.partition(":")
   if kind == "folder" and rest:
     cls = FolderVideos if frames > 1 else FolderImages
-    return cls(os.path.expanduser(rest))
+    return cls(fileio.abspath(rest))
   if kind == "tfds" and rest:
     name, _, split = rest.partition(":")
     if frames > 1:

@@ -12,39 +12,34 @@ last), so an interrupted encoding resumes at the first missing shard. The
 .npy files are memory-mapped: grain reads records at random without loading
 the data set into memory.
 """
-import glob
-import json
-import os
 from typing import Iterator, Optional
 
 import grain
 import jax
 import numpy as np
 
+from vitok_jax import fileio
+
 META = "meta.json"
 
 
 def shard_paths(directory: str, index: int):
-  base = os.path.join(directory, f"shard_{index:05d}")
+  base = fileio.join(directory, f"shard_{index:05d}")
   return base + ".latents.npy", base + ".labels.npy"
 
 
 def read_meta(directory: str) -> dict:
-  path = os.path.join(os.path.expanduser(directory), META)
-  if not os.path.exists(path):
+  path = fileio.join(fileio.abspath(directory), META)
+  if not fileio.exists(path):
     raise FileNotFoundError(
         f"config.latents.source: {path} does not exist; write latent shards "
         "with tools/encode_dataset.py --out=" + directory)
-  with open(path) as f:
-    return json.load(f)
+  return fileio.read_json(path)
 
 
 def write_meta(directory: str, meta: dict) -> None:
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, META + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(tmp, os.path.join(directory, META))
+  fileio.makedirs(directory)
+  fileio.write_json(fileio.join(directory, META), meta)
 
 
 def write_shard(directory: str, index: int, latents: np.ndarray,
@@ -53,17 +48,15 @@ def write_shard(directory: str, index: int, latents: np.ndarray,
   lat_path, lab_path = shard_paths(directory, index)
   for path, arr in ((lat_path, np.asarray(latents, np.float32)),
                     (lab_path, np.asarray(labels, np.int32))):
-    tmp = path[:-4] + ".tmp.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    fileio.save_npy(path, arr)
 
 
 def complete_shards(directory: str) -> list:
   """Indices of the shards whose both files exist."""
   done = []
-  for lab in sorted(glob.glob(os.path.join(directory, "shard_*.labels.npy"))):
-    index = int(os.path.basename(lab)[6:11])
-    if os.path.exists(shard_paths(directory, index)[0]):
+  for lab in fileio.glob(directory, "shard_*.labels.npy"):
+    index = int(fileio.basename(lab)[6:11])
+    if fileio.exists(shard_paths(directory, index)[0]):
       done.append(index)
   return done
 
@@ -72,7 +65,7 @@ class LatentShards:
   """Random access over every record of every shard: {"latent", "label"}."""
 
   def __init__(self, directory: str):
-    self.directory = os.path.expanduser(directory)
+    self.directory = fileio.abspath(directory)
     self.meta = read_meta(self.directory)
     n_shards = int(self.meta["num_shards"])
     missing = sorted(set(range(n_shards)) - set(complete_shards(
@@ -84,8 +77,8 @@ class LatentShards:
     self.latents, self.labels = [], []
     for i in range(n_shards):
       lat, lab = shard_paths(self.directory, i)
-      self.latents.append(np.load(lat, mmap_mode="r"))
-      self.labels.append(np.load(lab))
+      self.latents.append(fileio.load_npy(lat, mmap=True))
+      self.labels.append(fileio.load_npy(lab))
     sizes = [len(l) for l in self.labels]
     self.offsets = np.cumsum([0] + sizes)
 

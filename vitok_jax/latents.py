@@ -13,7 +13,6 @@ run first starts and kept in its train state (trainers/dit.py).
 """
 import json
 import logging
-import os
 from typing import NamedTuple, Optional, Tuple
 
 import jax
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitok_jax import checkpoint as ckpt_lib
+from vitok_jax import fileio
 from vitok_jax import multihost
 from vitok_jax.models import vitok
 
@@ -30,14 +30,13 @@ class LatentStats(NamedTuple):
   std: np.ndarray  # [c]
 
   def save(self, path: str, **meta) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, mean=self.mean, std=self.std, meta=json.dumps(meta))
-    os.replace(tmp, path)  # atomic: a killed run never leaves half a file
+    # atomic: a killed run never leaves half a file
+    fileio.save_npz(path, mean=self.mean, std=self.std, meta=json.dumps(meta))
 
   @classmethod
   def load(cls, path: str) -> "LatentStats":
-    with np.load(path) as f:
-      return cls(f["mean"].astype(np.float32), f["std"].astype(np.float32))
+    f = fileio.load_npz(path)
+    return cls(f["mean"].astype(np.float32), f["std"].astype(np.float32))
 
 
 class RunningMoments:
@@ -120,7 +119,7 @@ class Codec:
     if not workdir:
       raise ValueError(f"{key} is not set: point it at a trained ViTok run "
                        "(python -m vitok_jax.train --config=configs/vitok/...)")
-    path = os.path.abspath(os.path.expanduser(workdir))
+    path = fileio.abspath(workdir)
     try:
       step_path, step = ckpt_lib.step_dir(path, step)
     except FileNotFoundError as e:
@@ -147,11 +146,10 @@ class Codec:
 def _stored_config(step_path: str) -> dict:
   """The config a training run saved next to its state (Orbax's JsonSave
   writes it as <step>/config/metadata)."""
-  f = os.path.join(step_path, "config", "metadata")
-  if not os.path.isfile(f):
+  f = fileio.join(step_path, "config", "metadata")
+  if not fileio.isfile(f):
     raise FileNotFoundError(f"{step_path} holds no training config ({f})")
-  with open(f) as fh:
-    return json.load(fh)
+  return fileio.read_json(f)
 
 
 def check_matches(codec_tokens: int, codec_channels: int, want_tokens,

@@ -3,13 +3,66 @@
 clu.metric_writers imports TensorFlow at import time, so this small
 writer uses tensorboardX and keeps clu's interface (write_scalars,
 write_images, write_texts, flush, close). Other processes get no-ops.
+
+On object storage (gs://: tensorboardX writes events there itself) a file
+cannot be appended to, so the rows of metrics.jsonl are kept in memory and
+the whole file is rewritten at each write (one small object per log step).
 """
 import json
-import os
 import time
 
 import jax
 import numpy as np
+
+from vitok_jax import fileio
+
+
+class _Rows:
+  """metrics.jsonl: appended locally, rewritten whole on object storage."""
+
+  def __init__(self, path):
+    self.path = path
+    self.remote = fileio.is_remote(path)
+    self.lines = []
+    if self.remote:
+      if fileio.exists(path):
+        self.lines = fileio.read_text(path).splitlines(keepends=True)
+      self._f = None
+    else:
+      self._f = fileio.open(path, "a")
+
+  def write(self, line: str) -> None:
+    if self.remote:
+      self.lines.append(line)
+      fileio.write_atomic(self.path, "".join(self.lines))
+    else:
+      self._f.write(line)
+      self._f.flush()
+
+  def read_all(self):
+    if self.remote:
+      return list(self.lines)
+    self._f.close()
+    lines = fileio.read_text(self.path).splitlines(keepends=True)
+    self._f = fileio.open(self.path, "a")
+    return lines
+
+  def replace_all(self, lines) -> None:
+    if self.remote:
+      self.lines = list(lines)
+      fileio.write_atomic(self.path, "".join(self.lines))
+      return
+    self._f.close()
+    fileio.write_atomic(self.path, "".join(lines))
+    self._f = fileio.open(self.path, "a")
+
+  def flush(self) -> None:
+    if self._f:
+      self._f.flush()
+
+  def close(self) -> None:
+    if self._f:
+      self._f.close()
 
 
 class MetricWriter:
@@ -21,30 +74,23 @@ class MetricWriter:
     self._jsonl = None
     if self.active:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      os.makedirs(logdir, exist_ok=True)
+      fileio.makedirs(logdir)
       self._tb = SummaryWriter(logdir, flush_secs=30)
-      self._jsonl = open(os.path.join(logdir, jsonl_name), "a")
+      self._jsonl = _Rows(fileio.join(logdir, jsonl_name))
 
   def drop_rows_after(self, step: int) -> None:
     """Forgets metrics.jsonl rows logged after `step`: a resumed run logs
     those steps again, and the file keeps one row per step and kind."""
     if not self.active:
       return
-    path = self._jsonl.name
-    self._jsonl.close()
-    with open(path) as f:
-      lines = f.readlines()
     keep = []
-    for line in lines:
+    for line in self._jsonl.read_all():
       try:
         if json.loads(line)["step"] <= step:
           keep.append(line)
       except (ValueError, KeyError):
         pass  # a line cut by a kill
-    with open(path + ".tmp", "w") as f:
-      f.writelines(keep)
-    os.replace(path + ".tmp", path)
-    self._jsonl = open(path, "a")
+    self._jsonl.replace_all(keep)
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     if not self.active:
@@ -54,7 +100,6 @@ class MetricWriter:
       self._tb.add_scalar(k, v, int(step))
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(),
                                   **clean}) + "\n")
-    self._jsonl.flush()
 
   def write_images(self, step: int, images: dict) -> None:
     """images: name -> uint8 [H, W, 3] (or [N, H, W, 3], tiled as a row)."""

@@ -18,8 +18,6 @@ classes, balanced), and writes under DIR/samples/:
 
 Use the same --config (and arguments) as the training run.
 """
-import json
-import os
 import resource
 import time
 
@@ -32,6 +30,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from vitok_jax import distributed
+from vitok_jax import fileio
 from vitok_jax import multihost
 from vitok_jax import sample_parts
 from vitok_jax.evaluators import common
@@ -80,10 +79,10 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   inc_params = common.load_inception(inception_weights, mesh,
                                      "vitok_jax.sample: gFID and gIS")
 
-  out_dir = os.path.join(workdir, "samples")
+  out_dir = fileio.join(workdir, "samples")
   name = f"{step}_cfg{cfg:g}"
   parts = sample_parts.Parts(
-      os.path.join(out_dir, f"parts_{name}_seed{seed}"),
+      fileio.join(out_dir, f"parts_{name}_seed{seed}"),
       dict(step=step, cfg=cfg, seed=seed, classes=list(map(int, classes or [])),
            num_steps=steps or config.sampling.num_steps,
            eta=config.sampling.eta if eta is None else float(eta)))
@@ -124,16 +123,15 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
                                           inception_weights)
     results.update(scorer.results("sample", ref))
   results["sample/num_samples"] = float(num)
-  paths = dict(png=os.path.join(out_dir, f"samples_{name}.png"),
-               npz=os.path.join(out_dir, f"samples_{name}.npz"))
+  paths = dict(png=fileio.join(out_dir, f"samples_{name}.png"),
+               npz=fileio.join(out_dir, f"samples_{name}.npz"))
   if multihost.is_main():
     parts.merge(num, paths["npz"])
     first = parts.head(min(num, 64))
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    Image.fromarray(common.grid_picture(ops.value_range(first))).save(
-        paths["png"])
-    with open(os.path.join(out_dir, f"results_{name}.json"), "w") as f:
-      json.dump(dict(step=step, cfg=cfg, seed=seed, **results), f, indent=2)
+    fileio.save_image(paths["png"],
+                      common.grid_picture(ops.value_range(first)))
+    fileio.write_json(fileio.join(out_dir, f"results_{name}.json"),
+                      dict(step=step, cfg=cfg, seed=seed, **results))
   multihost_utils.sync_global_devices("vitok_jax.sample: merged")
   line = (f"{num} samples of step {step} at CFG {cfg:g} ({new} new on this "
           f"process) -> {paths['png']}")

@@ -16,26 +16,25 @@ A manifest (manifest.json) records what the samples depend on besides their
 number (checkpoint step, CFG, seed, DDIM steps, eta, classes); parts made
 with other settings are refused, naming the difference.
 """
-import glob
 import json
-import os
 import zipfile
 
 import jax
 import numpy as np
 from numpy.lib import format as npy_format
 
+from vitok_jax import fileio
+
 
 class Parts:
 
   def __init__(self, directory: str, manifest: dict):
     self.directory = directory
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "manifest.json")
+    fileio.makedirs(directory)
+    path = fileio.join(directory, "manifest.json")
     manifest = json.loads(json.dumps(manifest))  # plain JSON types
-    if os.path.exists(path):
-      with open(path) as f:
-        old = json.load(f)
+    if fileio.exists(path):
+      old = fileio.read_json(path)
       diff = {k: (old.get(k), v) for k, v in manifest.items()
               if old.get(k) != v}
       if diff:
@@ -44,19 +43,16 @@ class Parts:
             f"(setting: (theirs, now)) {diff}; use another --seed, or delete "
             "the folder to start again")
     elif jax.process_index() == 0:
-      with open(path + ".tmp", "w") as f:
-        json.dump(manifest, f, indent=2)
-      os.replace(path + ".tmp", path)
+      fileio.write_json(path, manifest)
 
   def files(self):
-    return sorted(glob.glob(os.path.join(self.directory, "part_*.npz")))
+    return fileio.glob(self.directory, "part_*.npz")
 
   def _index(self):
     """[(file, sample numbers)] of every part."""
     out = []
     for path in self.files():
-      with np.load(path) as f:
-        out.append((path, f["index"]))
+      out.append((path, fileio.load_npz(path, ["index"])["index"]))
     return out
 
   def covered(self, num: int) -> np.ndarray:
@@ -73,11 +69,9 @@ class Parts:
       return
     name = (f"part_{int(index[0]):09d}_{int(index[-1]):09d}_"
             f"p{jax.process_index()}.npz")
-    path = os.path.join(self.directory, name)
-    with open(path + ".tmp", "wb") as f:
-      np.savez(f, images=images, labels=np.asarray(labels, np.int32),
-               index=np.asarray(index, np.int64))
-    os.replace(path + ".tmp", path)
+    fileio.save_npz(fileio.join(self.directory, name), images=images,
+                    labels=np.asarray(labels, np.int32),
+                    index=np.asarray(index, np.int64))
 
   def _where(self, num: int):
     """Per sample number < num: (part number, row), and the part files."""
@@ -101,8 +95,8 @@ class Parts:
     def get(k):
       if k not in cache:
         cache.clear()  # one part in memory at a time
-        with np.load(files[k]) as f:
-          cache[k] = (f["images"], f["labels"])
+        f = fileio.load_npz(files[k], ["images", "labels"])
+        cache[k] = (f["images"], f["labels"])
       return cache[k]
     return get
 
@@ -135,13 +129,17 @@ class Parts:
 
   def merge(self, num: int, path: str) -> None:
     """Writes the ADM-layout .npz of the first num samples, in order,
-    without holding them all: arr_0 is streamed into the zip."""
+    without holding them all: arr_0 is streamed into the zip (locally into
+    a temporary file renamed at the end; on object storage into the upload,
+    which appears whole when it completes)."""
     part, row, files = self._where(num)
     get = self._reader(files)
     shape = get(part[0])[0].shape[1:]
     labels = np.empty(num, np.int32)
-    with zipfile.ZipFile(path + ".tmp", "w", zipfile.ZIP_STORED,
-                         allowZip64=True) as zf:
+    remote = fileio.is_remote(path)
+    out = fileio.open(path if remote else path + ".tmp", "wb")
+    with out, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED,
+                              allowZip64=True) as zf:
       with zf.open("arr_0.npy", "w", force_zip64=True) as f:
         npy_format.write_array_header_1_0(f, dict(
             descr=npy_format.dtype_to_descr(np.dtype(np.uint8)),
@@ -152,4 +150,5 @@ class Parts:
           labels[i] = lb[row[i]]
       with zf.open("labels.npy", "w") as f:
         npy_format.write_array(f, labels)
-    os.replace(path + ".tmp", path)
+    if not remote:
+      fileio.move(path + ".tmp", path)

@@ -5,9 +5,22 @@ may be -1 (= the rest), e.g. [("data", -1), ("fsdp", 1)] for pure data
 parallelism or [("data", 2), ("fsdp", -1)] for FSDP within groups. Batches are
 split over every axis (ZeRO-style: FSDP shards also hold distinct examples);
 parameters and optimizer state are replicated or FSDP-sharded by name pattern.
+
+Multi-slice TPU jobs (several TPU slices joined by the data-centre network,
+DCN, which is far slower than the chips' own interconnect, ICI) name an axis
+"slice": [("slice", 2), ("data", -1), ("fsdp", 1)]. Its size must be the
+number of slices the devices span (their `slice_index`; devices without one,
+CPUs and GPUs and single slices, are one slice), and the mesh is laid out by
+mesh_utils.create_hybrid_device_mesh: the slice axis runs across slices over
+DCN, every other axis within a slice over ICI. Batches are still split over
+every axis (slice included: each slice trains on its own examples, and only
+the gradient all-reduce crosses DCN), and FSDP shards over the "fsdp" axis,
+which stays inside a slice. TPU devices that span several slices need the
+axis: without it a mesh would mix slices arbitrarily.
 """
+import functools
 import re
-from typing import Any, Sequence, Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -17,8 +30,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import vitok_jax.utils as u
 
 
+SLICE_AXIS = "slice"
+
+
+def num_slices(devices) -> int:
+  """How many slices `devices` span (devices without a slice_index: one)."""
+  return len({getattr(d, "slice_index", 0) or 0 for d in np.ravel(devices)})
+
+
 def make_mesh(axes: Sequence[Tuple[str, int]], devices=None) -> Mesh:
-  """Mesh over all (or the given) devices from [(name, size), ...]."""
+  """Mesh over all (or the given) devices from [(name, size), ...]; an axis
+  named "slice" goes across TPU slices (module docstring)."""
   devices = np.asarray(jax.devices() if devices is None else devices)
   names = [str(a) for a, _ in axes]
   sizes = [int(s) for _, s in axes]
@@ -34,12 +56,47 @@ def make_mesh(axes: Sequence[Tuple[str, int]], devices=None) -> Mesh:
   if int(np.prod(sizes)) != n:
     raise ValueError(f"config.mesh {axes} needs {int(np.prod(sizes))} devices "
                      f"but {n} are available")
+  slices = num_slices(devices)
+  if SLICE_AXIS in names:
+    i = names.index(SLICE_AXIS)
+    if sizes[i] != slices:
+      raise ValueError(
+          f"config.mesh {tuple(axes)}: the {SLICE_AXIS!r} axis has size "
+          f"{sizes[i]} but the {n} devices span {slices} slice(s); set it to "
+          f"(\"{SLICE_AXIS}\", {slices})")
+    if slices > 1:  # the slice axis over DCN, the others within a slice
+      ici = [1 if j == i else s for j, s in enumerate(sizes)]
+      dcn = [slices if j == i else 1 for j in range(len(sizes))]
+      dev = mesh_utils.create_hybrid_device_mesh(ici, dcn,
+                                                 devices=list(devices.flat))
+      return Mesh(dev, names)
+  elif slices > 1 and devices.flat[0].platform == "tpu":
+    raise ValueError(
+        f"config.mesh {tuple(axes)}: the {n} devices span {slices} slices; "
+        f"add a (\"{SLICE_AXIS}\", {slices}) axis so that only the slice "
+        "axis crosses the data-centre network")
   try:  # topology-aware order on real hardware
     dev = mesh_utils.create_device_mesh(
         sizes, devices=list(devices.flat))
   except Exception:  # pylint: disable=broad-except
     dev = devices.reshape(sizes)
   return Mesh(dev, names)
+
+
+def traced_under(mesh: Mesh, fn: Callable) -> Callable:
+  """`fn`, traced with `mesh` as JAX's context mesh (for jax.jit(...)).
+
+  What a jitted step computes does not change; but code that must know the
+  mesh while it is traced can then see it: models/attention.py shard_maps
+  the Pallas splash kernel over the batch axes and picks per platform from
+  the mesh's devices (a CPU host compiling for a TPU topology ahead of time
+  must pick for the TPU).
+  """
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def batch_axes(mesh: Mesh) -> Tuple[str, ...]:

@@ -85,21 +85,21 @@ def quiet_library_logs():
 
 def save_npz_tree(path: str, tree) -> None:
   """A nested dict of arrays -> .npz with '/'-joined keys."""
-  import os  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path, **{n: np.asarray(x) for n, x in tree_flatten_with_names(tree)})
+  from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
+  fileio.save_npz(path, **{n: np.asarray(x)
+                           for n, x in tree_flatten_with_names(tree)})
 
 
 def load_npz_tree(path: str) -> dict:
   """.npz with '/'-joined keys -> nested dict of numpy arrays."""
+  from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
   tree = {}
-  with np.load(path) as f:
-    for key in f.files:
-      node = tree
-      *parents, leaf = key.split("/")
-      for p in parents:
-        node = node.setdefault(p, {})
-      node[leaf] = f[key]
+  for key, value in fileio.load_npz(path).items():
+    node = tree
+    *parents, leaf = key.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
   return tree
 
 
@@ -111,12 +111,12 @@ def load_weights_npz(path, abstract_params, what: str, convert_tool: str,
   A missing file names the command that makes it (`how`); a file of other
   names or shapes says to rebuild it with `convert_tool`.
   """
-  import os  # pylint: disable=g-import-not-at-top
-  if not path or not os.path.exists(os.path.expanduser(path)):
+  from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
+  if not path or not fileio.exists(fileio.abspath(path)):
     raise FileNotFoundError(f"{what} weights file {path!r} does not exist; "
                             f"create it with `{how}`{note}")
   params = jax.tree.map(jax.numpy.asarray,
-                        load_npz_tree(os.path.expanduser(path)))
+                        load_npz_tree(fileio.abspath(path)))
   want = jax.tree.map(lambda a: a.shape, abstract_params)
   got = jax.tree.map(lambda a: a.shape, params)
   if want != got:

@@ -16,6 +16,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from vitok_jax import fileio
+
 VIDEO_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov")
 
 
@@ -43,7 +45,7 @@ def decode(path: str, t: int, fps: float,
   from the start.
   """
   import av  # pylint: disable=g-import-not-at-top
-  with av.open(path) as container:
+  with av.open(fileio.local_or_file(path)) as container:
     if not container.streams.video:
       raise ValueError("no video stream")
     stream = container.streams.video[0]

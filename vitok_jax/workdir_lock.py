@@ -2,7 +2,8 @@
 
 Two jobs on one workdir would both train from step 0 into the same folder,
 overwrite each other's checkpoints and interleave their metrics. The first
-job creates <workdir>/LOCK (atomically, O_EXCL) with its host and pid; a
+job creates <workdir>/LOCK (create-if-absent: O_EXCL on a local disk, an
+ifGenerationMatch=0 upload on GCS, see fileio) with its host and pid; a
 second one fails at start naming them. A lock left by a dead process of this
 host is taken over with a warning; one of another host cannot be checked
 from here and counts as held (remove the file if that job is gone).
@@ -18,6 +19,8 @@ import time
 
 import jax
 import numpy as np
+
+from vitok_jax import fileio
 
 
 class WorkdirInUseError(RuntimeError):
@@ -39,38 +42,31 @@ def _alive(holder: dict) -> bool:
 class WorkdirLock:
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(os.path.abspath(workdir), "LOCK")
+    self.path = fileio.join(fileio.abspath(workdir), "LOCK")
     self.me = dict(host=socket.gethostname(), pid=os.getpid())
     self.held = False
 
   def _read(self):
     try:
-      with open(self.path) as f:
-        return json.load(f)
+      return json.loads(fileio.read_text(self.path))
     except (OSError, ValueError):
       return None  # vanished or half-written: treated as stale
 
   def _try_acquire(self) -> str:
     """'' on success, else a message naming the holder."""
     for _ in range(3):  # a stale lock taken over, then a retry
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
+      mine = json.dumps(dict(self.me, since=time.time())).encode()
+      if not fileio.create_exclusive(self.path, mine):
         holder = self._read()
         if holder is not None and _alive(holder):
-          return (f"workdir {os.path.dirname(self.path)} is in use by pid "
+          return (f"workdir {fileio.dirname(self.path)} is in use by pid "
                   f"{holder.get('pid')} on host {holder.get('host')} (since "
                   f"{time.ctime(holder.get('since', 0))}; lock file "
                   f"{self.path}): one running job per workdir")
         logging.warning("Taking over the stale lock %s of %s", self.path,
                         holder)
-        try:
-          os.remove(self.path)
-        except FileNotFoundError:
-          pass
+        fileio.remove(self.path)
         continue
-      with os.fdopen(fd, "w") as f:
-        json.dump(dict(self.me, since=time.time()), f)
       self.held = True
       return ""
     return f"could not take the lock {self.path}"
@@ -91,7 +87,7 @@ class WorkdirLock:
       holder = self._read()
       if holder and holder.get("pid") == self.me["pid"] and holder.get(
           "host") == self.me["host"]:
-        os.remove(self.path)
+        fileio.remove(self.path)
       self.held = False
 
   def __enter__(self):

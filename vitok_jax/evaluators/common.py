@@ -11,8 +11,8 @@ reconstructions) that come back with them. The training loop calls it every
 checkpoint, for either trainer, through the same code.
 """
 import importlib
+import io
 import logging
-import os
 from typing import Any, Dict, Iterator, Tuple
 
 import jax
@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from vitok_jax import config_utils
+from vitok_jax import fileio
 from vitok_jax import multihost
 from vitok_jax import sharding as sh
 from vitok_jax.pp import ops
@@ -53,8 +54,10 @@ def save_comparison_gif(path: str, originals, recons, fps: float = 8.0) -> None:
   frames = [Image.fromarray(np.concatenate([np.concatenate(list(o[:, k]), 1),
                                             np.concatenate(list(r[:, k]), 1)],
                                            0)) for k in range(o.shape[1])]
-  frames[0].save(path, save_all=True, append_images=frames[1:], loop=0,
-                 duration=int(1000 / fps))
+  buf = io.BytesIO()
+  frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
+                 loop=0, duration=int(1000 / fps))
+  fileio.write_atomic(path, buf.getvalue())
 
 
 def grid_picture(images, cols: int = 8) -> np.ndarray:
@@ -182,12 +185,11 @@ def write_results(writer, step: int, results: dict, out_dir=None,
   writer.write_scalars(step, scalars)
   writer.write_images(step, pictures)
   if out_dir and multihost.is_main():
-    from PIL import Image  # pylint: disable=g-import-not-at-top
     for k, pic in pictures.items():
-      Image.fromarray(pic).save(os.path.join(
-          out_dir, f"{k.replace('/', '_')}_{step}.png"))
+      fileio.save_image(fileio.join(
+          out_dir, f"{k.replace('/', '_')}_{step}.png"), pic)
     for k, (originals, recons) in clips.items():
       base = k.replace("/", "_").replace("_clips", "")
-      save_comparison_gif(os.path.join(out_dir, f"{base}_{step}.gif"),
+      save_comparison_gif(fileio.join(out_dir, f"{base}_{step}.gif"),
                           originals, recons, fps=fps)
   return scalars

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.special
 
+from vitok_jax import fileio
 from vitok_jax import multihost
 
 
@@ -103,8 +104,9 @@ class GaussianStats:
     return mu, cov
 
   def save(self, path: str) -> None:
+    """Atomically (a partly written file is never found as a cache)."""
     mu, cov = self.mean_cov()
-    np.savez(path, mu=mu, sigma=cov, n=self.n)
+    fileio.save_npz(path, mu=mu, sigma=cov, n=self.n)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:

@@ -17,13 +17,13 @@ pass is sharded over processes), and every later start reuses the file.
 """
 import hashlib
 import logging
-import os
 import re
 from typing import Optional, Tuple
 
 import jax
 import numpy as np
 
+from vitok_jax import fileio
 from vitok_jax import input_pipeline
 from vitok_jax import multihost
 from vitok_jax.evaluators import metrics
@@ -44,15 +44,14 @@ def cache_name(data_config, num_examples: Optional[int] = None) -> str:
 
 def default_path(data_config, inception_weights: str,
                  num_examples: Optional[int] = None) -> str:
-  weights_dir = os.path.dirname(os.path.abspath(
-      os.path.expanduser(inception_weights)))
-  return os.path.join(weights_dir, "ref_stats",
-                      cache_name(data_config, num_examples))
+  weights_dir = fileio.dirname(fileio.abspath(inception_weights))
+  return fileio.join(weights_dir, "ref_stats",
+                     cache_name(data_config, num_examples))
 
 
 def load(path: str) -> Tuple[np.ndarray, np.ndarray]:
-  with np.load(os.path.expanduser(path)) as f:
-    return f["mu"], f["sigma"]
+  f = fileio.load_npz(fileio.abspath(path), ["mu", "sigma"])
+  return f["mu"], f["sigma"]
 
 
 def tool_command(data_config, inception_weights, num_examples, path) -> str:
@@ -92,7 +91,7 @@ def load_or_compute(data_config, inception_params, inception_weights: str, *,
   """(mu, sigma) of data_config's evaluation crops: from `path` (default:
   default_path), else computed (sharded over processes) and saved there."""
   path = path or default_path(data_config, inception_weights, num_examples)
-  if os.path.exists(path):
+  if fileio.exists(path):
     logging.info("Reference statistics from %s", path)
     return load(path)
   n = input_pipeline.eval_num_examples(data_config, num_examples)
@@ -112,7 +111,4 @@ def load_or_compute(data_config, inception_params, inception_weights: str, *,
 
 def save(stats, path: str) -> None:
   """Atomically (a partly written file is never found as a cache)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  stats.save(tmp)
-  os.replace(tmp, path)
+  stats.save(path)

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitok_jax.models import attention
+
 Dtype = Any
 LN_EPS = 1e-6  # Flax default; the PyTorch export passes it explicitly.
 
@@ -81,7 +83,9 @@ class Attention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  attn_impl: Optional[str] = None  # None/"xla"/"cudnn" for dot_product_attention
+  # None | "auto" | "xla" | "cudnn" | "splash": models/attention.py, which
+  # resolves "auto" per platform when the step is traced.
+  attn_impl: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, angles):
@@ -93,7 +97,7 @@ class Attention(nn.Module):
     qkv = dense((3, self.num_heads, head_dim), -1, "qkv")(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q, k = apply_rope(q, angles), apply_rope(k, angles)
-    o = jax.nn.dot_product_attention(q, k, v, implementation=self.attn_impl)
+    o = attention.attend(q, k, v, self.attn_impl)
     return dense(width, (-2, -1), "out")(o)
 
 

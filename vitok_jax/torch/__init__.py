@@ -6,36 +6,43 @@
 
 Importing this subpackage needs torch and safetensors only, never jax.
 """
-import json
-import os
-
+from vitok_jax import fileio
 from vitok_jax.torch import dit  # noqa: F401
 from vitok_jax.torch.dit import DiT  # noqa: F401
 from vitok_jax.torch.vitok import ViTok  # noqa: F401
 
 
 def config_path(weights_path: str) -> str:
-  return os.path.splitext(weights_path)[0] + ".json"
+  """<name>.json beside <name>.safetensors (local or gs://)."""
+  name = fileio.basename(weights_path)
+  cut = len(weights_path) - len(name) + name.rfind(".") if "." in name else (
+      len(weights_path))
+  return weights_path[:cut] + ".json"
+
+
+def _load_weights(path: str, map_location: str):
+  from safetensors.torch import load  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  state = load(fileio.read_bytes(path))
+  return {k: v.to(torch.device(map_location)) for k, v in state.items()}
 
 
 def load(path: str, map_location: str = "cpu") -> ViTok:
   """Rebuilds the module from <path> (safetensors) and its JSON config."""
-  from safetensors.torch import load_file  # pylint: disable=g-import-not-at-top
   cfg_file = config_path(path)
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise FileNotFoundError(f"No exported weights at {path!r} (make them with "
                             "tools/export_pytorch.py)")
-  if not os.path.exists(cfg_file):
+  if not fileio.exists(cfg_file):
     raise FileNotFoundError(f"The model config {cfg_file!r} that "
                             "tools/export_pytorch.py writes beside the weights "
                             "is missing")
-  with open(cfg_file) as f:
-    cfg = json.load(f)
+  cfg = fileio.read_json(cfg_file)
   if cfg.get("kind", "vitok") != "vitok":
     raise ValueError(f"{path} is an exported {cfg['kind']!r}, not a ViTok; "
                      "use vitok_jax.torch.load_dit")
   model = ViTok(**cfg["model"])
-  state = load_file(path, device=map_location)
+  state = _load_weights(path, map_location)
   load_state_dict_checked(model, state, path)
   return model.eval()
 
@@ -43,19 +50,17 @@ def load(path: str, map_location: str = "cpu") -> ViTok:
 def load_dit(path: str, map_location: str = "cpu"):
   """-> (DiT module, {"mean", "std"} latent statistics as tensors) from an
   exported DiT run (tools/export_pytorch.py on a DiT workdir)."""
-  from safetensors.torch import load_file  # pylint: disable=g-import-not-at-top
   cfg_file = config_path(path)
   for f in (path, cfg_file):
-    if not os.path.exists(f):
+    if not fileio.exists(f):
       raise FileNotFoundError(f"{f!r} is missing (make it with "
                               "tools/export_pytorch.py --workdir=<DiT run>)")
-  with open(cfg_file) as f:
-    cfg = json.load(f)
+  cfg = fileio.read_json(cfg_file)
   if cfg.get("kind") != "dit":
     raise ValueError(f"{path} is not an exported DiT (kind "
                      f"{cfg.get('kind', 'vitok')!r}); use vitok_jax.torch.load")
   model = DiT(**cfg["model"])
-  state = load_file(path, device=map_location)
+  state = _load_weights(path, map_location)
   load_state_dict_checked(model, state, path)
   import torch  # pylint: disable=g-import-not-at-top
   stats = {k: torch.tensor(cfg["latent_stats"][k]) for k in ("mean", "std")}

@@ -17,7 +17,6 @@ shardings, jitted init and step), then the Task that the shared host loop
 the samples picture.
 """
 import logging
-import os
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -27,6 +26,7 @@ import numpy as np
 
 from vitok_jax import config_utils
 from vitok_jax import diffusion
+from vitok_jax import fileio
 from vitok_jax import input_pipeline
 from vitok_jax import multihost
 from vitok_jax import latents as latents_lib
@@ -65,7 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
                    stats_batch=64)
   c.num_classes = 1000
   c.model = dict(size="L", dtype="bfloat16", stream_dtype="float32",
-                 remat="none", attn_impl=placeholder(str),
+                 remat="none", attn_impl="auto",
                  mlp_dim=placeholder(int), rope_base=10000.0)
   # Images for source="encode" (the tokenizer's resolution); ADM/DiT crop:
   # resize + centre crop + random flip.
@@ -280,8 +280,8 @@ class Restored(NamedTuple):
 def restore_run(config, workdir: str, step: Optional[int] = None) -> Restored:
   """Restores `step` (or the latest) of a DiT run onto config.mesh. A
   read-only job: a workdir without checkpoints is an error, not created."""
-  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(ckpt_dir):
+  ckpt_dir = fileio.join(fileio.abspath(workdir), "checkpoints")
+  if not fileio.isdir(ckpt_dir):
     raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints folder "
                             f"({ckpt_dir}): is it a DiT run's workdir?")
   from vitok_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top

@@ -20,7 +20,6 @@ trainers/common.py). Everything else is here, once:
     summary lines are printed last.
 """
 import logging
-import os
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
@@ -29,6 +28,7 @@ import jax
 import numpy as np
 
 from vitok_jax import checkpoint as ckpt_lib
+from vitok_jax import fileio
 from vitok_jax import input_pipeline
 from vitok_jax import metrics_writer
 from vitok_jax import sharding as sh
@@ -101,7 +101,7 @@ def train_and_evaluate(config, workdir: str,
   SIGTERM/SIGINT save the current step and raise StopRequested; any other
   failure leaves the last good checkpoint and re-raises at once.
   """
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   with workdir_lock.WorkdirLock(workdir), stop_request.StopRequest() as stop:
     return _train(config, workdir, make_task, max_steps, stop)
 
@@ -162,9 +162,8 @@ def _loop(config, workdir, task: Task, writer, ckpt, train_it, state, start,
     pictures = task.pictures(task.eval_params(state))
     writer.write_images(step, pictures)
     if jax.process_index() == 0:
-      from PIL import Image  # pylint: disable=g-import-not-at-top
       for name, pic in pictures.items():
-        Image.fromarray(pic).save(os.path.join(workdir, f"{name}.png"))
+        fileio.save_image(fileio.join(workdir, f"{name}.png"), pic)
 
   finite_flags = []  # (step, device bool) not yet read by the host
 

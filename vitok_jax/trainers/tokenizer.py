@@ -58,7 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
       enc_mlp_dim=placeholder(int), dec_mlp_dim=placeholder(int),
       logvar_range=(-30.0, 20.0), rope_base=10000.0,
       dtype="bfloat16", stream_dtype="float32", remat="none",
-      attn_impl=placeholder(str))  # unset | "xla" | "cudnn"
+      attn_impl="auto")  # models/attention.py: auto | xla | cudnn | splash
   c.input = input_pipeline.default_config(batch_size=1024)
   c.loss = dict(rec="l2", kl_weight=1e-3, lpips_weight=0.0,
                 lpips_weights="",  # .npz from tools/convert_lpips.py
