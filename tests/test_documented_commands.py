@@ -35,7 +35,13 @@ def documented_commands():
       if i < 0:
         continue
       # A shell line continuation ends the line's own part of the command.
-      tokens = shlex.split(line[i:].split(" #")[0].rstrip().rstrip("\\"))
+      part = line[i:].split(" #")[0].rstrip().rstrip("\\").rstrip()
+      # Inside a quoted remote command (gcloud ... --command="cd x && python
+      # -m vitok_jax.train --config=..."), the closing quote has no opening one.
+      for quote in "\"'":
+        if part.count(quote) % 2 and part.endswith(quote):
+          part = part[:-1]
+      tokens = shlex.split(part)
       out.append((f"{path.relative_to(ROOT)}:{n}",
                   [t for t in tokens if t.startswith("--config")]))
   return out
