@@ -141,7 +141,8 @@ def dit_run(bucket, tokenizer_run):
   c.log_every = c.ckpt_every = c.image_every = 1
   c.num_preview = 8
   c.sampling.num_steps = 2
-  c.evals.classes.update(num_samples=4, batch_size=8, num_steps=2)
+  c.evals.classes.update(num_samples=4, final_num_samples=4, batch_size=8,
+                         num_steps=2)
   dit.train_and_evaluate(c, wd)
   return c, wd
 

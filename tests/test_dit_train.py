@@ -15,6 +15,7 @@ from vitok_jax import latent_shards
 from vitok_jax import latents as latents_lib
 from vitok_jax import sample as sample_lib
 from vitok_jax import sharding as sh
+from vitok_jax.evaluators import generation
 from vitok_jax.trainers import dit
 from vitok_jax.trainers import tokenizer
 
@@ -108,12 +109,12 @@ def test_sample_writes_grid_npz_and_scores_classes(dit_run, vitok_run):
   assert out["step"] == 600
   with np.load(out["npz"]) as f:
     assert f["arr_0"].shape == (9, 64, 64, 3) and f["arr_0"].dtype == np.uint8
-    np.testing.assert_array_equal(f["labels"], np.arange(9))
+    np.testing.assert_array_equal(f["labels"], generation.sample_labels(
+        9, 9, "random", seed=0))
     images = f["arr_0"]
   from PIL import Image
   assert np.asarray(Image.open(out["png"])).shape == (2 * 64, 8 * 64, 3)
   # The same samples scored against the photos (class k = photo k).
-  from vitok_jax.evaluators import generation
   refs = generation.reference_photos(c.input)
   scorer = generation.Scorer(9, references=refs)
   scorer.update(images.astype(np.float32) / 127.5 - 1.0, out["labels"])
@@ -134,6 +135,32 @@ def test_resume_is_exact(vitok_run, tmp_path):
   b = ckpt_lib.load_state_tree(str(tmp_path / "straight"))
   assert int(a["step"]) == 4
   jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_the_tokenizer_is_pinned_at_the_first_start(vitok_run, tmp_path):
+  """A DiT run records its tokenizer's workdir and step when it first
+  starts; when the tokenizer run moves on, restoring (eval, sample, export,
+  resume) still decodes with the pinned step, and a config naming another
+  step or workdir is refused, naming both."""
+  import shutil
+  tok = tmp_path / "vitok"
+  shutil.copytree(vitok_run, tok)
+  c = dit_cfg(str(tok), steps=2, log_every=1, ckpt_every=2, image_every=0,
+              evals={})
+  dit.train_and_evaluate(c, str(tmp_path / "dit"))
+  pin = json.load(open(tmp_path / "dit" / "tokenizer.json"))
+  assert pin == dict(workdir=str(tok), step=300)
+  shutil.copytree(tok / "checkpoints" / "300", tok / "checkpoints" / "400")
+  assert latents_lib.Codec.load(str(tok)).step == 400  # its latest now
+  run = dit.restore_run(dit.resolve_config(c), str(tmp_path / "dit"))
+  assert run.setup.codec.step == 300
+  c.tokenizer.step = 400
+  with pytest.raises(ValueError, match=r"step differs: .*tokenizer.json has "
+                     r"300, but this run would use 400"):
+    dit.restore_run(dit.resolve_config(c), str(tmp_path / "dit"))
+  c.tokenizer.step, c.tokenizer.workdir = None, vitok_run
+  with pytest.raises(ValueError, match="workdir differs"):
+    dit.train_and_evaluate(c, str(tmp_path / "dit"))
 
 
 def test_sharded_step_matches_single_device(vitok_run):
@@ -177,6 +204,38 @@ def test_shards_resume_and_train(vitok_run, photo_latents, tmp_path, capsys):
   np.testing.assert_allclose(from_shards.mean, on_the_fly.mean, atol=1e-4)
   np.testing.assert_allclose(from_shards.std, on_the_fly.std, rtol=1e-4)
   assert_numpy_moments(from_shards, photo_latents)
+  # Over 4 of the 9: a seeded random 4 (not photos 0-3), the same rows on
+  # both paths.
+  rows = input_pipeline.subset_rows(9, 4, seed=5)
+  assert not np.array_equal(rows, np.arange(4))
+  for cfg in (c, c_sh):
+    cfg.latents.update(stats_examples=4, stats_seed=5)
+  assert_numpy_moments(dit.compute_latent_stats(c, setup, codec.params),
+                       photo_latents[rows])
+  assert_numpy_moments(dit.compute_latent_stats(c_sh, setup, None),
+                       photo_latents[rows])
+  # Flips: the shards hold the encodings of the mirrored crops too, and with
+  # config.input.flip the training data is one or the other, at random.
+  crops = np.concatenate([b["image"] for b in input_pipeline.make_eval_dataset(
+      c.input, 1, 9)])
+  enc_fn = jax.jit(lambda p, x: codec.model.apply({"params": p}, x,
+                                                  method="encode")["mean"])
+  np.testing.assert_allclose(np.stack([src[k]["flipped"] for k in range(9)]),
+                             enc_fn(codec.params, crops[:, :, ::-1]),
+                             atol=1e-4)
+  assert not np.allclose(src[0]["flipped"], src[0]["latent"], atol=1e-2)
+  seen = set()
+  it = iter(latent_shards.make_train_dataset(out, 3, seed=0, flip=True))
+  for _ in range(12):
+    b = next(it)
+    for z, y in zip(b["latent"], b["label"]):
+      is_flipped = np.array_equal(z, src[int(y)]["flipped"])
+      assert is_flipped or np.array_equal(z, src[int(y)]["latent"])
+      seen.add(is_flipped)
+  assert seen == {True, False}
+  b = next(iter(latent_shards.make_train_dataset(out, 9, seed=0)))
+  assert "flipped" not in b and all(np.array_equal(
+      z, src[int(y)]["latent"]) for z, y in zip(b["latent"], b["label"]))
   # An interrupted encoding goes on from the missing shard only.
   os.remove(latent_shards.shard_paths(out, 1)[1])
   capsys.readouterr()
@@ -190,6 +249,7 @@ def test_shards_resume_and_train(vitok_run, photo_latents, tmp_path, capsys):
   c = dit_cfg(vitok_run, steps=8, log_every=1, image_every=0, evals={})
   c.latents.source = f"shards:{out}"
   c.optim.warmup_steps = 0
+  c.input.flip = True
   dit.train_and_evaluate(c, str(tmp_path / "dit"))
   loss = [json.loads(l)["loss"] for l in open(
       str(tmp_path / "dit" / "metrics.jsonl")) if '"loss"' in l]
@@ -197,6 +257,11 @@ def test_shards_resume_and_train(vitok_run, photo_latents, tmp_path, capsys):
   assert np.mean(loss[-3:]) < 0.6 * loss[0], loss
   with pytest.raises(ValueError, match="another encoding"):
     enc.encode(vitok_run, "embedded", 32, out, shard_size=4)
+  no_flips = str(tmp_path / "no_flips")
+  enc.encode(vitok_run, "embedded", 64, no_flips, shard_size=9, flips=False)
+  assert not os.path.exists(latent_shards.flipped_path(no_flips, 0))
+  with pytest.raises(ValueError, match="hold no flipped encodings"):
+    latent_shards.make_train_dataset(no_flips, 3, seed=0, flip=True)
 
 
 def test_bad_latent_shapes_and_missing_tokenizer_are_named(vitok_run, tmp_path):
@@ -240,11 +305,12 @@ def test_export_tool_on_a_dit_run(dit_run, tmp_path, capsys):
 def test_eval_job_runs_the_generation_evaluators(dit_run, vitok_run, capsys):
   from vitok_jax import eval as eval_lib
   c = dit_cfg(vitok_run)
-  c.evals.classes.num_samples = 9
+  # The eval job is a final evaluation: final_num_samples, not num_samples.
+  c.evals.classes.update(num_samples=5, final_num_samples=9)
   r = eval_lib.evaluate(c, dit_run)
   assert r["classes/num_samples"] == 9
   assert r["classes/own_class_psnr"] > r["classes/other_class_psnr"]
-  assert "9 samples at CFG 3.0" in capsys.readouterr().out
+  assert "9 samples (random labels) at CFG 3.0" in capsys.readouterr().out
   saved = json.load(open(os.path.join(dit_run, "eval", "results_600.json")))
   assert saved["classes/own_class_psnr"] == pytest.approx(r["classes/own_class_psnr"])
 
@@ -261,21 +327,29 @@ def numpy_inception_score(logits, splits=10):
   return np.mean(scores), np.std(scores)
 
 
-def test_gfid_gis_run_periodically_in_training(vitok_run, tmp_path):
-  from vitok_jax.evaluators import generation
+def test_adm_metrics_run_periodically_in_training(vitok_run, tmp_path):
+  """gFID, gIS, sFID, precision and recall of the generation evaluator, at
+  10k-style periodic and 50k-style final budgets (here 16 and 24 samples),
+  against the same numbers from the pieces: numpy IS, torch-fidelity's
+  precision/recall, the Frechet distance of ADM's spatial features."""
   from vitok_jax.evaluators import metrics
+  from vitok_jax.evaluators import ref_stats
   from vitok_jax.models import inception
+  from tests import torch_reference as tr
   import vitok_jax.utils as u
-  net = jax.jit(lambda p, x: inception.FIDInceptionV3().apply({"params": p},
-                                                              x))
+  prc = tr.import_torch_fidelity_prc()
+  net = jax.jit(lambda p, x: inception.FIDInceptionV3(spatial=True).apply(
+      {"params": p}, x))
   inc_params = jax.device_get(jax.jit(lambda: inception.FIDInceptionV3().init(
       jax.random.key(0), np.zeros((1, 75, 75, 3), np.float32))["params"])())
-  # The first 4 training photos' eval crops: the reference statistics.
+  # A seeded random 4 of the training photos' eval crops: the reference.
   rc = dit.resolve_config(dit_cfg(vitok_run))
   photos = np.concatenate([
       np.asarray(metrics.quantize(b["image"])) / 255.0
-      for b in input_pipeline.make_eval_dataset(rc.input, 4, 4)])
-  photo_pool = np.asarray(net(inc_params, photos)[0], np.float64)
+      for b in input_pipeline.make_eval_dataset(
+          rc.input, 4, 4, subset_seed=ref_stats.SUBSET_SEED)])
+  photo_pool, _, photo_spatial = (np.asarray(o, np.float64)
+                                  for o in net(inc_params, photos))
   # A random Inception's pool features differ between images by ~1% of
   # their common part, so its logits give every image nearly the same p(y|x)
   # and an IS of 1 + 1e-10, whatever logits it is computed from. Its fc is
@@ -290,9 +364,9 @@ def test_gfid_gis_run_periodically_in_training(vitok_run, tmp_path):
   u.save_npz_tree(inc_path, inc_params)
   # 24 samples: with 10 IS splits each split holds 2-3 (one sample per split
   # would make every IS exactly 1).
-  gen = dict(type="generation", num_samples=24, batch_size=24, cfg_scale=1.5,
-             num_steps=2, log_steps=2, inception_weights=inc_path, seed=3,
-             ref_examples=4)
+  gen = dict(type="generation", num_samples=16, final_num_samples=24,
+             batch_size=24, cfg_scale=1.5, num_steps=2, log_steps=2,
+             inception_weights=inc_path, seed=3, ref_examples=4)
   c = dit_cfg(vitok_run, steps=4, log_every=2, image_every=0,
               evals={"gen": gen})
   workdir = str(tmp_path / "dit")
@@ -300,6 +374,7 @@ def test_gfid_gis_run_periodically_in_training(vitok_run, tmp_path):
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   evals = [r for r in rows if "gen/gfid" in r]
   assert [r["step"] for r in evals] == [2, 4]  # every log_steps and at the end
+  assert [r["gen/num_samples"] for r in evals] == [16, 24]
   assert all(np.isfinite(r["gen/gfid"]) for r in evals)
   # The same numbers from the pieces: the step-4 EMA params' samples (same
   # seed) through Inception, against the training photos' statistics.
@@ -312,17 +387,30 @@ def test_gfid_gis_run_periodically_in_training(vitok_run, tmp_path):
   sampler = dit.make_sampler(rc, setup, cfg_scale=1.5, num_steps=2)
   fn = lambda p, y, i, seed: sampler(p, setup.codec.params,
                                      (stats.mean, stats.std), y, i, seed)[0]
-  fake, logits = metrics.GaussianStats(), []
-  for images, _, _ in generation.generate(fn, state["params_ema"],
-                                          generation.sample_labels(24, 9), 24,
+  labels = np.random.default_rng(3).integers(0, 9, 24)  # DiT's protocol
+  pools, logits, spatials = [], [], []
+  for images, y, _ in generation.generate(fn, state["params_ema"], labels, 24,
                                           mesh, seed=3):
-    pool, lg = net(inc_params, np.asarray(metrics.quantize(images)) / 255.0)
-    fake.update(np.asarray(pool))
+    np.testing.assert_array_equal(y, labels)
+    pool, lg, spatial = net(inc_params,
+                            np.asarray(metrics.quantize(images)) / 255.0)
+    pools.append(np.asarray(pool, np.float64))
     logits.append(np.asarray(lg))
-  ref = metrics.GaussianStats()
-  ref.update(photo_pool)
-  want = metrics.frechet_distance(*fake.mean_cov(), *ref.mean_cov())
-  assert evals[-1]["gen/gfid"] == pytest.approx(want, rel=1e-3)
+    spatials.append(np.asarray(spatial, np.float64))
+  pools, spatials = np.concatenate(pools), np.concatenate(spatials)
+  fid = lambda a, b: metrics.frechet_distance(
+      a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+  assert evals[-1]["gen/gfid"] == pytest.approx(fid(pools, photo_pool),
+                                                rel=1e-3)
+  assert spatials.shape == (24, 2023)
+  assert evals[-1]["gen/sfid"] == pytest.approx(fid(spatials, photo_spatial),
+                                                rel=1e-3)
+  want = prc.calculate_precision_recall_full(
+      tr.torch.from_numpy(pools.astype(np.float32)),
+      tr.torch.from_numpy(photo_pool.astype(np.float32)), 3)
+  # Counts over 24 samples and 4 references: equal, up to torch's float32.
+  assert (evals[-1]["gen/precision"], evals[-1]["gen/recall"]) == (
+      pytest.approx(want[0], abs=1e-6), pytest.approx(want[1], abs=1e-6))
   gis, gis_std = numpy_inception_score(np.concatenate(logits))
   assert gis > 1.2, gis  # the logits tell samples apart (see above)
   assert evals[-1]["gen/gis"] == pytest.approx(gis, rel=1e-4)

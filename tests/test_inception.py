@@ -58,13 +58,28 @@ def reference(tmp_path_factory):
 
 
 def test_pool_features_and_logits_match_pytorch_fid(reference):
+  """...and ADM's sFID features: mixed_6/conv, the ReLU output of
+  Mixed_6d.branch1x1, its first 7 channels flattened in NHWC order."""
   ref, state, path = reference
   params = inception.load(path)
   x = np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
-  pool, logits = jax.jit(inception.FIDInceptionV3().apply)({"params": params}, x)
+  pool, logits, spatial = jax.jit(inception.FIDInceptionV3(spatial=True).apply)(
+      {"params": params}, x)
+  # pytorch_fid's block 2 is Mixed_5b, 5c, 5d, 6a, 6b, 6c, 6d, 6e, unnamed:
+  # 6b, 6c, 6d, 6e have 128, 160, 160, 192 channels_7x7.
+  assert [ref.blocks[2][i].branch7x7_1.conv.out_channels
+          for i in range(4, 8)] == [128, 160, 160, 192]
+  branch = ref.blocks[2][6].branch1x1
+  seen = []
+  hook = branch.register_forward_hook(lambda m, i, o: seen.append(o))
   with torch.no_grad():
     t_pool = ref(torch.from_numpy(x).permute(0, 3, 1, 2))[0].reshape(2, -1)
     t_logits = t_pool @ state["fc.weight"].T  # unbiased
+  hook.remove()
+  t_spatial = seen[0][:, :7].permute(0, 2, 3, 1).reshape(2, -1).numpy()
+  assert spatial.shape == t_spatial.shape == (2, 2023)
+  rel_s = np.abs(np.asarray(spatial) - t_spatial).max() / np.abs(t_spatial).max()
+  assert rel_s < 1e-4, rel_s
   rel = np.abs(np.asarray(pool) - t_pool.numpy()).max() / np.abs(t_pool.numpy()).max()
   assert rel < 1e-4, rel
   rel_l = np.abs(np.asarray(logits) - t_logits.numpy()).max() / np.abs(t_logits.numpy()).max()

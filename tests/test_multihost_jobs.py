@@ -117,7 +117,8 @@ def _dit_args(tokenizer_wd, shards, steps=4):
           "--config.image_every=0", "--config.input.res=32",
           "--config.input.batch_size=8", "--config.sampling.num_steps=4",
           "--config.evals.classes.num_steps=4",
-          "--config.evals.classes.num_samples=10"]
+          "--config.evals.classes.num_samples=10",
+          "--config.evals.classes.final_num_samples=10"]
 
 
 def _encode(tokenizer_wd, out, processes, devices):
@@ -174,14 +175,20 @@ def test_sample_is_the_same_on_any_process_count_and_resumes(
         (copy / "samples" / "results_4_cfg3.json").read_text())
   one, two = _samples(tmp_path / "1x2"), _samples(tmp_path / "2x1")
   assert one[0].shape == (10, 32, 32, 3) and one[0].dtype == np.uint8
-  np.testing.assert_array_equal(one[1], np.arange(10) % 9)
+  # DiT's protocol: uniform random classes, seeded by --seed.
+  np.testing.assert_array_equal(
+      one[1], np.random.default_rng(3).integers(0, 9, 10))
   np.testing.assert_array_equal(one[1], two[1])
   # One seed, the same samples (sample i's noise depends on (seed, i) only);
   # XLA may round differently on other shardings: at most one grey level.
   assert np.abs(one[0].astype(int) - two[0].astype(int)).max() <= 1
   assert results[1]["sample/num_new"] == results[2]["sample/num_new"] == 10
-  for k in ["sample/gfid", "sample/gis"]:
+  # ADM's metrics, each process scoring its own samples (precision/recall
+  # on the gathered features): the same numbers on 1 and 2 processes.
+  for k in ["sample/gfid", "sample/gis", "sample/sfid"]:
     assert results[2][k] == pytest.approx(results[1][k], rel=1e-5), k
+  for k in ["sample/precision", "sample/recall"]:
+    assert results[2][k] == results[1][k], k
   # Killed midway: the parts of two batches never got written. The rerun
   # (another process count and batch) samples exactly what is missing.
   parts = sorted((tmp_path / "2x1" / "samples").glob("parts_*/part_*.npz"))

@@ -17,6 +17,7 @@ from tests import helpers
 from vitok_jax import checkpoint as ckpt_lib
 from vitok_jax import eval as eval_job
 from vitok_jax import sample as sample_lib
+from vitok_jax.evaluators import generation
 from vitok_jax.trainers import dit
 
 
@@ -69,7 +70,8 @@ def dit_run(tokenizer_run):
   c.log_every = c.ckpt_every = c.image_every = 1
   c.num_preview = 8
   c.sampling.num_steps = 2
-  c.evals.classes.update(num_samples=4, batch_size=8, num_steps=2)
+  c.evals.classes.update(num_samples=4, final_num_samples=4, batch_size=8,
+                         num_steps=2)
   m = dit.train_and_evaluate(c, wd)
   return c, wd, m
 
@@ -84,7 +86,8 @@ def test_dit_trains_samples_and_evaluates(dit_run):
   out = sample_lib.sample(c, wd, 5, cfg=2.0, steps=2, batch_size=8)
   with np.load(out["npz"]) as f:
     assert f["arr_0"].shape == (5, 32, 32, 3) and f["arr_0"].dtype == np.uint8
-    np.testing.assert_array_equal(f["labels"], np.arange(5) % 9)
+    np.testing.assert_array_equal(f["labels"], generation.sample_labels(
+        5, 9, "random", seed=0))
 
 
 @pytest.mark.parametrize("which", ["tokenizer", "dit"])

@@ -46,3 +46,11 @@ def import_torch_fidelity_isc():
   pytest.importorskip("torch_fidelity")
   import torch_fidelity.metric_isc as metric_isc  # pylint: disable=g-import-not-at-top
   return metric_isc
+
+
+def import_torch_fidelity_prc():
+  """torch-fidelity's improved precision/recall from features (metric_prc)."""
+  import_torchvision()
+  pytest.importorskip("torch_fidelity")
+  import torch_fidelity.metric_prc as metric_prc  # pylint: disable=g-import-not-at-top
+  return metric_prc

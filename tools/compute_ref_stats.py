@@ -1,4 +1,6 @@
-r"""Computes and caches Inception statistics (mu, sigma) of a dataset's images.
+r"""Computes and caches Inception statistics of a dataset's images: mu, sigma
+(FID), ADM's spatial mu_s, sigma_s (sFID), and the pool features of a seeded
+random 10k (precision/recall).
 
   python tools/compute_ref_stats.py --data=tfds:imagenet2012:train --res=256 \
       --inception=weights/fid_inception_v3.npz
@@ -24,12 +26,13 @@ from vitok_jax import distributed
 
 
 def compute(data: str, res: int, inception_path: str, batch_size: int = 50,
-            num_examples=None, data_dir=None, frames: int = 1):
+            num_examples=None, data_dir=None, frames: int = 1,
+            random_subset: bool = False):
   from vitok_jax.evaluators import ref_stats  # pylint: disable=g-import-not-at-top
   from vitok_jax.models import inception  # pylint: disable=g-import-not-at-top
   cfg = data_config(data, res, data_dir, frames)
   return ref_stats.compute(cfg, inception.load(inception_path), num_examples,
-                           batch_size)
+                           batch_size, random_subset=random_subset)
 
 
 def data_config(data, res, data_dir=None, frames=1):
@@ -47,6 +50,10 @@ def main(argv=None):
   ap.add_argument("--inception", required=True)
   ap.add_argument("--batch_size", type=int, default=50)
   ap.add_argument("--num_examples", type=int, default=None)
+  ap.add_argument("--subset", choices=("first", "random"), default="first",
+                  help="which --num_examples: the first (a reconstruction "
+                  "evaluator's examples) or a seeded random subset (gFID's "
+                  "reference: never the first classes of a sorted folder)")
   ap.add_argument("--out", default=None, help="default: the cache file the "
                   "jobs look for (vitok_jax/evaluators/ref_stats.py)")
   distributed.add_arguments(ap)
@@ -55,9 +62,10 @@ def main(argv=None):
   from vitok_jax.evaluators import ref_stats  # pylint: disable=g-import-not-at-top
   out = args.out or ref_stats.default_path(
       data_config(args.data, args.res, args.data_dir, args.frames),
-      args.inception, args.num_examples)
+      args.inception, args.num_examples, args.subset == "random")
   stats = compute(args.data, args.res, args.inception, args.batch_size,
-                  args.num_examples, args.data_dir, args.frames)
+                  args.num_examples, args.data_dir, args.frames,
+                  args.subset == "random")
   if jax.process_index() == 0:
     ref_stats.save(stats, out)
     print(f"wrote statistics of {stats.n} images to {out}")

@@ -6,7 +6,9 @@ r"""Encodes a data set into latent shards for DiT training.
 then train with `--config=configs/dit/...:tokenizer=WORKDIR,shards=latents/...`.
 Each record is the evaluation crop (resize the shorter side, centre crop) of
 an image, encoded by the tokenizer run's EMA params (the posterior mean), with
-its class label. Shards of --shard_size records (vitok_jax/latent_shards.py)
+its class label, and (unless --no-flips) the encoding of the mirrored crop, as
+MAR stores both: a DiT with config.input.flip=True picks one per example, as
+the on-the-fly path flips its crops. Shards of --shard_size records (vitok_jax/latent_shards.py)
 are written atomically, with a progress line each; run the same command
 again after an interruption and it goes on from the first missing shard.
 Unreadable records are skipped and counted.
@@ -40,7 +42,7 @@ from vitok_jax.pp import ops
 def encode(tokenizer: str, data: str, res: int, out: str, *, step=None,
            shard_size: int = 1024, batch_size: int = 64, num_examples=None,
            data_dir=None, image_key: str = "image", workers: int = 8,
-           log=print) -> dict:
+           flips: bool = True, log=print) -> dict:
   """Writes (or completes) this process's shards; returns the meta dict."""
   codec = latents_lib.Codec.load(tokenizer, step, res=res, key="--tokenizer")
   source = input_pipeline.CheckedSource(
@@ -50,7 +52,8 @@ def encode(tokenizer: str, data: str, res: int, out: str, *, step=None,
               num_examples=n, shard_size=shard_size,
               num_shards=math.ceil(n / shard_size), tokens=codec.num_tokens,
               channels=codec.channels,
-              rope_grid=list(codec.rope_grid) if codec.rope_grid else None)
+              rope_grid=list(codec.rope_grid) if codec.rope_grid else None,
+              flips=bool(flips))
   if fileio.exists(fileio.join(out, latent_shards.META)):
     old = latent_shards.read_meta(out)
     differ = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
@@ -101,17 +104,24 @@ def encode(tokenizer: str, data: str, res: int, out: str, *, step=None,
         continue
       images.append(rec[0])
       labels.append(rec[1])
-    zs = []
+    zs, zs_flipped = [], []
     for b in range(0, len(images), batch_size):
       chunk = np.stack(images[b:b + batch_size])
       pad = batch_size - len(chunk)  # one compiled shape
       chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
                                               chunk.dtype)])
-      z = encode_fn(params, jax.device_put(chunk, sh.batch_sharding(mesh)))
-      zs.append(np.asarray(z)[:batch_size - pad])
-    z = (np.concatenate(zs) if zs else
-         np.zeros((0, codec.num_tokens, codec.channels), np.float32))
-    latent_shards.write_shard(out, s, z, np.asarray(labels, np.int32))
+      for views, x in ((zs, chunk), (zs_flipped, chunk[:, :, ::-1])):
+        if views is zs_flipped and not flips:
+          continue
+        z = encode_fn(params, jax.device_put(np.ascontiguousarray(x),
+                                             sh.batch_sharding(mesh)))
+        views.append(np.asarray(z)[:batch_size - pad])
+    empty = np.zeros((0, codec.num_tokens, codec.channels), np.float32)
+    z = np.concatenate(zs) if zs else empty
+    z_flipped = (np.concatenate(zs_flipped) if zs_flipped else empty
+                 ) if flips else None
+    latent_shards.write_shard(out, s, z, np.asarray(labels, np.int32),
+                              z_flipped)
     encoded += len(z)
     rate = encoded / max(time.time() - t0, 1e-9)
     log(f"shard {s + 1}/{meta['num_shards']}: {len(z)} latents "
@@ -138,6 +148,9 @@ def main(argv=None):
   ap.add_argument("--num_examples", type=int, default=None)
   ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                   help="threads that decode and crop images")
+  ap.add_argument("--flips", action=argparse.BooleanOptionalAction,
+                  default=True, help="also store the mirrored crops' "
+                  "encodings (for config.input.flip; twice the encoding)")
   distributed.add_arguments(ap)
   args = ap.parse_args(argv)
   distributed.initialize_from_args(args)
@@ -145,7 +158,7 @@ def main(argv=None):
     encode(args.tokenizer, args.data, args.res, args.out, step=args.step,
            shard_size=args.shard_size, batch_size=args.batch_size,
            num_examples=args.num_examples, data_dir=args.data_dir,
-           image_key=args.image_key, workers=args.workers,
+           image_key=args.image_key, workers=args.workers, flips=args.flips,
            log=lambda s: print(s, flush=True))
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"encode_dataset: {e}")

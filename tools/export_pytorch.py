@@ -67,7 +67,7 @@ def verify_dit(params, model, out: str, num_tokens: int, grid) -> float:
 
 
 def export_dit_run(workdir, params, config, step, ema, out, do_verify):
-  codec = dit.load_codec(config)
+  codec = dit.load_codec(config, workdir)
   model = dit_lib.from_config(config.model, codec.channels,
                               config.num_classes).clone(dtype=np.float32)
   export.export_dit(params, model, out, dit.load_run_stats(workdir, step),

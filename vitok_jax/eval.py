@@ -54,7 +54,7 @@ def evaluate(config, workdir: str, step=None) -> dict:
   results = {}
   for ev in evals.values():
     scalars = evaluators.write_results(
-        writer, run.step, dict(ev.run(run.params)), out_dir,
+        writer, run.step, dict(ev.run(run.params, final=True)), out_dir,
         fps=ev.data_config.get("fps") or 8.0)
     results.update(scalars)
     if hasattr(ev, "summary") and jax.process_index() == 0:

@@ -34,7 +34,7 @@ continues with the same batches.
 """
 import logging
 import os
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import grain
 import jax
@@ -475,13 +475,38 @@ def eval_num_examples(config, num_examples=None) -> int:
   return n if num_examples is None else min(num_examples, n)
 
 
-def make_eval_dataset(config, batch_size: int, num_examples=None):
+class _Rows:
+  """Rows `index` of a random-access source, in that order."""
+
+  def __init__(self, parent, index):
+    self.parent, self.index = parent, np.asarray(index)
+
+  def __len__(self):
+    return len(self.index)
+
+  def __getitem__(self, i):
+    return self.parent[int(self.index[i])]
+
+
+def subset_rows(total: int, num: int, seed: Optional[int]) -> np.ndarray:
+  """The source rows an evaluation over `num` of `total` examples reads: the
+  first `num`, or with a seed a random subset (kept in source order): the
+  first N of a class-sorted folder would be its first few classes."""
+  if seed is None or num >= total:
+    return np.arange(num)
+  return np.sort(np.random.default_rng(seed).choice(total, num,
+                                                    replace=False))
+
+
+def make_eval_dataset(config, batch_size: int, num_examples=None,
+                      subset_seed: Optional[int] = None):
   """Deterministic centre crops; the last batch is padded and masked.
 
   Yields dicts {"image": [b, res, res, 3] float32, "label": [b] int32,
   "mask": [b] bool, "index": [b] int64}: this process's rows of each global
   batch. Process i of N reads examples i, i + N, i + 2N, ... of the first
-  `num_examples` (none twice, none missing); "index" is each example's
+  `num_examples` (none twice, none missing) -- or, with `subset_seed`, of a
+  seeded random subset of num_examples (subset_rows); "index" is each example's
   position among them (-1 for padding), so that order-dependent metrics (the
   IS splits) do not depend on N. An unreadable record is logged and left out
   (masked like padding).
@@ -491,7 +516,8 @@ def make_eval_dataset(config, batch_size: int, num_examples=None):
   n = len(source) if num_examples is None else min(num_examples, len(source))
   res = config.res
   pid, nproc = jax.process_index(), jax.process_count()
-  ds = grain.MapDataset.source(CheckedSource(source))[:n]
+  ds = grain.MapDataset.source(_Rows(CheckedSource(source), subset_rows(
+      len(source), n, subset_seed)))
   ds = ds[pid::nproc]
 
   def good(rec):

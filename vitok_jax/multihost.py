@@ -55,3 +55,37 @@ def sum_over_processes(tree: Any) -> Any:
 def is_main() -> bool:
   """Process 0 writes files, TensorBoard and prints summaries."""
   return jax.process_index() == 0
+
+
+def gather_rows(rows: np.ndarray, index: np.ndarray, total: int) -> np.ndarray:
+  """[total, ...] on every process from each process's rows and their global
+  row numbers `index` (every row number in [0, total) given by exactly one
+  process): per-example features (precision/recall) that need all examples
+  at once. Each process sends only its own rows (padded to the largest
+  share), so the traffic is about one copy of the result."""
+  rows, index = np.asarray(rows), np.asarray(index, np.int64)
+  if len(rows) != len(index):
+    raise ValueError(f"gather_rows: {len(rows)} rows but {len(index)} indices")
+  if jax.process_count() == 1:
+    out, seen = np.zeros((total,) + rows.shape[1:], rows.dtype), index
+    out[index] = rows
+  else:
+    counts = multihost_utils.process_allgather(np.int32(len(rows)))
+    size = max(int(np.max(counts)), 1)
+    pad = size - len(rows)
+    rows_p = np.concatenate([rows, np.zeros((pad,) + rows.shape[1:],
+                                            rows.dtype)])
+    index_p = np.concatenate([index, np.full(pad, -1, np.int64)]).astype(
+        np.int32)
+    all_rows, all_index = multihost_utils.process_allgather((rows_p, index_p))
+    all_rows = np.asarray(all_rows).reshape((-1,) + rows.shape[1:])
+    all_index = np.asarray(all_index).reshape(-1)
+    keep = all_index >= 0
+    out = np.zeros((total,) + rows.shape[1:], rows.dtype)
+    seen = all_index[keep]
+    out[seen] = all_rows[keep]
+  if len(seen) != total or len(np.unique(seen)) != total or (
+      len(seen) and (seen.min() < 0 or seen.max() >= total)):
+    raise ValueError(f"gather_rows: the processes gave {len(seen)} "
+                     f"row numbers for {total} rows (each must appear once)")
+  return out

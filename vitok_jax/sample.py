@@ -2,15 +2,19 @@ r"""Samples a trained DiT: `python -m vitok_jax.sample --config=... --workdir=DI
 
 Restores the DiT run's checkpoint (its EMA params), the frozen tokenizer that
 the config names and the run's latent statistics, draws N images with DDIM
-and classifier-free guidance (classes cycle through --classes, default all
-classes, balanced), and writes under DIR/samples/:
+and classifier-free guidance, and writes under DIR/samples/. The classes are
+drawn uniformly at random from --classes (default all classes), seeded by
+--seed, as DiT's sampling protocol does; --labels=balanced takes them in
+turn instead (equal counts).
+
 
   parts_<step>_cfg<s>_seed<k>/ each process's samples as it makes them
                               (a rerun samples only what is missing)
   samples_<step>_cfg<s>.png   a grid of the first 64 samples
   samples_<step>_cfg<s>.npz   arr_0: uint8 [N, H, W, 3] (the layout of the
                               ADM/DiT evaluation suite), labels: int32 [N]
-  results_<step>_cfg<s>.json  gFID/gIS against the training set's Inception
+  results_<step>_cfg<s>.json  gFID, gIS, sFID, precision and recall (ADM's
+                              evaluator protocol; images) against the training set's Inception
                               statistics when Inception weights exist
                               (--inception, default the config's generation
                               evaluator's), with --ref_stats or the cached
@@ -49,7 +53,8 @@ def _default_inception(config):
 
 def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
            steps=None, eta=None, seed: int = 0, batch_size: int = 64,
-           checkpoint=None, inception_weights=None, ref_stats=None) -> dict:
+           checkpoint=None, inception_weights=None, ref_stats=None,
+           labels: str = "random") -> dict:
   """Writes the files above; returns {"png", "npz", "step", metrics...}.
 
   As a multi-process job each process samples its rows of every global batch
@@ -62,6 +67,7 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   cfg = config.sampling.cfg_scale if cfg is None else float(cfg)
   sampler = dit.make_sampler(config, setup, cfg_scale=cfg, num_steps=steps,
                              eta=eta)
+  label_kind = labels
   if classes:
     pool = np.asarray([int(c) for c in classes], np.int32)
     bad = pool[(pool < 0) | (pool > config.num_classes)]
@@ -69,9 +75,10 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
       raise ValueError(f"--classes {bad.tolist()} are outside [0, "
                        f"{config.num_classes}] ({config.num_classes} = "
                        "unconditional)")
-    labels = pool[np.arange(num) % len(pool)]
+    labels = pool[generation.sample_labels(num, len(pool), label_kind, seed)]
   else:
-    labels = generation.sample_labels(num, config.num_classes)
+    labels = generation.sample_labels(num, config.num_classes, label_kind,
+                                      seed)
   batch = -(-min(batch_size, num) // mesh.size) * mesh.size
   default_weights, default_ref = _default_inception(config)
   inception_weights = inception_weights or default_weights
@@ -84,6 +91,7 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   parts = sample_parts.Parts(
       fileio.join(out_dir, f"parts_{name}_seed{seed}"),
       dict(step=step, cfg=cfg, seed=seed, classes=list(map(int, classes or [])),
+           labels=label_kind,
            num_steps=steps or config.sampling.num_steps,
            eta=config.sampling.eta if eta is None else float(eta)))
   done = parts.covered(num)
@@ -111,7 +119,9 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
              "sample/samples_per_sec": total_new / max(seconds, 1e-9),
              "sample/peak_host_mib_process0": peak_mib}
   if inc_params is not None:
-    scorer = generation.Scorer(num, inc_params, mesh=mesh,
+    scorer = generation.Scorer(num, inc_params,
+                               frames=config.input.get("frames") or 1,
+                               mesh=mesh,
                                local_batch=batch // jax.process_count())
     for imgs, y, index in parts.read_sharded(num, batch):
       scorer.update(ops.value_range(imgs), y, index)
@@ -120,7 +130,8 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
       ref = ref_stats_lib.load(ref_stats)
     else:  # the training set's, cached (evaluators/ref_stats.py)
       ref = ref_stats_lib.load_or_compute(config.input, inc_params,
-                                          inception_weights)
+                                          inception_weights,
+                                          random_subset=True)
     results.update(scorer.results("sample", ref))
   results["sample/num_samples"] = float(num)
   paths = dict(png=fileio.join(out_dir, f"samples_{name}.png"),
@@ -131,13 +142,20 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
     fileio.save_image(paths["png"],
                       common.grid_picture(ops.value_range(first)))
     fileio.write_json(fileio.join(out_dir, f"results_{name}.json"),
-                      dict(step=step, cfg=cfg, seed=seed, **results))
+                      dict(step=step, cfg=cfg, seed=seed, labels=label_kind,
+                           **results))
   multihost_utils.sync_global_devices("vitok_jax.sample: merged")
-  line = (f"{num} samples of step {step} at CFG {cfg:g} ({new} new on this "
-          f"process) -> {paths['png']}")
+  line = (f"{num} samples ({label_kind} labels) of step {step} at CFG "
+          f"{cfg:g} ({new} new on this process) -> {paths['png']}")
   if "sample/gfid" in results:
     line += (f"; gFID {results['sample/gfid']:.2f}, gIS "
-             f"{results['sample/gis']:.2f} [{num} samples]")
+             f"{results['sample/gis']:.2f}")
+    if "sample/sfid" in results:
+      line += f", sFID {results['sample/sfid']:.2f}"
+    if "sample/precision" in results:
+      line += (f", precision {results['sample/precision']:.3f}, recall "
+               f"{results['sample/recall']:.3f}")
+    line += f" [{num} samples]"
   if multihost.is_main():
     print(line, flush=True)
   return dict(paths, step=step, labels=labels, **results)
@@ -153,8 +171,11 @@ def define_flags() -> dict:
   _NUM = flags.DEFINE_integer("num", 64, "How many samples.")
   _CFG = flags.DEFINE_float("cfg", None, "Guidance scale (default: "
                             "config.sampling.cfg_scale); 1 = no guidance.")
-  _CLASSES = flags.DEFINE_list("classes", None, "Class labels to cycle through "
+  _CLASSES = flags.DEFINE_list("classes", None, "Class labels to draw from "
                                "(default: all classes).")
+  _LABELS = flags.DEFINE_enum("labels", "random", ["random", "balanced"],
+                              "random: uniform, seeded by --seed (DiT's "
+                              "protocol); balanced: the classes in turn.")
   _STEPS = flags.DEFINE_integer("steps", None, "DDIM steps (default: "
                                 "config.sampling.num_steps).")
   _ETA = flags.DEFINE_float("eta", None, "DDIM eta (default: config.sampling.eta).")
@@ -168,7 +189,7 @@ def define_flags() -> dict:
   return dict(config=_CONFIG, workdir=_WORKDIR, num=_NUM, cfg=_CFG,
               classes=_CLASSES, steps=_STEPS, eta=_ETA, seed=_SEED,
               batch=_BATCH, checkpoint=_CHECKPOINT, inception=_INCEPTION,
-              ref_stats=_REF_STATS)
+              ref_stats=_REF_STATS, labels=_LABELS)
 
 
 def main(argv, f: dict):
@@ -181,7 +202,8 @@ def main(argv, f: dict):
   sample(v["config"], v["workdir"], v["num"], cfg=v["cfg"],
          classes=v["classes"], steps=v["steps"], eta=v["eta"], seed=v["seed"],
          batch_size=v["batch"], checkpoint=v["checkpoint"],
-         inception_weights=v["inception"], ref_stats=v["ref_stats"])
+         inception_weights=v["inception"], ref_stats=v["ref_stats"],
+         labels=v["labels"])
 
 
 if __name__ == "__main__":

@@ -56,7 +56,10 @@ def make(*, size, tokenizer, shards, res, tokens, c, batch, steps, classes,
                       num_workers=16)
   config.sampling.update(num_steps=250, eta=0.0, cfg_scale=cfg)
   config.ema_decay = 0.9999
-  gen = dict(num_samples=50_000, batch_size=256, num_steps=250,
+  # ADM's protocol: 10k samples at the periodic evaluations, 50k at the end
+  # of the run and in the eval job; uniform random labels.
+  gen = dict(num_samples=10_000, final_num_samples=50_000, batch_size=256,
+             num_steps=250,
              inception_weights=inception_weights, ref_stats=ref_stats)
   config.evals = {
       "gen_cfg15": evaluators.config("generation", cfg_scale=1.5,
@@ -76,7 +79,8 @@ def make(*, size, tokenizer, shards, res, tokens, c, batch, steps, classes,
     config.ema_decay = 0.99
     config.sampling.num_steps = 50
     config.evals = {"classes": evaluators.config(
-        "generation", num_samples=18, batch_size=8, cfg_scale=cfg,
+        "generation", num_samples=18, final_num_samples=18, batch_size=8,
+        cfg_scale=cfg,
         num_steps=50, nearest=True, inception_weights=inception_weights,
         data=dict(data="embedded"))}
   return config

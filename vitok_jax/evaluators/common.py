@@ -3,8 +3,9 @@
 `config.evals.<name> = dict(type="reconstruction", log_steps=..., ...)`: the
 module `vitok_jax.evaluators.<type>` is the evaluator. It is built once with
 the predict functions the trainer hands it (the tokenizer's `reconstruct`,
-the DiT's `sample` and `labels`; each module's NEEDS names the ones it
-uses) and the mesh, and `run(params)` yields (name, value) pairs: scalars,
+the DiT's `sample` and `num_classes`; each module's NEEDS names the ones it
+uses) and the mesh, and `run(params, final)` yields (name, value) pairs
+(final: the last evaluation of a run, or the eval job): scalars,
 and pictures (uint8 [H, W, 3]) and clips ([2, k, T, H, W, 3]: originals,
 reconstructions) that come back with them. The training loop calls it every
 `log_steps`; `python -m vitok_jax.eval` calls it once on a restored

@@ -1,8 +1,19 @@
-"""Generation evaluator: gFID, gIS (and nearest-photo checks) of DiT samples.
+"""Generation evaluator: DiT samples scored by ADM's evaluator protocol.
+
+Images: gFID, gIS, sFID, precision and recall (k = 3) against the training
+set's reference statistics (evaluators/ref_stats.py); videos: frame-wise
+gFID and gIS. Optionally nearest-photo checks. Every output names its count
+(<name>/num_samples) and the summary line says it ("gFID-10k").
 
 config.evals.<name> fields (type="generation"):
-  num_samples:       how many images to generate (50k in the paper); the
-                     classes cycle 0, 1, ..., num_classes - 1 (balanced)
+  num_samples:       samples of a periodic evaluation during training
+                     (default 10k: 50k x 250 steps x 2 every 50k steps would
+                     cost more than half the training compute)
+  final_num_samples: samples of the final evaluation (the last step of the
+                     run, and the eval job): 50k, the paper's tables
+  labels:            "random": uniform random classes, seeded by `seed`
+                     (DiT's sampling protocol); "balanced": the classes in
+                     turn 0, 1, ..., num_classes - 1 (equal counts)
   batch_size:        global batch of the sampler (divisible by the mesh)
   cfg_scale:         guidance scale (default config.sampling.cfg_scale)
   num_steps:         DDIM steps (default config.sampling.num_steps)
@@ -12,14 +23,16 @@ config.evals.<name> fields (type="generation"):
   ref_stats:         .npz of tools/compute_ref_stats.py over the training set
                      (its evaluation crops); default: the cache file
                      evaluators/ref_stats.py names for `data` (default the
-                     training input) and ref_examples of it, computed at the
-                     first start (refused above 50k examples: the error
-                     names the tool command) and reused after
+                     training input) and a seeded random ref_examples of it
+                     (default all), computed at the first start (refused
+                     above 50k examples: the error names the tool command)
+                     and reused after
   nearest:           also compare each sample with the photos of `data` by
                      PSNR (small data sets: is a sample of class k nearest
                      to a photo of class k?): <name>/own_class_psnr,
                      <name>/other_class_psnr, <name>/nearest_is_own_class
-  seed:              the samples' noise (fixed: evaluations are comparable)
+  seed:              the samples' noise and random labels (fixed:
+                     evaluations are comparable)
   data:              the keys of config.input the references come from;
                      unset ones are the training input's
   log_steps:         0 = only at the end
@@ -27,6 +40,7 @@ config.evals.<name> fields (type="generation"):
 Every field is in default_config() below and can be set from the command
 line (--config.evals.<name>.<field>=...).
 """
+import logging
 from typing import Callable
 
 import jax
@@ -40,12 +54,24 @@ from vitok_jax import multihost
 from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import metrics
+from vitok_jax.evaluators import precision_recall
 from vitok_jax.evaluators import ref_stats as ref_stats_lib
 from vitok_jax.models import inception
 
 
-def sample_labels(num_samples: int, num_classes: int) -> np.ndarray:
-  return (np.arange(num_samples) % num_classes).astype(np.int32)
+LABELS = ("random", "balanced")
+
+
+def sample_labels(num_samples: int, num_classes: int, kind: str = "random",
+                  seed: int = 0) -> np.ndarray:
+  """The classes of samples 0 .. num_samples - 1: uniform random (seeded;
+  DiT's protocol) or balanced (the classes in turn)."""
+  if kind == "balanced":
+    return (np.arange(num_samples) % num_classes).astype(np.int32)
+  if kind == "random":
+    return np.random.default_rng(seed).integers(
+        0, num_classes, num_samples).astype(np.int32)
+  raise ValueError(f"labels={kind!r}: expected one of {LABELS}")
 
 
 def generate(sample: Callable, params, labels: np.ndarray, batch_size: int,
@@ -79,28 +105,38 @@ def generate(sample: Callable, params, labels: np.ndarray, batch_size: int,
 
 
 class Scorer:
-  """Accumulates Inception statistics and the IS over generated images, and
-  (optionally) PSNR against labelled reference photos.
+  """Accumulates Inception statistics, the IS, ADM's spatial statistics and
+  (images) the pool features for precision/recall over generated samples,
+  and (optionally) PSNR against labelled reference photos.
 
   With a `mesh`, Inception runs sharded like the batch: each process passes
   its own samples (at most `local_batch` per call, the same number of calls
   on every process) and `sum_over_processes` adds the sums at the end.
+  `net` is inception.apply_fn(mesh, spatial=True), built once by the caller
+  (a new one compiles anew).
   """
 
   def __init__(self, num_samples: int, inception_params=None,
                references=None, frames: int = 1, mesh=None,
-               local_batch: int = 0):
+               local_batch: int = 0, net=None):
     self.inception_params = inception_params
     self.mesh, self.local_batch = mesh, int(local_batch)
-    if inception_params is not None:  # videos: frame-wise gFID/gIS
+    self.num_samples, self.frames = int(num_samples), int(frames)
+    if inception_params is not None:  # videos: frame-wise gFID/gIS/sFID
       self.stats = metrics.GaussianStats()
+      self.spatial = metrics.GaussianStats(inception.SPATIAL_DIM)
       self.score = metrics.InceptionScore(num_samples * frames)
-      self._net = inception.apply_fn(mesh)
+      self._net = net or inception.apply_fn(mesh, spatial=True)
+      # Precision/recall need every sample's features at once: images only
+      # (50k x 2048 float32 = 400 MB; a video's frames would be 16x that).
+      self.features = [] if frames == 1 else None
+      self.feature_index = []
     self.references = references  # (uint8 images [R, H, W, 3], labels [R])
     self.own, self.other, self.hits, self.n = 0.0, 0.0, 0, 0
 
   def _inception(self, q: np.ndarray):
-    """(pool, logits) of this process's uint8-grid images [b, (T,) H, W, 3]."""
+    """(pool, logits, spatial) of this process's uint8-grid images
+    [b, (T,) H, W, 3]."""
     if self.mesh is None:
       return self._net(self.inception_params,
                        q.reshape((-1,) + q.shape[-3:]) / 255.0)
@@ -118,20 +154,27 @@ class Scorer:
   def update(self, images: np.ndarray, labels: np.ndarray,
              index=None) -> None:
     """images: this process's samples; index: their sample numbers (the IS
-    splits; default: the order of the calls)."""
+    splits, the precision/recall rows; default: the order of the calls)."""
     q = np.asarray(metrics.quantize(images))
+    if index is None:
+      index = np.arange(self.n, self.n + len(q))
+    index = np.asarray(index)
     self.n += len(q)
     if not len(q) and self.mesh is None:
       return
     if self.inception_params is not None:
-      pool, logits = self._inception(q)
-      self.stats.update(np.asarray(pool))
+      pool, logits, spatial = (np.asarray(o) for o in self._inception(q))
+      self.stats.update(pool)
+      self.spatial.update(spatial)
       findex = None
-      if index is not None and len(q):  # frame f of sample i: i * frames + f
+      if len(q):  # frame f of sample i: i * frames + f
         frames = len(pool) // len(q)
-        findex = (np.asarray(index)[:, None] * frames +
+        findex = (index[:, None] * frames +
                   np.arange(frames)[None]).reshape(-1)
-      self.score.update(np.asarray(logits), index=findex)
+      self.score.update(logits, index=findex)
+      if self.features is not None and len(q):
+        self.features.append(pool.astype(np.float32))
+        self.feature_index.append(index)
     if self.references is not None and len(q):
       ref, ref_labels = self.references
       # PSNR of every sample against every reference photo [b, R].
@@ -146,22 +189,50 @@ class Scorer:
       self.hits += int((own > other).sum())
 
   def sum_over_processes(self) -> "Scorer":
-    """Adds every process's sums (each scored its own samples)."""
+    """Adds every process's sums (each scored its own samples), and gathers
+    the features precision/recall need on every process."""
     n, self.own, self.other, hits = multihost.sum_over_processes(
         (self.n, self.own, self.other, self.hits))
     self.n, self.hits = int(round(float(n))), int(round(float(hits)))
     self.own, self.other = float(self.own), float(self.other)
     if self.inception_params is not None:
       self.stats.sum_over_processes()
+      self.spatial.sum_over_processes()
       self.score.sum_over_processes()
+      if self.features is not None:
+        dim = self.stats.s1.shape[0]
+        rows = (np.concatenate(self.features) if self.features
+                else np.zeros((0, dim), np.float32))
+        at = (np.concatenate(self.feature_index) if self.feature_index
+              else np.zeros(0, np.int64))
+        self.features = [multihost.gather_rows(rows, at, self.n)]
+        self.feature_index = [np.arange(self.n)]
     return self
 
-  def results(self, prefix: str, ref_stats=None) -> dict:
+  def results(self, prefix: str, ref=None) -> dict:
+    """ref: ref_stats.RefStats (or (mu, sigma): gFID only). sFID and
+    precision/recall are left out when ref lacks their statistics."""
     out = {f"{prefix}/num_samples": float(self.n)}
-    if self.inception_params is not None and ref_stats is not None:
+    if self.inception_params is not None and ref is not None:
+      if not isinstance(ref, ref_stats_lib.RefStats):
+        ref = ref_stats_lib.RefStats(ref[0], ref[1], 0)
       out[f"{prefix}/gfid"] = metrics.frechet_distance(
-          *self.stats.mean_cov(), *ref_stats)
+          *self.stats.mean_cov(), ref.mu, ref.sigma)
       out[f"{prefix}/gis"], out[f"{prefix}/gis_std"] = self.score.result()
+      if ref.spatial is not None:
+        out[f"{prefix}/sfid"] = metrics.frechet_distance(
+            *self.spatial.mean_cov(), *ref.spatial)
+      if self.features is not None and ref.features is not None:
+        p, r = precision_recall.precision_recall(self.features[0],
+                                                 ref.features)
+        out[f"{prefix}/precision"], out[f"{prefix}/recall"] = p, r
+      missing = [m for m, ok in (("sFID", ref.spatial is not None), (
+          "precision/recall", ref.features is not None)) if not ok]
+      if missing:
+        logging.warning("%s: the reference statistics have no %s (written "
+                        "before they existed: recompute them with "
+                        "tools/compute_ref_stats.py)", prefix,
+                        " or ".join(missing))
     if self.references is not None and self.n:
       out[f"{prefix}/own_class_psnr"] = self.own / self.n
       out[f"{prefix}/other_class_psnr"] = self.other / self.n
@@ -187,7 +258,7 @@ def reference_photos(data_config, max_examples: int = 256):
   return images[masks], labels[masks]
 
 
-NEEDS = ("sample", "labels")
+NEEDS = ("sample", "num_classes")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -195,7 +266,8 @@ def default_config() -> ml_collections.ConfigDict:
   cfg_scale and num_steps are config.sampling's."""
   placeholder = ml_collections.config_dict.placeholder
   return ml_collections.ConfigDict(dict(
-      type="generation", log_steps=0, num_samples=50_000, batch_size=64,
+      type="generation", log_steps=0, num_samples=10_000,
+      final_num_samples=50_000, labels="random", batch_size=64,
       seed=0, cfg_scale=placeholder(float), num_steps=placeholder(int),
       inception_weights="", ref_stats="", ref_examples=placeholder(int),
       nearest=False, data=common.data_fields()))
@@ -203,8 +275,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 class Evaluator:
   """predict_fns["sample"](cfg_scale, num_steps) -> fn(dit params, labels
-  [B], index [B], seed) -> images; predict_fns["labels"](num) -> the
-  labels of samples 0 .. num - 1."""
+  [B], index [B], seed) -> images; predict_fns["num_classes"]."""
 
   def __init__(self, name: str, config, *, predict_fns, mesh,
                input_config=None):
@@ -212,9 +283,14 @@ class Evaluator:
     self.name = name
     self.sample = predict_fns["sample"](config.get("cfg_scale"),
                                         config.get("num_steps"))
-    self.labels = predict_fns["labels"]
+    self.num_classes = int(predict_fns["num_classes"])
+    self.label_kind = config.labels
+    if self.label_kind not in LABELS:
+      raise ValueError(f"config.evals.{name}.labels={self.label_kind!r}: "
+                       f"expected one of {LABELS}")
     self.mesh = mesh
-    self.num_samples = int(config.get("num_samples", 50_000))
+    self.num_samples = int(config.num_samples)
+    self.final_num_samples = int(config.final_num_samples)
     self.batch_size = int(config.get("batch_size", 64))
     if self.batch_size % mesh.size:
       raise ValueError(f"config.evals.{name}.batch_size={self.batch_size} is "
@@ -234,15 +310,22 @@ class Evaluator:
         self.ref_stats = ref_stats_lib.load_or_compute(
             self.data_config, self.inception_params,
             config.get("inception_weights"),
-            num_examples=config.get("ref_examples"))
+            num_examples=config.get("ref_examples"), random_subset=True)
     self.references = (reference_photos(self.data_config)
                        if config.get("nearest") else None)
+    # Compiled once per run, not at every evaluation.
+    self.net = (inception.apply_fn(mesh, spatial=True)
+                if self.inception_params is not None else None)
 
-  def run(self, params) -> common.Results:
-    scorer = Scorer(self.num_samples, self.inception_params, self.references,
+  def run(self, params, final: bool = False) -> common.Results:
+    """A periodic evaluation (num_samples) or the final one
+    (final_num_samples: the run's last step, the eval job)."""
+    num = self.final_num_samples if final else self.num_samples
+    scorer = Scorer(num, self.inception_params, self.references,
                     self.frames, mesh=self.mesh,
-                    local_batch=self.batch_size // jax.process_count())
-    labels = self.labels(self.num_samples)
+                    local_batch=self.batch_size // jax.process_count(),
+                    net=self.net)
+    labels = sample_labels(num, self.num_classes, self.label_kind, self.seed)
     for images, y, index in generate(self.sample, params, labels,
                                      self.batch_size, self.mesh, self.seed):
       scorer.update(images, y, index)
@@ -251,11 +334,18 @@ class Evaluator:
 
   def summary(self, results: dict) -> str:
     r = lambda k: results.get(f"{self.name}/{k}")
-    line = f"{self.name}: {int(r('num_samples'))} samples"
+    n = int(r("num_samples"))
+    count = f"{n // 1000}k" if n % 1000 == 0 and n else str(n)
+    line = f"{self.name}: {n} samples ({self.label_kind} labels)"
     if self.cfg_scale is not None:
       line += f" at CFG {self.cfg_scale}"
     if r("gfid") is not None:
-      line += f", gFID {r('gfid'):.2f}, gIS {r('gis'):.2f}"
+      line += f", gFID-{count} {r('gfid'):.2f}, gIS {r('gis'):.2f}"
+    if r("sfid") is not None:
+      line += f", sFID {r('sfid'):.2f}"
+    if r("precision") is not None:
+      line += (f", precision {r('precision'):.3f}, recall "
+               f"{r('recall'):.3f} (ADM's, k=3)")
     if r("own_class_psnr") is not None:
       line += (f", PSNR to the nearest photo of their class "
                f"{r('own_class_psnr'):.2f} dB vs of another class "

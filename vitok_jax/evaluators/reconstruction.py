@@ -90,7 +90,8 @@ class Evaluator:
         config.get("inception_weights"), mesh, f"evals.{name}: rFID and rIS")
     self.ref_stats = None
     if config.get("ref_stats"):
-      self.ref_stats = ref_stats_lib.load(config.get("ref_stats"))
+      ref = ref_stats_lib.load(config.get("ref_stats"))
+      self.ref_stats = (ref.mu, ref.sigma)
     self.i3d_params, self.i3d_random = None, False
     if (self.data_config.get("frames") or 1) > 1:
       self._load_i3d(config.get("i3d_weights"))
@@ -177,7 +178,9 @@ class Evaluator:
     flat = images.reshape((-1,) + images.shape[-3:])
     return bicubic.reconstruct(flat, self.bicubic_floats).reshape(images.shape)
 
-  def run(self, params) -> common.Results:
+  def run(self, params, final: bool = False) -> common.Results:
+    """final: the same evaluation either way (periodic or last)."""
+    del final
     ds = input_pipeline.make_eval_dataset(self.data_config, self.batch_size,
                                           self.num_examples)
     sums = dict(psnr=0.0, ssim=0.0, n=0, bic_psnr=0.0, bic_ssim=0.0)

@@ -1,13 +1,19 @@
 """Reference Inception statistics, computed once and then reused.
 
-gFID compares samples with the Inception statistics (mean, covariance of the
-pool features) of the training set's evaluation crops. Computing them is a
-pass over the data set (1.28M images for ImageNet), so they are cached in a
-file named by what they depend on: the data set and split, the resolution,
-the frames (videos, frame-wise), the number of examples, next to the
-Inception weights they were computed with:
+Generated samples are compared with the training set's evaluation crops
+(ADM's evaluator protocol): gFID with the mean and covariance of their
+Inception pool features, sFID with those of ADM's spatial features
+(models/inception.py), precision/recall with the pool features of a seeded
+random 10k of them (the size of ADM's reference batches). Computing them is
+a pass over the data set (1.28M images for ImageNet), so they are cached in
+a file named by what they depend on: the data set and split, the
+resolution, the frames (videos, frame-wise), the number of examples (all,
+or a seeded random subset: never the first N of a class-sorted folder),
+next to the Inception weights they were computed with:
 
-  <dir of the Inception .npz>/ref_stats/<data>_<res>px[_<T>f]_<n|all>.npz
+  <dir of the Inception .npz>/ref_stats/<data>_<res>px[_<T>f]_<all|random<n>>_v2.npz
+
+holding mu, sigma, n, mu_s, sigma_s, pr_features.
 
 Training, the eval job and `vitok_jax.sample` all look there first, and
 `tools/compute_ref_stats.py` writes there by default. A start that would have
@@ -18,7 +24,7 @@ pass is sharded over processes), and every later start reuses the file.
 import hashlib
 import logging
 import re
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import numpy as np
@@ -30,31 +36,113 @@ from vitok_jax.evaluators import metrics
 from vitok_jax.models import inception
 
 MAX_AT_START = 50_000
+PR_EXAMPLES = 10_000  # reference features kept for precision/recall (ADM)
+SUBSET_SEED = 0  # which num_examples of a data set (a seeded random subset)
 
 
-def cache_name(data_config, num_examples: Optional[int] = None) -> str:
+def cache_name(data_config, num_examples: Optional[int] = None,
+               random_subset: bool = False) -> str:
   data = str(data_config.data)
   slug = re.sub(r"[^A-Za-z0-9._-]+", "-", data).strip("-")
   if len(slug) > 80:  # long folder paths: keep them apart by a hash
     slug = slug[:60] + "-" + hashlib.sha1(data.encode()).hexdigest()[:10]
   frames = data_config.get("frames") or 1
+  # v2: with ADM's sFID statistics and precision/recall features. A count
+  # is the first n (the reconstruction evaluators' examples) or a seeded
+  # random subset of n ("random<n>": generation).
+  count = (f"{'random' if random_subset else ''}{num_examples}"
+           if num_examples else "all")
   return (f"{slug}_{data_config.res}px" + (f"_{frames}f" if frames > 1 else "")
-          + f"_{num_examples if num_examples else 'all'}.npz")
+          + f"_{count}_v2.npz")
 
 
 def default_path(data_config, inception_weights: str,
-                 num_examples: Optional[int] = None) -> str:
+                 num_examples: Optional[int] = None,
+                 random_subset: bool = False) -> str:
   weights_dir = fileio.dirname(fileio.abspath(inception_weights))
   return fileio.join(weights_dir, "ref_stats",
-                     cache_name(data_config, num_examples))
+                     cache_name(data_config, num_examples, random_subset))
 
 
-def load(path: str) -> Tuple[np.ndarray, np.ndarray]:
-  f = fileio.load_npz(fileio.abspath(path), ["mu", "sigma"])
-  return f["mu"], f["sigma"]
+class RefStats(NamedTuple):
+  """What generated samples are compared with."""
+  mu: np.ndarray  # pool features' mean [2048] and covariance: gFID
+  sigma: np.ndarray
+  n: int  # examples (frames, for videos) the statistics are over
+  spatial: Optional[Tuple[np.ndarray, np.ndarray]] = None  # sFID (ADM)
+  features: Optional[np.ndarray] = None  # pool features of a seeded random
+  #                                        subset [K, 2048]: precision/recall
 
 
-def tool_command(data_config, inception_weights, num_examples, path) -> str:
+def load(path: str) -> RefStats:
+  """A file of save() or tools/compute_ref_stats.py. One written before sFID
+  and precision/recall existed has only mu and sigma (spatial and features
+  None: those metrics are then left out, with a warning)."""
+  f = fileio.load_npz(fileio.abspath(path), None)
+  if "mu" not in f or "sigma" not in f:
+    raise ValueError(f"{path} holds {sorted(f)}, not reference statistics "
+                     "(mu, sigma): write it with tools/compute_ref_stats.py")
+  spatial = (f["mu_s"], f["sigma_s"]) if "mu_s" in f else None
+  return RefStats(f["mu"], f["sigma"], int(f.get("n", 0)), spatial,
+                  f.get("pr_features"))
+
+
+def save(ref: RefStats, path: str) -> None:
+  """Atomically (a partly written file is never found as a cache)."""
+  arrays = dict(mu=ref.mu, sigma=ref.sigma, n=ref.n)
+  if ref.spatial is not None:
+    arrays.update(mu_s=ref.spatial[0], sigma_s=ref.spatial[1])
+  if ref.features is not None:
+    arrays["pr_features"] = ref.features
+  fileio.save_npz(path, **arrays)
+
+
+class Accumulator:
+  """Streams Inception outputs of `total` examples (frames) into RefStats:
+  float64 sums for the Gaussians, and the pool features of `pr_examples`
+  of them at seeded random positions for precision/recall (ADM compares
+  with a 10k reference batch). Position = the example's index in the
+  evaluation (make_eval_dataset's "index"), so the subset does not depend on
+  the process count."""
+
+  def __init__(self, total: int, pr_examples: int = PR_EXAMPLES,
+               seed: int = 0):
+    self.total = int(total)
+    self.pool = metrics.GaussianStats()
+    self.spatial = metrics.GaussianStats(inception.SPATIAL_DIM)
+    k = min(int(pr_examples), self.total)
+    chosen = np.sort(np.random.default_rng(seed).choice(
+        self.total, k, replace=False)) if k else np.zeros(0, np.int64)
+    self.slot = np.full(self.total, -1, np.int64)
+    self.slot[chosen] = np.arange(k)
+    self.k = k
+    self.rows, self.rows_at = [], []
+
+  def update(self, pool, spatial, index) -> None:
+    pool, index = np.asarray(pool), np.asarray(index)
+    self.pool.update(pool)
+    self.spatial.update(np.asarray(spatial))
+    slot = self.slot[index]
+    keep = slot >= 0
+    if keep.any():
+      self.rows.append(pool[keep].astype(np.float32))
+      self.rows_at.append(slot[keep])
+
+  def result(self) -> RefStats:
+    """Sums over processes; every process gets the whole result."""
+    self.pool.sum_over_processes()
+    self.spatial.sum_over_processes()
+    rows = (np.concatenate(self.rows) if self.rows
+            else np.zeros((0, self.pool.s1.shape[0]), np.float32))
+    at = (np.concatenate(self.rows_at) if self.rows_at
+          else np.zeros(0, np.int64))
+    features = multihost.gather_rows(rows, at, self.k)
+    return RefStats(*self.pool.mean_cov(), self.pool.n,
+                    self.spatial.mean_cov(), features)
+
+
+def tool_command(data_config, inception_weights, num_examples, path,
+                 random_subset: bool = False) -> str:
   cmd = (f"python tools/compute_ref_stats.py --data={data_config.data} "
          f"--res={data_config.res} --inception={inception_weights}")
   if (data_config.get("frames") or 1) > 1:
@@ -63,52 +151,63 @@ def tool_command(data_config, inception_weights, num_examples, path) -> str:
     cmd += f" --data_dir={data_config.data_dir}"
   if num_examples:
     cmd += f" --num_examples={num_examples}"
+    if random_subset:
+      cmd += " --subset=random"
   return cmd + f" --out={path}"
 
 
 def compute(data_config, inception_params, num_examples=None,
-            batch_size: int = 50) -> metrics.GaussianStats:
+            batch_size: int = 50, pr_examples: int = PR_EXAMPLES,
+            random_subset: bool = False) -> RefStats:
   """Inception statistics of a data set's evaluation crops (frame-wise for
-  videos); tools/compute_ref_stats.py saves them."""
-  fn = inception.apply_fn()
-  stats = metrics.GaussianStats()
+  videos) -- all of them, the first num_examples, or a seeded random subset
+  of num_examples; tools/compute_ref_stats.py saves them."""
+  fn = inception.apply_fn(spatial=True)
   n = input_pipeline.eval_num_examples(data_config, num_examples)
+  frames = data_config.get("frames") or 1
+  acc = Accumulator(n * frames, pr_examples)
   # A global batch every process can split evenly, no larger than the data.
   nproc = jax.process_count()
   batch = max(min(batch_size, -(-n // nproc) * nproc) // nproc, 1) * nproc
-  for b in input_pipeline.make_eval_dataset(data_config, batch, num_examples):
+  for b in input_pipeline.make_eval_dataset(data_config, batch, num_examples,
+                                            subset_seed=SUBSET_SEED
+                                            if random_subset else None):
     q = np.asarray(metrics.quantize(b["image"][b["mask"]])) / 255.0
     if len(q):
-      stats.update(np.asarray(fn(inception_params,
-                                 q.reshape((-1,) + q.shape[-3:]))[0]))
-  return stats.sum_over_processes()
+      pool, _, spatial = fn(inception_params, q.reshape((-1,) + q.shape[-3:]))
+      index = (b["index"][b["mask"]][:, None] * frames +
+               np.arange(frames)[None]).reshape(-1)
+      acc.update(np.asarray(pool), np.asarray(spatial), index)
+  return acc.result()
 
 
 def load_or_compute(data_config, inception_params, inception_weights: str, *,
                     num_examples: Optional[int] = None,
                     path: Optional[str] = None,
-                    max_examples: Optional[int] = None):
-  """(mu, sigma) of data_config's evaluation crops: from `path` (default:
+                    max_examples: Optional[int] = None,
+                    random_subset: bool = False) -> RefStats:
+  """RefStats of data_config's evaluation crops: from `path` (default:
   default_path), else computed (sharded over processes) and saved there."""
-  path = path or default_path(data_config, inception_weights, num_examples)
+  path = path or default_path(data_config, inception_weights, num_examples,
+                              random_subset)
   if fileio.exists(path):
-    logging.info("Reference statistics from %s", path)
-    return load(path)
+    ref = load(path)
+    if ref.spatial is not None and ref.features is not None:
+      logging.info("Reference statistics from %s", path)
+      return ref
+    logging.warning("%s predates sFID and precision/recall: recomputing it",
+                    path)
   n = input_pipeline.eval_num_examples(data_config, num_examples)
   limit = MAX_AT_START if max_examples is None else max_examples
   if n > limit:
     raise ValueError(
         f"No reference statistics at {path}, and computing them would read "
         f"{n} examples at every start (more than {limit}). Compute them once:"
-        f"\n  {tool_command(data_config, inception_weights, num_examples, path)}")
-  stats = compute(data_config, inception_params, num_examples)
+        f"\n  {tool_command(data_config, inception_weights, num_examples, path, random_subset)}")
+  ref = compute(data_config, inception_params, num_examples,
+                random_subset=random_subset)
   if multihost.is_main():
-    save(stats, path)
-  logging.info("Reference statistics of %d examples saved to %s", stats.n,
+    save(ref, path)
+  logging.info("Reference statistics of %d examples saved to %s", ref.n,
                path)
-  return stats.mean_cov()
-
-
-def save(stats, path: str) -> None:
-  """Atomically (a partly written file is never found as a cache)."""
-  stats.save(path)
+  return ref

@@ -155,8 +155,18 @@ def resize_bilinear(x, size: int = 299):
   return jax.image.resize(x, (n, size, size, c), "bilinear", antialias=False)
 
 
+# ADM's sFID features: the first 7 channels of `mixed_6/conv`, the 1x1
+# branch (after its ReLU) of the TF graph's 7th mixed block -- Mixed_6d in
+# torchvision's names (mixed = 5b, mixed_1 = 5c, mixed_2 = 5d, mixed_3 = 6a,
+# mixed_4..7 = 6b..6e) -- at 17x17, flattened in NHWC order: 17*17*7 = 2023.
+SPATIAL_CHANNELS = 7
+SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
+
+
 class FIDInceptionV3(nn.Module):
-  """images [N, H, W, 3] in [0, 1] -> (pool features [N, 2048], logits [N, 1008])."""
+  """images [N, H, W, 3] in [0, 1] -> (pool features [N, 2048], logits
+  [N, 1008]), and with spatial=True also ADM's sFID features [N, 2023]."""
+  spatial: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -178,6 +188,8 @@ class FIDInceptionV3(nn.Module):
     x = InceptionC(128, name="Mixed_6b")(x)
     x = InceptionC(160, name="Mixed_6c")(x)
     x = InceptionC(160, name="Mixed_6d")(x)
+    # Mixed_6d's output starts with its branch1x1 (the concatenation order).
+    spatial = x[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
     x = InceptionC(192, name="Mixed_6e")(x)
     x = InceptionD(name="Mixed_7a")(x)
     x = InceptionE("avg", name="Mixed_7b")(x)
@@ -188,6 +200,8 @@ class FIDInceptionV3(nn.Module):
     # `logits_unbiased`; the converter drops the bias.
     logits = nn.Dense(1008, use_bias=False, name="fc",
                       precision=jax.lax.Precision.HIGHEST)(pool)
+    if self.spatial:
+      return pool, logits, spatial
     return pool, logits
 
 
@@ -205,13 +219,14 @@ def load(path: Optional[str]) -> dict:
       f"--out {path or 'weights/fid_inception_v3.npz'}")
 
 
-def apply_fn(mesh=None):
-  """Jitted (params, images in [0, 1]) -> (pool, logits); with a mesh, the
-  batch is sharded over it (pass global arrays) and so are the outputs."""
-  net = FIDInceptionV3()
+def apply_fn(mesh=None, spatial: bool = False):
+  """Jitted (params, images in [0, 1]) -> (pool, logits[, spatial]); with a
+  mesh, the batch is sharded over it (pass global arrays) and so are the
+  outputs. Build it once per job: every call of apply_fn compiles anew."""
+  net = FIDInceptionV3(spatial=spatial)
   fn = lambda p, x: net.apply({"params": p}, x)
   if mesh is None:
     return jax.jit(fn)
   batch = sh.batch_sharding(mesh)
   return jax.jit(fn, in_shardings=(sh.replicated(mesh), batch),
-                 out_shardings=(batch, batch))
+                 out_shardings=(batch,) * (3 if spatial else 2))

@@ -59,10 +59,11 @@ def default_config() -> ml_collections.ConfigDict:
   # source: "encode" (on the fly) or "shards:<dir>" (tools/encode_dataset.py).
   # tokens/channels: what this DiT is built for; checked against the
   # tokenizer (unset = take the tokenizer's). stats_examples: training
-  # examples the normalisation statistics are computed over.
+  # examples the normalisation statistics are computed over, a random
+  # subset seeded by stats_seed (never the first classes of a sorted set).
   c.latents = dict(source="encode", tokens=placeholder(int),
                    channels=placeholder(int), stats_examples=10_000,
-                   stats_batch=64)
+                   stats_batch=64, stats_seed=0)
   c.num_classes = 1000
   c.model = dict(size="L", dtype="bfloat16", stream_dtype="float32",
                  remat="none", attn_impl="auto",
@@ -112,17 +113,74 @@ def resolve_config(config) -> ml_collections.ConfigDict:
 # ==========================================================================
 # Setup: the frozen tokenizer, the DiT, optimizer, shardings, jitted steps
 # ==========================================================================
-def load_codec(config) -> latents_lib.Codec:
-  """The frozen ViTok, checked against what the DiT config wants."""
+PIN_FILE = "tokenizer.json"
+
+
+def pin_path(dit_workdir: str) -> str:
+  return fileio.join(fileio.abspath(dit_workdir), PIN_FILE)
+
+
+def read_pin(dit_workdir: Optional[str]) -> Optional[dict]:
+  """{"workdir", "step"} of the tokenizer a DiT run was started on."""
+  if not dit_workdir or not fileio.exists(pin_path(dit_workdir)):
+    return None
+  return fileio.read_json(pin_path(dit_workdir))
+
+
+def pin_tokenizer(dit_workdir: str, codec: latents_lib.Codec) -> None:
+  """At a run's first start: the tokenizer's workdir and step, so that its
+  resume, evaluation, sampling and export decode with the tokenizer the run
+  trained on even after the tokenizer run moves on (process 0 writes)."""
+  if read_pin(dit_workdir) is None and multihost.is_main():
+    fileio.makedirs(fileio.abspath(dit_workdir))
+    fileio.write_json(pin_path(dit_workdir), dict(workdir=codec.workdir,
+                                                  step=int(codec.step)))
+
+
+def _refuse(what: str, theirs, ours, source: str) -> None:
+  raise ValueError(
+      f"The tokenizer's {what} differs: {source} has {theirs!r}, but this "
+      f"run would use {ours!r}. A DiT decodes only with the tokenizer it was "
+      "trained on: set config.tokenizer.workdir/step to match, or start a "
+      "new run.")
+
+
+def load_codec(config, dit_workdir: Optional[str] = None
+               ) -> latents_lib.Codec:
+  """The frozen ViTok, checked against what the DiT config wants, against
+  the run's pin (dit_workdir/tokenizer.json: its step, not the tokenizer
+  run's latest) and against the shards' meta.json."""
   tc = config.tokenizer
   meta = None
-  workdir = tc.workdir
+  workdir, step = tc.workdir, tc.step
   if config.latents.source.startswith("shards:"):
     from vitok_jax import latent_shards  # pylint: disable=g-import-not-at-top
     meta = latent_shards.read_meta(config.latents.source[len("shards:"):])
     workdir = workdir or meta["tokenizer"]
-  codec = latents_lib.Codec.load(workdir, tc.step, res=config.input.res,
+    step = int(meta["step"]) if step is None else step
+  pin = read_pin(dit_workdir)
+  if pin is not None:
+    where = pin_path(dit_workdir)
+    if workdir and fileio.abspath(workdir) != pin["workdir"]:
+      _refuse("workdir", pin["workdir"], fileio.abspath(workdir), where)
+    if step is not None and int(step) != int(pin["step"]):
+      _refuse("step", int(pin["step"]), int(step), where)
+    workdir, step = pin["workdir"], int(pin["step"])
+  elif dit_workdir is not None:
+    logging.warning("%s has no %s (a run started before tokenizers were "
+                    "pinned): using the tokenizer's %s", dit_workdir,
+                    PIN_FILE, f"step {step}" if step is not None else
+                    "latest step")
+  codec = latents_lib.Codec.load(workdir, step, res=config.input.res,
                                  use_ema=tc.use_ema)
+  if meta is not None:
+    shards_dir = config.latents.source[len("shards:"):]
+    if fileio.abspath(meta["tokenizer"]) != codec.workdir:
+      _refuse("workdir", meta["tokenizer"], codec.workdir,
+              f"{shards_dir}/meta.json")
+    if int(meta["step"]) != int(codec.step):
+      _refuse("step", int(meta["step"]), int(codec.step),
+              f"{shards_dir}/meta.json")
   latents_lib.check_matches(codec.num_tokens, codec.channels,
                             config.latents.tokens, config.latents.channels,
                             f"the tokenizer {codec.workdir} at "
@@ -228,12 +286,15 @@ def make_setup(config, mesh, codec: latents_lib.Codec, *,
 
 def compute_latent_stats(config, setup: Setup, tok_params
                          ) -> latents_lib.LatentStats:
-  """Per-channel mean/std over latents.stats_examples training latents."""
+  """Per-channel mean/std over latents.stats_examples training latents,
+  a seeded random subset (input_pipeline.subset_rows): the same rows from
+  shards as encoded on the fly."""
   moments = latents_lib.RunningMoments()
   lc = config.latents
   if lc.source.startswith("shards:"):
     from vitok_jax import latent_shards  # pylint: disable=g-import-not-at-top
-    for z in latent_shards.iterate_latents(lc.source[7:], lc.stats_examples):
+    for z in latent_shards.iterate_latents(lc.source[7:], lc.stats_examples,
+                                           seed=lc.stats_seed):
       moments.update(z)
     return moments.result()
   # Each process encodes its own examples; the sums are added across
@@ -241,7 +302,8 @@ def compute_latent_stats(config, setup: Setup, tok_params
   n_dev = setup.mesh.size
   batch = max(lc.stats_batch // n_dev, 1) * n_dev
   for b in input_pipeline.make_eval_dataset(config.input, batch,
-                                            lc.stats_examples):
+                                            lc.stats_examples,
+                                            subset_seed=lc.stats_seed):
     z = multihost.local_rows(setup.encode(tok_params, sh.put_global_batch(
         b["image"], setup.batch_sharding)))
     moments.update(z[b["mask"]])
@@ -286,7 +348,8 @@ def restore_run(config, workdir: str, step: Optional[int] = None) -> Restored:
                             f"({ckpt_dir}): is it a DiT run's workdir?")
   from vitok_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   mesh = sh.make_mesh(config.mesh)
-  setup = make_setup(config, mesh, load_codec(config), batch=mesh.size)
+  setup = make_setup(config, mesh, load_codec(config, workdir),
+                     batch=mesh.size)
   ckpt = ckpt_lib.Checkpointer(workdir)
   state, _, _ = ckpt.restore(setup.abstract_state, setup.state_sharding, step)
   ckpt.close()
@@ -343,9 +406,9 @@ def train_and_evaluate(config, workdir: str, *,
 
 
 def make_task(config, mesh, workdir) -> host_loop.Task:
-  codec = load_codec(config)
+  codec = load_codec(config, workdir)
+  pin_tokenizer(workdir, codec)
   setup = make_setup(config, mesh, codec)
-  del workdir  # the run keeps everything in its checkpoints
   tok_params = jax.device_put(codec.params, sh.replicated(mesh))
   logging.info("Peak lr %.4g; latents %s", peak_lr(config), codec.describe())
 
@@ -355,7 +418,8 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
   else:
     from vitok_jax import latent_shards  # pylint: disable=g-import-not-at-top
     train_data = latent_shards.make_train_dataset(
-        config.latents.source[7:], config.input.batch_size, config.seed)
+        config.latents.source[7:], config.input.batch_size, config.seed,
+        flip=config.input.flip)
     key = "latent"
 
   def train_step(state, local):
@@ -407,18 +471,15 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
 def predict_fns(config, setup: Setup, tok_params, stats: Callable) -> dict:
   """What a DiT hands its evaluators (evaluators/common.py): `sample`, a
   factory (cfg_scale, num_steps) -> fn(params, labels, index, seed) ->
-  images, and `labels`, num -> the labels of samples 0 .. num - 1.
+  images, and `num_classes` (the evaluator draws the labels).
   stats() gives the latent statistics (mean, std) when sampling."""
-  from vitok_jax.evaluators import generation  # pylint: disable=g-import-not-at-top
-
   def sample(cfg_scale=None, num_steps=None):
     sampler = make_sampler(config, setup, cfg_scale=cfg_scale,
                            num_steps=num_steps)
     return lambda p, y, i, seed: sampler(p, tok_params, stats(), y, i,
                                          seed)[0]
 
-  return dict(sample=sample, labels=lambda num: generation.sample_labels(
-      num, config.num_classes))
+  return dict(sample=sample, num_classes=config.num_classes)
 
 
 def restore_for_eval(config, workdir: str, step=None) -> common.EvalRun:

@@ -48,7 +48,7 @@ class Task(NamedTuple):
   train_data: Any  # grain IterDataset of local batches (dicts)
   examples_per_step: int  # images (frames) per step, for images/s
   log_line: Callable[[dict], str]  # host measurements -> "loss .. rec .."
-  evaluators: Dict[str, Any]  # name -> .run(params), .log_steps, [.summary]
+  evaluators: Dict[str, Any]  # name -> .run(params, final), .log_steps, [.summary]
   pictures: Callable[[Any], Dict[str, np.ndarray]]  # eval params -> uint8 images
   description: str  # "ViTok S-B/16 with 22.1M params"
   eval_params: Callable[[Any], Any]  # state -> what evaluators and pictures see
@@ -152,7 +152,7 @@ def _loop(config, workdir, task: Task, writer, ckpt, train_it, state, start,
   def run_evals(step, final):
     for name, ev in task.evaluators.items():
       if is_due(step, ev.log_steps, last):  # the last step included
-        results = dict(ev.run(task.eval_params(state)))
+        results = dict(ev.run(task.eval_params(state), final=final))
         scalars = evaluators.write_results(writer, step, results)
         logging.info("eval %s at step %d: %s", name, step, scalars)
         if final and hasattr(ev, "summary"):
