@@ -226,3 +226,54 @@ def test_old_reference_files_skip_sfid_and_pr_with_a_warning(
     generation.Evaluator("gen", config, predict_fns=dict(
         sample=fake_sampler([]), num_classes=4),
                          mesh=sh.make_mesh([("data", -1)]))
+
+
+def test_video_gfvd_is_the_frechet_distance_of_i3d_features(tmp_path):
+  """A video DiT's gFVD: I3D features of whole sample clips against those of
+  a seeded random subset of the training clips (here 3 held-out pans of 10
+  frames, a random I3D: flagged), recomputed here from the same clips."""
+  from vitok_jax.models import i3d
+  frames, res = 10, 32
+  data = ml_collections.ConfigDict(dict(data="heldout", res=res,
+                                        frames=frames, fps=8.0))
+
+  def sample(params, y, index, seed):
+    del params
+    t = jnp.arange(frames).reshape(1, frames, 1, 1, 1)
+    grid = jnp.arange(res * res * 3).reshape(1, 1, res, res, 3)
+    return jnp.sin(0.01 * grid + 0.3 * t * (1 + index[:, None, None, None,
+                                                       None]) + y[:, None,
+                                                                   None, None,
+                                                                   None])
+
+  config = ml_collections.ConfigDict(dict(
+      type="generation", num_samples=4, batch_size=4, i3d_weights="random",
+      ref_examples=3, seed=1))
+  mesh = sh.make_mesh([("data", 1)], jax.devices()[:1])
+  ev = generation.Evaluator("vid", config, predict_fns=dict(
+      sample=lambda cfg, steps: sample, num_classes=5), mesh=mesh,
+                            input_config=data)
+  r = dict(ev.run({}))
+  assert r["vid/gfvd_random_i3d"] == 1.0 and "vid/gfid" not in r
+  params = ev.i3d_params
+  q = lambda x: np.clip(np.round((np.asarray(x) + 1) * 127.5), 0, 255)
+  labels = generation.sample_labels(4, 5, seed=1)
+  fake = q(sample(None, jnp.asarray(labels), jnp.arange(4), 1))
+  real = np.concatenate([q(b["image"][b["mask"]]) for b in
+                         input_pipeline.make_eval_dataset(
+                             data, 3, 3, subset_seed=ref_stats.SUBSET_SEED)])
+  feats = np.asarray(jax.jit(i3d.features)(
+      params, np.concatenate([fake, real]) / 127.5 - 1.0), np.float64)
+  from vitok_jax.evaluators import metrics
+  want = metrics.frechet_distance(
+      feats[:4].mean(0), np.cov(feats[:4], rowvar=False),
+      feats[4:].mean(0), np.cov(feats[4:], rowvar=False))
+  assert want > 1e-3 * np.trace(np.cov(feats[4:], rowvar=False))
+  assert r["vid/gfvd"] == pytest.approx(want, rel=1e-4)
+  assert "gFVD-4 " in ev.summary(r) and "RANDOM I3D" in ev.summary(r)
+  # Fewer than 9 frames fail at start, naming config.input.frames.
+  data.frames = 8
+  with pytest.raises(ValueError, match="config.input.frames=8"):
+    generation.Evaluator("vid", config, predict_fns=dict(
+        sample=lambda cfg, steps: sample, num_classes=5), mesh=mesh,
+                         input_config=data)

@@ -163,6 +163,7 @@ DIT_CASES = {"grid of codes": ((1, 2, 3), 6), "1D codes": (None, 5)}
 @pytest.mark.parametrize("case", list(DIT_CASES))
 def test_dit_parity_and_torch_ddim_sampling(case, tmp_path):
   from vitok_jax import diffusion
+  from vitok_jax import flow
   from vitok_jax import latents as latents_lib
   from vitok_jax.models import dit
   grid, n = DIT_CASES[case]
@@ -196,5 +197,14 @@ def test_dit_parity_and_torch_ddim_sampling(case, tmp_path):
   theirs = vt.dit.ddim_sample(tm, torch.tensor([0, 1, 2]), torch.from_numpy(x),
                               num_steps=10, cfg_scale=1.5).numpy()
   assert _rel(ours, theirs) < 1e-4
+  # A flow-matching DiT: Heun (and Euler) with CFG on the velocities.
+  for solver in flow.SOLVERS:
+    ours = flow.ode_sample(
+        lambda x, t: diffusion.guided_eps(eps, x, t, labels, 3, 1.5),
+        jnp.asarray(x), 6, solver)
+    theirs = vt.dit.flow_sample(tm, torch.tensor([0, 1, 2]),
+                                torch.from_numpy(x), num_steps=6,
+                                cfg_scale=1.5, solver=solver).numpy()
+    assert _rel(ours, theirs) < 1e-4, solver
   with pytest.raises(ValueError, match="not a ViTok; use vitok_jax.torch.load_dit"):
     vt.load(out)

@@ -73,6 +73,8 @@ def export_dit_run(workdir, params, config, step, ema, out, do_verify):
   export.export_dit(params, model, out, dit.load_run_stats(workdir, step),
                     grid=codec.rope_grid,
                     extra=dict(step=step, ema=ema, workdir=workdir,
+                               diffusion=dict(config.diffusion),
+                               sampling=dict(config.sampling),
                                tokenizer=codec.workdir,
                                tokenizer_step=codec.step, res=codec.res,
                                num_tokens=codec.num_tokens))

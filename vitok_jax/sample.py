@@ -51,10 +51,17 @@ def _default_inception(config):
   return None, None
 
 
+def _default_i3d(config):
+  for ec in config.evals.values():
+    if ec.get("type") == "generation" and ec.get("i3d_weights"):
+      return ec.get("i3d_weights")
+  return None
+
+
 def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
            steps=None, eta=None, seed: int = 0, batch_size: int = 64,
            checkpoint=None, inception_weights=None, ref_stats=None,
-           labels: str = "random") -> dict:
+           labels: str = "random", i3d_weights=None) -> dict:
   """Writes the files above; returns {"png", "npz", "step", metrics...}.
 
   As a multi-process job each process samples its rows of every global batch
@@ -85,6 +92,12 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   ref_stats = ref_stats or default_ref
   inc_params = common.load_inception(inception_weights, mesh,
                                      "vitok_jax.sample: gFID and gIS")
+  frames = config.input.get("frames") or 1
+  i3d_weights = i3d_weights or _default_i3d(config)
+  i3d_params = fvd_ref = None
+  if frames > 1 and i3d_weights:  # gFVD: fail now, not after sampling
+    ref_stats_lib.check_fvd_frames(frames, "vitok_jax.sample (gFVD)")
+    i3d_params = generation.load_i3d(i3d_weights, mesh, "vitok_jax.sample")
 
   out_dir = fileio.join(workdir, "samples")
   name = f"{step}_cfg{cfg:g}"
@@ -93,6 +106,8 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
       dict(step=step, cfg=cfg, seed=seed, classes=list(map(int, classes or [])),
            labels=label_kind,
            num_steps=steps or config.sampling.num_steps,
+           **({"flow_solver": config.sampling.solver}
+              if config.diffusion.kind == "flow" else {}),
            eta=config.sampling.eta if eta is None else float(eta)))
   done = parts.covered(num)
   # Every process decides from the same listing, before any writes more.
@@ -118,21 +133,27 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
              "sample/num_reused": float(done.sum()),
              "sample/samples_per_sec": total_new / max(seconds, 1e-9),
              "sample/peak_host_mib_process0": peak_mib}
-  if inc_params is not None:
-    scorer = generation.Scorer(num, inc_params,
-                               frames=config.input.get("frames") or 1,
-                               mesh=mesh,
-                               local_batch=batch // jax.process_count())
+  if inc_params is not None or i3d_params is not None:
+    scorer = generation.Scorer(num, inc_params, frames=frames, mesh=mesh,
+                               local_batch=batch // jax.process_count(),
+                               i3d_params=i3d_params)
     for imgs, y, index in parts.read_sharded(num, batch):
       scorer.update(ops.value_range(imgs), y, index)
     scorer.sum_over_processes()
-    if ref_stats:
+    ref = None
+    if inc_params is None:
+      pass
+    elif ref_stats:
       ref = ref_stats_lib.load(ref_stats)
     else:  # the training set's, cached (evaluators/ref_stats.py)
       ref = ref_stats_lib.load_or_compute(config.input, inc_params,
                                           inception_weights,
                                           random_subset=True)
-    results.update(scorer.results("sample", ref))
+    if i3d_params is not None:
+      fvd_ref = ref_stats_lib.load_or_compute_fvd(config.input, i3d_params,
+                                                  i3d_weights)
+    results.update(scorer.results("sample", ref, fvd_ref,
+                                  i3d_weights == "random"))
   results["sample/num_samples"] = float(num)
   paths = dict(png=fileio.join(out_dir, f"samples_{name}.png"),
                npz=fileio.join(out_dir, f"samples_{name}.npz"))
@@ -147,15 +168,20 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   multihost_utils.sync_global_devices("vitok_jax.sample: merged")
   line = (f"{num} samples ({label_kind} labels) of step {step} at CFG "
           f"{cfg:g} ({new} new on this process) -> {paths['png']}")
+  scores = []
+  if "sample/gfvd" in results:
+    scores.append(f"gFVD {results['sample/gfvd']:.2f}" + (
+        " (RANDOM I3D weights)" if results["sample/gfvd_random_i3d"] else ""))
   if "sample/gfid" in results:
-    line += (f"; gFID {results['sample/gfid']:.2f}, gIS "
-             f"{results['sample/gis']:.2f}")
-    if "sample/sfid" in results:
-      line += f", sFID {results['sample/sfid']:.2f}"
-    if "sample/precision" in results:
-      line += (f", precision {results['sample/precision']:.3f}, recall "
-               f"{results['sample/recall']:.3f}")
-    line += f" [{num} samples]"
+    scores.append(f"gFID {results['sample/gfid']:.2f}, gIS "
+                  f"{results['sample/gis']:.2f}")
+  if "sample/sfid" in results:
+    scores.append(f"sFID {results['sample/sfid']:.2f}")
+  if "sample/precision" in results:
+    scores.append(f"precision {results['sample/precision']:.3f}, recall "
+                  f"{results['sample/recall']:.3f}")
+  if scores:
+    line += "; " + ", ".join(scores) + f" [{num} samples]"
   if multihost.is_main():
     print(line, flush=True)
   return dict(paths, step=step, labels=labels, **results)
@@ -186,10 +212,13 @@ def define_flags() -> dict:
                                    "gFID/gIS (tools/convert_inception.py).")
   _REF_STATS = flags.DEFINE_string("ref_stats", None, "Reference statistics "
                                    "(tools/compute_ref_stats.py).")
+  _I3D = flags.DEFINE_string("i3d", None, "Video DiTs: I3D .npz for gFVD "
+                             "(tools/convert_i3d.py; default the config's "
+                             "generation evaluator's i3d_weights).")
   return dict(config=_CONFIG, workdir=_WORKDIR, num=_NUM, cfg=_CFG,
               classes=_CLASSES, steps=_STEPS, eta=_ETA, seed=_SEED,
               batch=_BATCH, checkpoint=_CHECKPOINT, inception=_INCEPTION,
-              ref_stats=_REF_STATS, labels=_LABELS)
+              ref_stats=_REF_STATS, labels=_LABELS, i3d=_I3D)
 
 
 def main(argv, f: dict):
@@ -203,7 +232,7 @@ def main(argv, f: dict):
          classes=v["classes"], steps=v["steps"], eta=v["eta"], seed=v["seed"],
          batch_size=v["batch"], checkpoint=v["checkpoint"],
          inception_weights=v["inception"], ref_stats=v["ref_stats"],
-         labels=v["labels"])
+         labels=v["labels"], i3d_weights=v["i3d"])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ One jitted function serves the training pictures, the generation evaluator
 and `python -m vitok_jax.sample`:
 
   x_T ~ N(0, I) [B, N, c] -> DDIM (num_steps, eta) on guided eps -> x_0
+  (or, for a flow-matching DiT, the Euler/Heun ODE on guided velocities)
   -> z = x_0 * std + mean (the run's latent statistics) -> ViTok decode
 """
 from typing import Callable
@@ -13,13 +14,15 @@ import jax
 import jax.numpy as jnp
 
 from vitok_jax import diffusion
+from vitok_jax import flow
 from vitok_jax import sharding as sh
 
 
 def make_sample_fn(dit_model, codec, sched: diffusion.Schedule, *, mesh,
                    dit_params_sharding, num_steps: int = 250,
                    eta: float = 0.0, cfg_scale: float = 1.5,
-                   grid=None) -> Callable:
+                   grid=None, kind: str = "ddpm",
+                   solver: str = "euler") -> Callable:
   """-> jitted fn(dit_params, tok_params, stats (mean, std), labels [B],
   index [B], seed) -> (images [B, H, W, 3] in [-1, 1], latents z [B, N, c]),
   sharded like the batch.
@@ -32,7 +35,10 @@ def make_sample_fn(dit_model, codec, sched: diffusion.Schedule, *, mesh,
   """
   null = dit_model.num_classes
   shape = (codec.num_tokens, codec.channels)
-  diffusion.ddim_timesteps(sched.num_steps, num_steps)  # validates num_steps
+  if kind == "flow":
+    flow.time_grid(num_steps)  # validates num_steps
+  else:
+    diffusion.ddim_timesteps(sched.num_steps, num_steps)
 
   def sample(dit_params, tok_params, stats, labels, index, seed):
     keys = jax.vmap(lambda i: jax.random.split(
@@ -47,8 +53,11 @@ def make_sample_fn(dit_model, codec, sched: diffusion.Schedule, *, mesh,
     else:
       eps_fn = lambda x, t: diffusion.guided_eps(dit, x, t, labels, null,
                                                  cfg_scale)
-    x0 = diffusion.ddim_sample(eps_fn, sched, x_t, rng_ddim,
-                               num_steps=num_steps, eta=eta)
+    if kind == "flow":  # eps_fn is the (guided) velocity
+      x0 = flow.ode_sample(eps_fn, x_t, num_steps, solver)
+    else:
+      x0 = diffusion.ddim_sample(eps_fn, sched, x_t, rng_ddim,
+                                 num_steps=num_steps, eta=eta)
     mean, std = stats
     z = x0 * std + mean
     return codec.decode(tok_params, z), z

@@ -1,8 +1,9 @@
 """Generation evaluator: DiT samples scored by ADM's evaluator protocol.
 
 Images: gFID, gIS, sFID, precision and recall (k = 3) against the training
-set's reference statistics (evaluators/ref_stats.py); videos: frame-wise
-gFID and gIS. Optionally nearest-photo checks. Every output names its count
+set's reference statistics (evaluators/ref_stats.py); videos: gFVD (I3D
+features of whole clips against the training clips', Table 7) and
+frame-wise gFID, gIS and sFID. Optionally nearest-photo checks. Every output names its count
 (<name>/num_samples) and the summary line says it ("gFID-10k").
 
 config.evals.<name> fields (type="generation"):
@@ -27,6 +28,11 @@ config.evals.<name> fields (type="generation"):
                      (default all), computed at the first start (refused
                      above 50k examples: the error names the tool command)
                      and reused after
+  i3d_weights:       videos: .npz from tools/convert_i3d.py for gFVD; its
+                     reference statistics come from a seeded random
+                     ref_examples (default all) of the training clips,
+                     computed once and cached next to the weights; "random"
+                     (tests) is flagged as <name>/gfvd_random_i3d = 1
   nearest:           also compare each sample with the photos of `data` by
                      PSNR (small data sets: is a sample of class k nearest
                      to a photo of class k?): <name>/own_class_psnr,
@@ -56,6 +62,7 @@ from vitok_jax.evaluators import common
 from vitok_jax.evaluators import metrics
 from vitok_jax.evaluators import precision_recall
 from vitok_jax.evaluators import ref_stats as ref_stats_lib
+from vitok_jax.models import i3d
 from vitok_jax.models import inception
 
 
@@ -118,8 +125,12 @@ class Scorer:
 
   def __init__(self, num_samples: int, inception_params=None,
                references=None, frames: int = 1, mesh=None,
-               local_batch: int = 0, net=None):
+               local_batch: int = 0, net=None, i3d_params=None, i3d_net=None):
     self.inception_params = inception_params
+    self.i3d_params = i3d_params  # videos: gFVD over whole clips
+    if i3d_params is not None:
+      self.fvd = metrics.GaussianStats(i3d.NUM_CLASSES)
+      self._i3d = i3d_net or ref_stats_lib.i3d_apply_fn(mesh)
     self.mesh, self.local_batch = mesh, int(local_batch)
     self.num_samples, self.frames = int(num_samples), int(frames)
     if inception_params is not None:  # videos: frame-wise gFID/gIS/sFID
@@ -134,22 +145,27 @@ class Scorer:
     self.references = references  # (uint8 images [R, H, W, 3], labels [R])
     self.own, self.other, self.hits, self.n = 0.0, 0.0, 0, 0
 
-  def _inception(self, q: np.ndarray):
-    """(pool, logits, spatial) of this process's uint8-grid images
-    [b, (T,) H, W, 3]."""
+  def _apply(self, net, params, x: np.ndarray, per: int):
+    """net's outputs for this process's rows x ([b * per, ...]: `per` rows
+    per sample), padded to the local batch on a mesh."""
     if self.mesh is None:
-      return self._net(self.inception_params,
-                       q.reshape((-1,) + q.shape[-3:]) / 255.0)
-    b = len(q)
+      return net(params, x)
+    b = len(x) // per
     if b > self.local_batch:
       raise ValueError(f"Scorer got {b} samples, more than its local batch "
                        f"{self.local_batch}")
-    pad = np.zeros((self.local_batch - b,) + q.shape[1:], q.dtype)
-    x = np.concatenate([q, pad]).reshape((-1,) + q.shape[-3:]) / 255.0
-    out = self._net(self.inception_params, sh.put_global_batch(
-        x.astype(np.float32), sh.batch_sharding(self.mesh)))
-    per = x.shape[0] // self.local_batch  # frames per sample
-    return tuple(multihost.local_rows(o)[:b * per] for o in out)
+    pad = np.zeros(((self.local_batch - b) * per,) + x.shape[1:], x.dtype)
+    out = net(params, sh.put_global_batch(np.concatenate([x, pad]).astype(
+        np.float32), sh.batch_sharding(self.mesh)))
+    rows = lambda o: multihost.local_rows(o)[:b * per]
+    return tuple(map(rows, out)) if isinstance(out, tuple) else rows(out)
+
+  def _inception(self, q: np.ndarray):
+    """(pool, logits, spatial) of this process's uint8-grid images
+    [b, (T,) H, W, 3], frame by frame."""
+    per = int(np.prod(q.shape[1:-3], dtype=np.int64))  # frames per sample
+    return self._apply(self._net, self.inception_params,
+                       q.reshape((-1,) + q.shape[-3:]) / 255.0, per)
 
   def update(self, images: np.ndarray, labels: np.ndarray,
              index=None) -> None:
@@ -175,6 +191,9 @@ class Scorer:
       if self.features is not None and len(q):
         self.features.append(pool.astype(np.float32))
         self.feature_index.append(index)
+    if self.i3d_params is not None:  # whole clips on the uint8 grid, [-1, 1]
+      feats = self._apply(self._i3d, self.i3d_params, q / 127.5 - 1.0, 1)
+      self.fvd.update(np.asarray(feats))
     if self.references is not None and len(q):
       ref, ref_labels = self.references
       # PSNR of every sample against every reference photo [b, R].
@@ -195,6 +214,8 @@ class Scorer:
         (self.n, self.own, self.other, self.hits))
     self.n, self.hits = int(round(float(n))), int(round(float(hits)))
     self.own, self.other = float(self.own), float(self.other)
+    if self.i3d_params is not None:
+      self.fvd.sum_over_processes()
     if self.inception_params is not None:
       self.stats.sum_over_processes()
       self.spatial.sum_over_processes()
@@ -209,10 +230,16 @@ class Scorer:
         self.feature_index = [np.arange(self.n)]
     return self
 
-  def results(self, prefix: str, ref=None) -> dict:
+  def results(self, prefix: str, ref=None, fvd_ref=None,
+              random_i3d: bool = False) -> dict:
     """ref: ref_stats.RefStats (or (mu, sigma): gFID only). sFID and
-    precision/recall are left out when ref lacks their statistics."""
+    precision/recall are left out when ref lacks their statistics. fvd_ref:
+    (mu, sigma) of the training clips' I3D features (gFVD)."""
     out = {f"{prefix}/num_samples": float(self.n)}
+    if self.i3d_params is not None and fvd_ref is not None:
+      out[f"{prefix}/gfvd"] = metrics.frechet_distance(*self.fvd.mean_cov(),
+                                                       *fvd_ref)
+      out[f"{prefix}/gfvd_random_i3d"] = float(random_i3d)
     if self.inception_params is not None and ref is not None:
       if not isinstance(ref, ref_stats_lib.RefStats):
         ref = ref_stats_lib.RefStats(ref[0], ref[1], 0)
@@ -261,6 +288,24 @@ def reference_photos(data_config, max_examples: int = 256):
 NEEDS = ("sample", "num_classes")
 
 
+def load_i3d(path: str, mesh, what: str):
+  """I3D params replicated over the mesh: from tools/convert_i3d.py's .npz,
+  or "random" (tests: flagged in every output); None with a warning when
+  the file is missing."""
+  if path == "random":
+    logging.warning("%s: gFVD uses a RANDOM I3D: not comparable to any "
+                    "published number", what)
+    params = jax.jit(lambda: i3d.I3D().init(jax.random.key(0), jax.numpy.zeros(
+        (1, 16, 224, 224, 3)))["params"])()
+  else:
+    try:
+      params = i3d.load(path)
+    except FileNotFoundError as e:
+      logging.warning("%s: gFVD is SKIPPED: %s", what, e)
+      return None
+  return jax.device_put(params, sh.replicated(mesh))
+
+
 def default_config() -> ml_collections.ConfigDict:
   """Every field of a generation evaluator, with its default; unset
   cfg_scale and num_steps are config.sampling's."""
@@ -270,6 +315,7 @@ def default_config() -> ml_collections.ConfigDict:
       final_num_samples=50_000, labels="random", batch_size=64,
       seed=0, cfg_scale=placeholder(float), num_steps=placeholder(int),
       inception_weights="", ref_stats="", ref_examples=placeholder(int),
+      i3d_weights="",
       nearest=False, data=common.data_fields()))
 
 
@@ -316,6 +362,18 @@ class Evaluator:
     # Compiled once per run, not at every evaluation.
     self.net = (inception.apply_fn(mesh, spatial=True)
                 if self.inception_params is not None else None)
+    self.i3d_params, self.i3d_net, self.fvd_ref = None, None, None
+    self.i3d_random = config.get("i3d_weights") == "random"
+    if self.frames > 1 and config.get("i3d_weights"):
+      ref_stats_lib.check_fvd_frames(self.frames,
+                                     f"config.evals.{name} (gFVD)")
+      self.i3d_params = load_i3d(config.get("i3d_weights"), mesh,
+                                 f"evals.{name}")
+      if self.i3d_params is not None:
+        self.i3d_net = ref_stats_lib.i3d_apply_fn(mesh)
+        self.fvd_ref = ref_stats_lib.load_or_compute_fvd(
+            self.data_config, self.i3d_params, config.get("i3d_weights"),
+            num_examples=config.get("ref_examples"))
 
   def run(self, params, final: bool = False) -> common.Results:
     """A periodic evaluation (num_samples) or the final one
@@ -324,13 +382,15 @@ class Evaluator:
     scorer = Scorer(num, self.inception_params, self.references,
                     self.frames, mesh=self.mesh,
                     local_batch=self.batch_size // jax.process_count(),
-                    net=self.net)
+                    net=self.net, i3d_params=self.i3d_params,
+                    i3d_net=self.i3d_net)
     labels = sample_labels(num, self.num_classes, self.label_kind, self.seed)
     for images, y, index in generate(self.sample, params, labels,
                                      self.batch_size, self.mesh, self.seed):
       scorer.update(images, y, index)
     scorer.sum_over_processes()
-    yield from scorer.results(self.name, self.ref_stats).items()
+    yield from scorer.results(self.name, self.ref_stats, self.fvd_ref,
+                              self.i3d_random).items()
 
   def summary(self, results: dict) -> str:
     r = lambda k: results.get(f"{self.name}/{k}")
@@ -343,6 +403,9 @@ class Evaluator:
       line += f", gFID-{count} {r('gfid'):.2f}, gIS {r('gis'):.2f}"
     if r("sfid") is not None:
       line += f", sFID {r('sfid'):.2f}"
+    if r("gfvd") is not None:
+      line += (f", gFVD-{count} {r('gfvd'):.2f}" +
+               (" (RANDOM I3D weights)" if r("gfvd_random_i3d") else ""))
     if r("precision") is not None:
       line += (f", precision {r('precision'):.3f}, recall "
                f"{r('recall'):.3f} (ADM's, k=3)")

@@ -211,3 +211,77 @@ def load_or_compute(data_config, inception_params, inception_weights: str, *,
   logging.info("Reference statistics of %d examples saved to %s", ref.n,
                path)
   return ref
+
+
+# --------------------------------------------------------------------------
+# gFVD: I3D statistics of the training clips
+# --------------------------------------------------------------------------
+I3D_MIN_FRAMES = 9  # I3D strides time by 2 three times, then pools 2
+
+
+def check_fvd_frames(frames: int, what: str) -> None:
+  """At start, not after a whole evaluation pass: I3D on fewer than 9
+  frames has an empty time axis (NaN features)."""
+  if frames < I3D_MIN_FRAMES:
+    raise ValueError(f"{what} needs clips of at least {I3D_MIN_FRAMES} "
+                     f"frames (I3D), but config.input.frames={frames}")
+
+
+def fvd_default_path(data_config, i3d_weights: str,
+                     num_examples: Optional[int] = None) -> str:
+  weights_dir = fileio.dirname(fileio.abspath(i3d_weights))
+  name = cache_name(data_config, num_examples, random_subset=True)
+  return fileio.join(weights_dir, "ref_stats", name[:-len(".npz")] + "_i3d.npz")
+
+
+def i3d_apply_fn(mesh=None):
+  """Jitted (params, clips [B, T, H, W, 3] in [-1, 1]) -> I3D features
+  [B, 400]; with a mesh, sharded like the batch."""
+  from vitok_jax.models import i3d  # pylint: disable=g-import-not-at-top
+  if mesh is None:
+    return jax.jit(i3d.features)
+  from vitok_jax import sharding as sh  # pylint: disable=g-import-not-at-top
+  batch = sh.batch_sharding(mesh)
+  return jax.jit(i3d.features, in_shardings=(sh.replicated(mesh), batch),
+                 out_shardings=batch)
+
+
+def compute_fvd(data_config, i3d_params, num_examples=None,
+                batch_size: int = 8) -> metrics.GaussianStats:
+  """I3D statistics of a video data set's evaluation clips (a seeded random
+  subset of num_examples, or all), summed over processes."""
+  from vitok_jax.models import i3d  # pylint: disable=g-import-not-at-top
+  check_fvd_frames(data_config.get("frames") or 1, "gFVD")
+  fn = i3d_apply_fn()
+  stats = metrics.GaussianStats(i3d.NUM_CLASSES)
+  n = input_pipeline.eval_num_examples(data_config, num_examples)
+  nproc = jax.process_count()
+  batch = max(min(batch_size, -(-n // nproc) * nproc) // nproc, 1) * nproc
+  for b in input_pipeline.make_eval_dataset(data_config, batch, num_examples,
+                                            subset_seed=SUBSET_SEED):
+    q = np.asarray(metrics.quantize(b["image"][b["mask"]]))
+    if len(q):  # whole clips, on the uint8 grid, in [-1, 1]
+      stats.update(np.asarray(fn(i3d_params, q / 127.5 - 1.0)))
+  return stats.sum_over_processes()
+
+
+def load_or_compute_fvd(data_config, i3d_params, i3d_weights: str, *,
+                        num_examples: Optional[int] = None):
+  """(mu, sigma) of the training clips' I3D features, cached next to the
+  I3D weights (a random I3D's are computed every time, never cached)."""
+  path = (None if i3d_weights == "random" else
+          fvd_default_path(data_config, i3d_weights, num_examples))
+  if path and fileio.exists(path):
+    f = fileio.load_npz(path, ["mu", "sigma"])
+    logging.info("gFVD reference statistics from %s", path)
+    return f["mu"], f["sigma"]
+  n = input_pipeline.eval_num_examples(data_config, num_examples)
+  if n > MAX_AT_START:
+    raise ValueError(
+        f"No gFVD reference statistics at {path}, and computing them would "
+        f"read {n} clips at every start (more than {MAX_AT_START}): set "
+        "ref_examples to a seeded random subset of the training clips")
+  stats = compute_fvd(data_config, i3d_params, num_examples)
+  if path and multihost.is_main():
+    stats.save(path)
+  return stats.mean_cov()

@@ -6,8 +6,10 @@
            standardised per channel with statistics computed when the run
            first starts and kept in its train state (state["latent_stats"],
            so every checkpoint carries the statistics it was trained with);
-  loss:    DDPM epsilon loss (1000 steps, linear betas), labels replaced by
-           the null class at rate diffusion.label_dropout (for CFG);
+  loss:    DDPM epsilon loss (1000 steps, linear betas), or with
+           diffusion.kind="flow" rectified flow's velocity loss (flow.py);
+           labels replaced by the null class at rate
+           diffusion.label_dropout (for CFG);
   optim:   AdamW at a constant lr (DiT's recipe), EMA of the params (0.9999)
            that pictures, evaluators and sampling use.
 
@@ -27,6 +29,7 @@ import numpy as np
 from vitok_jax import config_utils
 from vitok_jax import diffusion
 from vitok_jax import fileio
+from vitok_jax import flow
 from vitok_jax import input_pipeline
 from vitok_jax import multihost
 from vitok_jax import latents as latents_lib
@@ -71,10 +74,15 @@ def default_config() -> ml_collections.ConfigDict:
   # Images for source="encode" (the tokenizer's resolution); ADM/DiT crop:
   # resize + centre crop + random flip.
   c.input = input_pipeline.default_config(batch_size=256, crop="center")
-  c.diffusion = dict(train_steps=1000, beta_start=1e-4, beta_end=0.02,
-                     label_dropout=0.1)
-  # Sampling for pictures and `python -m vitok_jax.sample` defaults.
-  c.sampling = dict(num_steps=250, eta=0.0, cfg_scale=1.5)
+  # kind: "ddpm" (the paper: epsilon loss, DDIM sampling) or "flow"
+  # (rectified flow, flow.py: velocity loss with t ~ t_sampling "uniform" or
+  # "logit_normal" (logit_mean, logit_std), Euler/Heun ODE sampling).
+  c.diffusion = dict(kind="ddpm", train_steps=1000, beta_start=1e-4,
+                     beta_end=0.02, label_dropout=0.1, t_sampling="uniform",
+                     logit_mean=0.0, logit_std=1.0)
+  # Sampling for pictures and `python -m vitok_jax.sample` defaults: DDIM
+  # steps and eta (ddpm), or ODE steps and solver "euler"/"heun" (flow).
+  c.sampling = dict(num_steps=250, eta=0.0, cfg_scale=1.5, solver="euler")
   # DiT: AdamW, lr 1e-4 at batch 256, constant (end_lr_factor 1), no decay.
   c.optim = dict(base_lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.0,
                  warmup_steps=0, end_lr_factor=1.0, grad_clip=0.0, freeze=())
@@ -93,6 +101,7 @@ VALIDATORS = {
     "diffusion.beta_start": V.OPEN_UNIT_INTERVAL,
     "diffusion.beta_end": V.OPEN_UNIT_INTERVAL,
     "diffusion.label_dropout": V.FRACTION, "sampling.num_steps": V.POSITIVE,
+    "diffusion.logit_std": V.POSITIVE,
     "sampling.eta": V.NON_NEGATIVE, "sampling.cfg_scale": V.NON_NEGATIVE,
     "optim.base_lr": V.POSITIVE, "optim.b1": V.FRACTION, "optim.b2": V.FRACTION,
     "optim.weight_decay": V.NON_NEGATIVE, "optim.warmup_steps": V.NON_NEGATIVE,
@@ -103,6 +112,17 @@ VALIDATORS = {
 def resolve_config(config) -> ml_collections.ConfigDict:
   """As tokenizer.resolve_config, and latents.source must name a source."""
   config = common.resolve_config(config, default_config(), VALIDATORS)
+  kinds = ("ddpm", "flow")
+  for key, value, allowed in (
+      ("diffusion.kind", config.diffusion.kind, kinds),
+      ("diffusion.t_sampling", config.diffusion.t_sampling, flow.T_SAMPLING),
+      ("sampling.solver", config.sampling.solver, flow.SOLVERS)):
+    if value not in allowed:
+      raise ValueError(f"config.{key}={value!r}: expected one of {allowed}")
+  if config.diffusion.kind == "flow" and config.sampling.eta:
+    raise ValueError(f"config.sampling.eta={config.sampling.eta} is DDIM's; "
+                     "diffusion.kind='flow' samples with an ODE solver "
+                     "(sampling.solver)")
   source = config.latents.source
   if source != "encode" and not source.startswith("shards:"):
     raise ValueError(f"config.latents.source={source!r}: expected 'encode' or "
@@ -230,6 +250,8 @@ def make_setup(config, mesh, codec: latents_lib.Codec, *,
   null = config.num_classes
   dropout = config.diffusion.label_dropout
   encode_inputs = config.latents.source == "encode"
+  dc = config.diffusion
+  flow_kind = dc.kind == "flow"
   x_shape = (1, codec.num_tokens, codec.channels)
 
   def init_params(rng):
@@ -265,8 +287,11 @@ def make_setup(config, mesh, codec: latents_lib.Codec, *,
     labels = diffusion.drop_labels(rng_drop, labels, dropout, null)
 
     def loss_fn(params):
-      eps_fn = lambda x, t: model.apply({"params": params}, x, t, labels, grid)
-      return diffusion.epsilon_loss(eps_fn, sched, x0, rng_loss)
+      net = lambda x, t: model.apply({"params": params}, x, t, labels, grid)
+      if flow_kind:
+        return flow.velocity_loss(net, x0, rng_loss, dc.t_sampling,
+                                  dc.logit_mean, dc.logit_std)
+      return diffusion.epsilon_loss(net, sched, x0, rng_loss)
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"])
@@ -380,7 +405,8 @@ def make_sampler(config, setup: Setup, *, cfg_scale=None, num_steps=None,
       num_steps=num_steps or sc.num_steps,
       eta=sc.eta if eta is None else eta,
       cfg_scale=sc.cfg_scale if cfg_scale is None else cfg_scale,
-      grid=setup.codec.rope_grid)
+      grid=setup.codec.rope_grid, kind=config.diffusion.kind,
+      solver=sc.solver)
 
 
 def preview_index(config, mesh) -> np.ndarray:

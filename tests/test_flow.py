@@ -1,0 +1,133 @@
+"""Flow matching (flow.py) next to DDPM (diffusion.py): both objectives,
+with their samplers, recover a small 2-D distribution; the path, the
+training times and the solvers are what they say."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vitok_jax import diffusion
+from vitok_jax import flow
+from vitok_jax.models import dit as dit_lib
+
+MODES = np.array([[2.0, 2.0], [2.0, -2.0], [-2.0, 2.0], [-2.0, -2.0]],
+                 np.float32)
+SPREAD = 0.15
+
+
+def draw_data(rng, n):
+  k1, k2 = jax.random.split(rng)
+  mode = jax.random.randint(k1, (n,), 0, len(MODES))
+  return jnp.asarray(MODES)[mode] + SPREAD * jax.random.normal(k2, (n, 2))
+
+
+def mlp_init(rng, width=128):
+  sizes = [(2 + 32, width), (width, width), (width, 2)]
+  keys = jax.random.split(rng, len(sizes))
+  return [(jax.random.normal(k, s) / np.sqrt(s[0]), jnp.zeros(s[1]))
+          for k, s in zip(keys, sizes)]
+
+
+def mlp(params, x, t):
+  """A time-conditioned MLP: t in DDPM's 0..999 range (flow passes t*1000)."""
+  h = jnp.concatenate([x, dit_lib.timestep_embedding(t, 32)], -1)
+  for i, (w, b) in enumerate(params):
+    h = h @ w + b
+    if i < len(params) - 1:
+      h = jax.nn.silu(h)
+  return h
+
+
+def train(loss_of, steps=2500, batch=512, seed=0):
+  params = mlp_init(jax.random.key(seed))
+  tx = optax.adam(optax.cosine_decay_schedule(3e-3, steps))
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt, rng):
+    k_data, k_loss = jax.random.split(rng)
+    x0 = draw_data(k_data, batch)
+    loss, grads = jax.value_and_grad(
+        lambda p: loss_of(lambda x, t: mlp(p, x, t), x0, k_loss)[0])(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, loss
+
+  rngs = jax.random.split(jax.random.key(seed + 1), steps)
+  for r in rngs:
+    params, opt, loss = step(params, opt, r)
+  return params, float(loss)
+
+
+def assert_recovers_the_modes(samples):
+  samples = np.asarray(samples)
+  d = np.linalg.norm(samples[:, None] - MODES[None], axis=-1)
+  nearest, dist = d.argmin(1), d.min(1)
+  assert np.mean(dist < 4 * SPREAD) > 0.9, np.mean(dist < 4 * SPREAD)
+  share = np.bincount(nearest, minlength=len(MODES)) / len(samples)
+  assert share.min() > 0.15, share  # every mode, none collapsed
+  # The spread within a mode, not a point mass.
+  within = np.sqrt(np.mean(dist[dist < 4 * SPREAD] ** 2) / 2)
+  assert 0.5 * SPREAD < within < 2.0 * SPREAD, within
+
+
+@pytest.fixture(scope="module")
+def flow_params():
+  return train(lambda f, x0, rng: flow.velocity_loss(f, x0, rng))[0]
+
+
+def test_ddpm_recovers_a_2d_mixture():
+  sched = diffusion.linear_schedule()
+  params, _ = train(lambda f, x0, rng: diffusion.epsilon_loss(f, sched, x0,
+                                                              rng))
+  x_T = jax.random.normal(jax.random.key(5), (2000, 2))
+  x0 = jax.jit(lambda x: diffusion.ddim_sample(
+      lambda x, t: mlp(params, x, t), sched, x, num_steps=50))(x_T)
+  assert_recovers_the_modes(x0)
+
+
+@pytest.mark.parametrize("solver,steps", [("euler", 50), ("heun", 25)])
+def test_flow_matching_recovers_a_2d_mixture(flow_params, solver, steps):
+  x_1 = jax.random.normal(jax.random.key(5), (2000, 2))
+  x0 = jax.jit(lambda x: flow.ode_sample(
+      lambda x, t: mlp(flow_params, x, t), x, steps, solver))(x_1)
+  assert_recovers_the_modes(x0)
+
+
+def test_path_target_and_times():
+  x0, noise = jnp.ones((3, 2)), jnp.full((3, 2), -1.0)
+  t = jnp.array([0.0, 0.25, 1.0])
+  np.testing.assert_allclose(flow.interpolate(x0, noise, t)[:, 0],
+                             [1.0, 0.5, -1.0])
+  # The loss of the exact velocity eps - x0 is 0, whatever x_t and t.
+  seen = {}
+
+  def oracle(x_t, t_scaled):
+    seen["t"] = t_scaled
+    tt = (t_scaled / flow.TIME_SCALE)[:, None]
+    # x_t = (1 - t) x0 + t eps with x0 = 0.5: eps = (x_t - (1 - t) 0.5) / t
+    return (x_t - (1 - tt) * 0.5) / tt - 0.5
+
+  loss, aux = flow.velocity_loss(oracle, jnp.full((64, 2), 0.5),
+                                 jax.random.key(0))
+  assert float(loss) < 1e-6
+  np.testing.assert_allclose(seen["t"], aux["t"] * 1000, rtol=1e-6)
+  t = flow.sample_t(jax.random.key(1), 20000, "logit_normal", 0.0, 1.0)
+  logit = np.log(np.asarray(t) / (1 - np.asarray(t)))
+  assert abs(logit.mean()) < 0.03 and abs(logit.std() - 1) < 0.03
+  u = np.asarray(flow.sample_t(jax.random.key(1), 20000))
+  assert abs(u.mean() - 0.5) < 0.01 and u.min() >= 0 and u.max() < 1
+  with pytest.raises(ValueError, match="t_sampling='beta'"):
+    flow.sample_t(jax.random.key(1), 4, "beta")
+  with pytest.raises(ValueError, match="solver='rk4'"):
+    flow.ode_sample(oracle, jnp.zeros((2, 2)), 4, "rk4")
+
+
+def test_solvers_integrate_a_known_ode():
+  """dx/dt = x: from x(1) = e the exact x(0) is 1; Heun is second order."""
+  v = lambda x, t: x
+  x1 = jnp.full((1, 1), np.e, jnp.float32)
+  err = {s: {n: abs(float(flow.ode_sample(v, x1, n, s)[0, 0]) - 1.0)
+             for n in (10, 20)} for s in flow.SOLVERS}
+  assert 1.8 < err["euler"][10] / err["euler"][20] < 2.2, err
+  assert 3.6 < err["heun"][10] / err["heun"][20] < 4.4, err
