@@ -147,6 +147,9 @@ def test_the_tokenizer_is_pinned_at_the_first_start(vitok_run, tmp_path):
   shutil.copytree(vitok_run, tok)
   c = dit_cfg(str(tok), steps=2, log_every=1, ckpt_every=2, image_every=0,
               evals={})
+  # A flow-matching DiT (the same trainer, sampler and CLI).
+  c.diffusion.update(kind="flow", t_sampling="logit_normal")
+  c.sampling.solver = "heun"
   dit.train_and_evaluate(c, str(tmp_path / "dit"))
   pin = json.load(open(tmp_path / "dit" / "tokenizer.json"))
   assert pin == dict(workdir=str(tok), step=300)
@@ -154,6 +157,12 @@ def test_the_tokenizer_is_pinned_at_the_first_start(vitok_run, tmp_path):
   assert latents_lib.Codec.load(str(tok)).step == 400  # its latest now
   run = dit.restore_run(dit.resolve_config(c), str(tmp_path / "dit"))
   assert run.setup.codec.step == 300
+  out = sample_lib.sample(c, str(tmp_path / "dit"), 2, steps=3, batch_size=8)
+  with np.load(out["npz"]) as f:
+    assert f["arr_0"].shape == (2, 64, 64, 3) and f["arr_0"].std() > 1
+  meta = json.load(open(next((tmp_path / "dit" / "samples").glob(
+      "parts_*/manifest.json"))))
+  assert meta["flow_solver"] == "heun"
   c.tokenizer.step = 400
   with pytest.raises(ValueError, match=r"step differs: .*tokenizer.json has "
                      r"300, but this run would use 400"):

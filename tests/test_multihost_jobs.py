@@ -1,7 +1,7 @@
 """The paper's chain rehearsed as multi-process jobs through the real entry
 points (jax.distributed on localhost, fake CPU devices, tiny shapes):
 
-  stage 1 (2 x 2) -> stage 2 (2 x 2) -> eval job (1 x 4, 2 x 2, 4 x 1: the
+  stage 1 (2 x 2) -> stage 2 (2 x 2) -> eval job (1 x 4, 2 x 2: the
   same numbers; test_multihost_video.py does the same for rFVD) ->
   encode_dataset (2 processes) -> DiT on the shards (2 x 2)
   -> sample (1 and 2 processes: the same samples; resumed) -> gFID
@@ -78,13 +78,13 @@ def test_training_evaluates_on_two_processes(trained):
 
 
 def test_eval_job_is_the_same_on_any_process_count(stage2, trained, tmp_path):
-  """Stage 2's EMA params scored by the eval job on 3 layouts, and by the
+  """Stage 2's EMA params scored by the eval job on 2 layouts, and by the
   training run's own final evaluation."""
   wd, outs = stage2
   assert "held-out photos: rPSNR" in outs[0]
   npz = trained[1]
   results = {}
-  for procs, devs in [(1, 4), (2, 2), (4, 1)]:
+  for procs, devs in [(1, 4), (2, 2)]:
     copy = tmp_path / f"{procs}x{devs}"
     shutil.copytree(wd, copy)
     launch("vitok_jax.eval", _stage2_args(trained[0]) + [
