@@ -371,6 +371,6 @@ def test_unknown_evaluator_type():
     evaluators.build("x", dict(type="nope"), predict_fns={}, mesh=None)
   # A type whose predict functions the trainer does not provide.
   with pytest.raises(ValueError, match=r"needs the predict functions "
-                     r"\['labels', 'sample'\]"):
+                     r"\['num_classes', 'sample'\]"):
     evaluators.build("g", dict(type="generation"), predict_fns=IDENTITY,
                      mesh=None)

@@ -63,8 +63,8 @@ def dit_run(tokenizer_run):
   helpers.load_tool("encode_dataset").main([
       f"--tokenizer={tokenizer_run[1]}", "--data=embedded", "--res=32",
       "--shard_size=4", "--batch_size=4", "--workers=1", f"--out={shards}"])
-  assert sorted(os.listdir(shards))[:2] == ["meta.json",
-                                           "shard_00000.labels.npy"]
+  assert sorted(os.listdir(shards))[:3] == [
+      "meta.json", "shard_00000.flipped.npy", "shard_00000.labels.npy"]
   c = dit_config.get_config(f"runlocal,tokenizer={tokenizer_run[1]},steps=2,"
                             f"tokens=16,res=32,batch=8,shards={shards}")
   c.log_every = c.ckpt_every = c.image_every = 1
