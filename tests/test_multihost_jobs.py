@@ -168,9 +168,15 @@ def test_sample_is_the_same_on_any_process_count_and_resumes(
   for procs, devs, batch in [(1, 2, 4), (2, 1, 6)]:
     copy = tmp_path / f"{procs}x{devs}"
     shutil.copytree(wd, copy)
-    launch("vitok_jax.sample", args + [f"--workdir={copy}",
-                                       f"--batch_size={batch}"],
+    # Inception weights in a folder of their own: each layout computes the
+    # reference statistics (and their precision/recall subset) itself.
+    own = tmp_path / f"inception_{procs}" / "inception.npz"
+    own.parent.mkdir()
+    shutil.copy(npz, own)
+    launch("vitok_jax.sample", args[:-1] + [
+        f"--inception={own}", f"--workdir={copy}", f"--batch_size={batch}"],
            processes=procs, devices=devs)
+    assert list((own.parent / "ref_stats").glob("*.npz"))
     results[procs] = json.loads(
         (copy / "samples" / "results_4_cfg3.json").read_text())
   one, two = _samples(tmp_path / "1x2"), _samples(tmp_path / "2x1")

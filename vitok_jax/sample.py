@@ -97,7 +97,7 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   i3d_params = fvd_ref = None
   if frames > 1 and i3d_weights:  # gFVD: fail now, not after sampling
     ref_stats_lib.check_fvd_frames(frames, "vitok_jax.sample (gFVD)")
-    i3d_params = generation.load_i3d(i3d_weights, mesh, "vitok_jax.sample")
+    i3d_params = common.load_i3d(i3d_weights, mesh, "vitok_jax.sample: gFVD")
 
   out_dir = fileio.join(workdir, "samples")
   name = f"{step}_cfg{cfg:g}"
@@ -141,11 +141,9 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
       scorer.update(ops.value_range(imgs), y, index)
     scorer.sum_over_processes()
     ref = None
-    if inc_params is None:
-      pass
-    elif ref_stats:
+    if inc_params is not None and ref_stats:
       ref = ref_stats_lib.load(ref_stats)
-    else:  # the training set's, cached (evaluators/ref_stats.py)
+    elif inc_params is not None:  # the training set's, cached (ref_stats.py)
       ref = ref_stats_lib.load_or_compute(config.input, inc_params,
                                           inception_weights,
                                           random_subset=True)

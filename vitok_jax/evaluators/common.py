@@ -164,6 +164,25 @@ def load_inception(path, mesh, what: str):
     return None
 
 
+def load_i3d(path: str, mesh, what: str):
+  """The FVD I3D params replicated over the mesh: from tools/convert_i3d.py's
+  .npz, or "random" (tests: every output flags it); None with a warning
+  that `what` (rFVD, gFVD) is skipped when the weights file is missing."""
+  from vitok_jax.models import i3d  # pylint: disable=g-import-not-at-top
+  if path == "random":
+    logging.warning("%s uses a RANDOM I3D: not comparable to any published "
+                    "number", what)
+    params = jax.jit(lambda: i3d.I3D().init(jax.random.key(0), jax.numpy.zeros(
+        (1, 16, 224, 224, 3)))["params"])()
+  else:
+    try:
+      params = i3d.load(path)
+    except FileNotFoundError as e:
+      logging.warning("%s is SKIPPED: %s", what, e)
+      return None
+  return jax.device_put(params, sh.replicated(mesh))
+
+
 def split_results(results: dict):
   """-> (scalars, pictures, clips) of an evaluator's results."""
   scalars, pictures, clips = {}, {}, {}

@@ -288,24 +288,6 @@ def reference_photos(data_config, max_examples: int = 256):
 NEEDS = ("sample", "num_classes")
 
 
-def load_i3d(path: str, mesh, what: str):
-  """I3D params replicated over the mesh: from tools/convert_i3d.py's .npz,
-  or "random" (tests: flagged in every output); None with a warning when
-  the file is missing."""
-  if path == "random":
-    logging.warning("%s: gFVD uses a RANDOM I3D: not comparable to any "
-                    "published number", what)
-    params = jax.jit(lambda: i3d.I3D().init(jax.random.key(0), jax.numpy.zeros(
-        (1, 16, 224, 224, 3)))["params"])()
-  else:
-    try:
-      params = i3d.load(path)
-    except FileNotFoundError as e:
-      logging.warning("%s: gFVD is SKIPPED: %s", what, e)
-      return None
-  return jax.device_put(params, sh.replicated(mesh))
-
-
 def default_config() -> ml_collections.ConfigDict:
   """Every field of a generation evaluator, with its default; unset
   cfg_scale and num_steps are config.sampling's."""
@@ -367,8 +349,8 @@ class Evaluator:
     if self.frames > 1 and config.get("i3d_weights"):
       ref_stats_lib.check_fvd_frames(self.frames,
                                      f"config.evals.{name} (gFVD)")
-      self.i3d_params = load_i3d(config.get("i3d_weights"), mesh,
-                                 f"evals.{name}")
+      self.i3d_params = common.load_i3d(config.get("i3d_weights"), mesh,
+                                        f"evals.{name}: gFVD")
       if self.i3d_params is not None:
         self.i3d_net = ref_stats_lib.i3d_apply_fn(mesh)
         self.fvd_ref = ref_stats_lib.load_or_compute_fvd(

@@ -94,7 +94,9 @@ class Evaluator:
       self.ref_stats = (ref.mu, ref.sigma)
     self.i3d_params, self.i3d_random = None, False
     if (self.data_config.get("frames") or 1) > 1:
-      self._load_i3d(config.get("i3d_weights"))
+      self.i3d_params = common.load_i3d(config.get("i3d_weights"), mesh,
+                                        f"evals.{name}: rFVD")
+      self.i3d_random = config.get("i3d_weights") == "random"
     self.bicubic_floats = None
     if config.get("bicubic_baseline"):
       if "code_floats" not in predict_fns:
@@ -102,21 +104,6 @@ class Evaluator:
                          "trainer's code_floats predict function")
       self.bicubic_floats = predict_fns["code_floats"](self.data_config)
     self._step = self._make_step()
-
-  def _load_i3d(self, path):
-    if path == "random":
-      logging.warning("evals.%s: rFVD uses a RANDOM I3D: not comparable to "
-                      "any published number", self.name)
-      params = jax.jit(lambda: i3d.I3D().init(jax.random.key(0), jax.numpy.zeros(
-          (1, 16, 224, 224, 3)))["params"])()
-      self.i3d_random = True
-    else:
-      try:
-        params = i3d.load(path)
-      except FileNotFoundError as e:
-        logging.warning("evals.%s: rFVD is SKIPPED: %s", self.name, e)
-        return
-    self.i3d_params = jax.device_put(params, sh.replicated(self.mesh))
 
   def _make_step(self):
     reconstruct = self.reconstruct
