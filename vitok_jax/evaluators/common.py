@@ -90,7 +90,8 @@ def data_fields() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       data="", data_dir="", image_key="", res=placeholder(int),
       frames=placeholder(int), fps=placeholder(float),
-      src_fps=placeholder(float), video_key=""))
+      src_fps=placeholder(float), video_key="", file_list="",
+      clips_per_video=placeholder(int), num_workers=placeholder(int)))
 
 
 def config(kind: str, **fields) -> ml_collections.ConfigDict:
@@ -167,7 +168,12 @@ def load_inception(path, mesh, what: str):
 def load_i3d(path: str, mesh, what: str):
   """The FVD I3D params replicated over the mesh: from tools/convert_i3d.py's
   .npz, or "random" (tests: every output flags it); None with a warning
-  that `what` (rFVD, gFVD) is skipped when the weights file is missing."""
+  that `what` (rFVD, gFVD) is skipped when the weights file is missing.
+
+  Process 0 logs the file's provenance (source detector, its sha256, the
+  conversion's check) in one line, so that an FVD in a log can be traced to
+  the exact I3D it used; files from before the tool stored it say so.
+  """
   from vitok_jax.models import i3d  # pylint: disable=g-import-not-at-top
   if path == "random":
     logging.warning("%s uses a RANDOM I3D: not comparable to any published "
@@ -176,10 +182,13 @@ def load_i3d(path: str, mesh, what: str):
         (1, 16, 224, 224, 3)))["params"])()
   else:
     try:
-      params = i3d.load(path)
+      params, record = i3d.load(path, with_provenance=True)
     except FileNotFoundError as e:
       logging.warning("%s is SKIPPED: %s", what, e)
       return None
+    if multihost.is_main():
+      logging.info("%s: I3D %s %s", what, path,
+                   i3d.describe_provenance(record))
   return jax.device_put(params, sh.replicated(mesh))
 
 

