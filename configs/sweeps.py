@@ -37,10 +37,11 @@ SWEEPS = {
     "fig11": dict(config="configs/vitok/video_s_b4x8_128.py",
                   grid={"variant": [f"S-B/{q}x{p}" for p in (8, 16, 32)
                                     for q in (1, 2, 4, 8)]},
-                  fixed={"res": "256"}),
-    # Fig. 13: S-B/4x16 on T in {16, 32, 64} frames.
+                  fixed={"res": "256", "protocol": "fps8"}),
+    # Fig. 13: S-B/4x16 on T in {16, 32, 64} frames (8 fps, §3.5).
     "fig13": dict(config="configs/vitok/video_s_b4x16_128.py",
-                  grid={"frames": ["16", "32", "64"]}),
+                  grid={"frames": ["16", "32", "64"]},
+                  fixed={"protocol": "fps8"}),
     # Fig. 18: stage 2, discriminator lr x GAN weight (init from a stage 1).
     "fig18": dict(config="configs/vitok/s_b16_256_stage2.py",
                   grid={"dlr": ["1e-5", "2e-5", "4e-5"],

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 def _video_args():
   """A tiny video ViTok's eval job: 6 pans of 10 frames (I3D needs 9) in
   batches of 4, so every layout pads the last batch; a random I3D."""
-  return ["--config=configs/vitok/video_s_b4x8_128.py:runlocal,frames=10",
+  return ["--config=configs/vitok/video_s_b4x8_128.py:runlocal,frames=10,"
+          "real_videos=false",
           "--config.evals.val.num_examples=6",
           "--config.evals.val.batch_size=4",
           "--config.evals.val.i3d_weights=random",
@@ -26,9 +27,13 @@ def _video_args():
 
 @pytest.fixture(scope="module")
 def video_checkpoint(tmp_path_factory):
-  """A freshly initialised video ViTok saved as a run's step 1 (the eval
-  job restores it like any run; training it first would only add compile
-  time)."""
+  return checkpoint_dir(tmp_path_factory.mktemp("video") / "run")
+
+
+def checkpoint_dir(wd):
+  """A freshly initialised video ViTok saved as step 1 of a run in `wd`
+  (the eval job restores it like any run; training it first would only add
+  compile time)."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from vitok_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
@@ -48,7 +53,6 @@ def video_checkpoint(tmp_path_factory):
   mesh = sh.make_mesh([("data", 1)], jax.devices()[:1])
   setup = tokenizer.make_setup(config, mesh)
   state = setup.init(jax.random.key(0))
-  wd = tmp_path_factory.mktemp("video") / "run"
   ckpt = ckpt_lib.Checkpointer(str(wd), async_save=False)
   ckpt.save(1, state, {}, config)
   ckpt.close()

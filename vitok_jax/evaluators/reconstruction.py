@@ -93,7 +93,11 @@ class Evaluator:
       ref = ref_stats_lib.load(config.get("ref_stats"))
       self.ref_stats = (ref.mu, ref.sigma)
     self.i3d_params, self.i3d_random = None, False
-    if (self.data_config.get("frames") or 1) > 1:
+    frames = self.data_config.get("frames") or 1
+    if frames > 1 and config.get("i3d_weights"):
+      # At start, not after a whole evaluation pass.
+      ref_stats_lib.check_fvd_frames(frames, f"config.evals.{name} (rFVD)")
+    if frames > 1:
       self.i3d_params = common.load_i3d(config.get("i3d_weights"), mesh,
                                         f"evals.{name}: rFVD")
       self.i3d_random = config.get("i3d_weights") == "random"
@@ -141,11 +145,30 @@ class Evaluator:
     # is gathered onto every device.
     return jax.jit(step, out_shardings=sh.batch_sharding(self.mesh))
 
+  def protocol(self, results: dict) -> str:
+    """What the numbers were measured on, with the count: "16 images", or
+    for videos the clips and how they were taken (docs/protocols.md)."""
+    r = lambda k: results.get(f"{self.name}/{k}")
+    d = self.data_config
+    frames = d.get("frames") or 1
+    if frames == 1:
+      return f"{int(r('num_examples') or 0)} images"
+    if d.data in ("embedded", "heldout"):  # camera paths: no rate, one each
+      return (f"{int(r('num_clips') or 0)} clips of {frames} frames: pans "
+              f"over the {d.data} photos at {d.res}px")
+    fps = input_pipeline.clip_fps(d)
+    per_video = input_pipeline.clips_per_video(d)
+    return (f"{int(r('num_clips') or 0)} clips of {frames} "
+            + ("consecutive frames at the native rate" if not fps
+               else f"frames at {fps:g} fps")
+            + f", short side {d.res} + centre crop, {per_video} per video, "
+            + str(d.data) + (f" ({d.file_list})" if d.get("file_list") else ""))
+
   def summary(self, results: dict) -> str:
     """One line for people: rPSNR/rSSIM (and rFID) beside the bicubic
-    baseline at the same number of floats when it was computed."""
+    baseline at the same number of floats when it was computed, and the
+    protocol with its count."""
     r = lambda k: results.get(f"{self.name}/{k}")
-    n = int(r("num_examples") or 0)
     line = f"{self.label}: rPSNR {r('rpsnr'):.2f} dB"
     if r("bicubic_rpsnr") is not None:
       line += (f" (bicubic at the same E = {int(r('code_floats'))} floats: "
@@ -158,7 +181,7 @@ class Evaluator:
     if r("rfvd") is not None:
       line += (f", rFVD {r('rfvd'):.2f}" +
                (" (RANDOM I3D weights)" if r("rfvd_random_i3d") else ""))
-    return line + f" [{n} images]"
+    return line + f" [{self.protocol(results)}]"
 
   def _bicubic(self, images: np.ndarray) -> np.ndarray:
     """This process's rows, bicubic-resampled frame by frame."""
@@ -228,7 +251,9 @@ class Evaluator:
       yield f"{self.name}/reconstruction_clips", clips
     yield f"{self.name}/rpsnr", float(sums["psnr"]) / n
     yield f"{self.name}/rssim", float(sums["ssim"]) / n
-    yield f"{self.name}/num_examples", float(n)
+    yield f"{self.name}/num_examples", float(n)  # frames, for videos
+    if frames > 1:
+      yield f"{self.name}/num_clips", float(n // frames)
     if self.bicubic_floats is not None:
       yield f"{self.name}/bicubic_rpsnr", float(sums["bic_psnr"]) / n
       yield f"{self.name}/bicubic_rssim", float(sums["bic_ssim"]) / n

@@ -52,8 +52,16 @@ def cache_name(data_config, num_examples: Optional[int] = None,
   # random subset of n ("random<n>": generation).
   count = (f"{'random' if random_subset else ''}{num_examples}"
            if num_examples else "all")
-  return (f"{slug}_{data_config.res}px" + (f"_{frames}f" if frames > 1 else "")
-          + f"_{count}_v2.npz")
+  clips = ""
+  if frames > 1:  # videos: the clip protocol is part of the statistics
+    fps = input_pipeline.clip_fps(data_config)
+    clips = f"_{frames}f" + (f"{fps:g}fps" if fps else "native")
+    repeats = input_pipeline.clips_per_video(data_config)
+    clips += f"x{repeats}" if repeats > 1 else ""
+    if data_config.get("file_list"):
+      clips += "_list" + hashlib.sha1(
+          str(data_config.file_list).encode()).hexdigest()[:8]
+  return f"{slug}_{data_config.res}px{clips}_{count}_v2.npz"
 
 
 def default_path(data_config, inception_weights: str,
@@ -224,7 +232,9 @@ def check_fvd_frames(frames: int, what: str) -> None:
   frames has an empty time axis (NaN features)."""
   if frames < I3D_MIN_FRAMES:
     raise ValueError(f"{what} needs clips of at least {I3D_MIN_FRAMES} "
-                     f"frames (I3D), but config.input.frames={frames}")
+                     f"frames (I3D), but config.input.frames={frames} (or "
+                     "the evaluator's data.frames): I3D's time axis would be "
+                     "empty")
 
 
 def fvd_default_path(data_config, i3d_weights: str,

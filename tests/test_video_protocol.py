@@ -1,0 +1,278 @@
+"""The UCF-101 reconstruction protocol (Table 5 as the tokenizer literature
+computes it): a folder of videos restricted by a split list, consecutive
+frames at the native rate, several clips per video at evenly spaced
+positions, TFDS videos decoded frame by frame, evaluation input decoded by
+grain workers, I3D's frame minimum checked at start, and outputs that name
+the protocol and the clip count."""
+import io
+import json
+import shutil
+
+import av
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.vitok import video_s_b4x8_128
+from vitok_jax import input_pipeline
+from vitok_jax import video
+from vitok_jax.evaluators import common as evaluators
+from vitok_jax.evaluators import ref_stats
+from tests.helpers import ROOT, launch
+
+LEVEL = 6  # frame k of a test video is a flat grey of level LEVEL * k + 20
+
+
+def write_levels(path, num_frames, fps=25, h=40, w=48):
+  """A video whose frame k is flat grey LEVEL * k + 20: a decoded frame
+  tells its own index (mpeg4 keeps flat frames to within a level or two)."""
+  with av.open(str(path), "w") as c:
+    s = c.add_stream("mpeg4", rate=fps)
+    s.height, s.width, s.pix_fmt, s.bit_rate = h, w, "yuv420p", 2_000_000
+    for k in range(num_frames):
+      f = np.full((h, w, 3), LEVEL * k + 20, np.uint8)
+      for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        c.mux(p)
+    for p in s.encode():
+      c.mux(p)
+
+
+def frame_numbers(clip):
+  """The source frame indices of a clip [T, H, W, 3] in [-1, 1]."""
+  level = (np.asarray(clip).mean(axis=(1, 2, 3)) + 1) * 127.5
+  return np.round((level - 20) / LEVEL).astype(int)
+
+
+@pytest.fixture(scope="module")
+def ucf_like(tmp_path_factory):
+  """A UCF-101-shaped folder: class subfolders of .avi files and a
+  trainlist naming some of them ("<class>/<file> <label>")."""
+  root = tmp_path_factory.mktemp("ucf")
+  for cls, n in (("ApplyEyeMakeup", 30), ("Biking", 24), ("Drumming", 27)):
+    (root / cls).mkdir()
+    write_levels(root / cls / f"v_{cls}_g01_c01.avi", n)
+  (root / "Drumming" / "v_Drumming_g02_c01.avi").write_bytes(b"not a video")
+  lists = root / "ucfTrainTestlist"
+  lists.mkdir()
+  (lists / "trainlist01.txt").write_text(
+      "Biking/v_Biking_g01_c01.avi 2\r\n"
+      "Drumming/v_Drumming_g01_c01.avi 3\r\n\r\n")
+  return root
+
+
+def cfg(**kw):
+  return ml_collections.ConfigDict(dict(dict(
+      res=32, frames=4, fps=0.0, batch_size=2, flip=False, num_workers=0), **kw))
+
+
+def test_clip_positions_and_the_native_rate():
+  # fps 0: consecutive frames; `where` spreads starts over the possible ones.
+  np.testing.assert_array_equal(video.clip_indices(30, 25.0, 4, 0.0, None,
+                                                   where=0.0), [0, 1, 2, 3])
+  np.testing.assert_array_equal(video.clip_indices(30, 25.0, 4, 0.0, None,
+                                                   where=1.0), [26, 27, 28, 29])
+  for n in range(16, 60):  # 0.5 is the centred clip of before
+    assert video.clip_indices(n, 25.0, 16, 0.0, None)[0] == (n - 16) // 2
+  # 25 -> 8 fps still strides (the §3.5 protocol).
+  assert np.diff(video.clip_indices(100, 25.0, 4, 8.0, None)).tolist() == [3, 3, 3]
+  with pytest.raises(ValueError, match="where=1.5"):
+    video.clip_indices(30, 25.0, 4, 0.0, None, where=1.5)
+
+
+def test_a_split_list_restricts_a_folder_and_keeps_its_labels(ucf_like):
+  src = input_pipeline.source_of(cfg(
+      data=f"folder:{ucf_like}",
+      file_list=str(ucf_like / "ucfTrainTestlist" / "trainlist01.txt")))
+  # Classes come from the whole folder, so labels match UCF-101's numbering.
+  assert src.classes == ["ApplyEyeMakeup", "Biking", "Drumming"]
+  assert [src.describe(i).split("/")[-1] for i in range(len(src))] == [
+      "v_Biking_g01_c01.avi", "v_Drumming_g01_c01.avi"]
+  assert [src.label(i) for i in range(2)] == [1, 2]
+  missing = ucf_like / "missing.txt"
+  missing.write_text("Biking/v_Biking_g01_c01.avi\nBiking/nope.avi\n")
+  with pytest.raises(FileNotFoundError, match="names 1 of its 2 files.*nope.avi"):
+    input_pipeline.source_of(cfg(data=f"folder:{ucf_like}", file_list=str(missing)))
+  with pytest.raises(ValueError, match="file_list.*needs a 'folder:<path>'"):
+    input_pipeline.source_of(cfg(data="tfds:ucf101:train", file_list=str(missing)))
+
+
+def test_eval_clips_per_video_are_consecutive_and_evenly_spaced(ucf_like):
+  c = cfg(data=f"folder:{ucf_like}", clips_per_video=3)
+  src = input_pipeline.source_of(c)
+  assert len(src) == 4 and input_pipeline.eval_num_examples(c) == 12
+  batches = list(input_pipeline.make_eval_dataset(c, 2))
+  got = [(int(i), frame_numbers(x).tolist())
+         for b in batches for i, x, m in zip(b["index"], b["image"], b["mask"]) if m]
+  # The broken file's 3 clips are left out; the rest keep their indices.
+  lengths = {0: 30, 1: 24, 2: 27}  # videos in sorted order; 3 is broken
+  want = []
+  for v, n in lengths.items():
+    for k in range(3):
+      start = int(np.floor((k + 0.5) / 3 * (n - 4)))
+      want.append((3 * v + k, list(range(start, start + 4))))
+  assert got == want
+
+
+def test_eval_workers_give_the_same_batches(ucf_like):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():  # grain reads its flags (the jobs parse them)
+    flags.FLAGS.mark_as_parsed()
+  c = cfg(data=f"folder:{ucf_like}", clips_per_video=2)
+  one = list(input_pipeline.make_eval_dataset(c, 2))
+  c.num_workers = 2
+  two = list(input_pipeline.make_eval_dataset(c, 2))
+  assert len(one) == len(two) == 4
+  for a, b in zip(one, two):
+    for k in ("image", "label", "mask", "index"):
+      np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_tfds_videos_decode_only_the_frames_of_a_clip(monkeypatch):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  def jpeg(k):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((24, 32, 3), LEVEL * k + 20, np.uint8)).save(
+        buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+  stored = [jpeg(k) for k in range(40)]
+  seen = {}
+
+  class FakeSource:  # what tfds.data_source returns with SkipDecoding
+    def __len__(self):
+      return 2
+
+    def __getitem__(self, i):
+      return {"video": list(stored), "label": 7 + i}
+
+  def data_source(name, split, data_dir=None, decoders=None):
+    seen.update(name=name, split=split, decoders=decoders)
+    return FakeSource()
+
+  monkeypatch.setattr(tfds, "data_source", data_source)
+  decoded = []
+  real = input_pipeline.decode_frame
+  monkeypatch.setattr(input_pipeline, "decode_frame",
+                      lambda f: decoded.append(1) or real(f))
+  src = input_pipeline.source_of(cfg(data="tfds:ucf101/ucf101_1:train"))
+  assert seen["name"] == "ucf101/ucf101_1" and seen["split"] == "train"
+  assert isinstance(seen["decoders"]["video"], tfds.decode.SkipDecoding)
+  assert src.label(1) == 8 and not decoded  # a label decodes no frame
+  clip = src.clip(src[0], 4, 0.0, None, where=0.0)
+  assert len(decoded) == 4  # 4 of the 40 stored frames
+  np.testing.assert_allclose(clip.mean(axis=(1, 2, 3)),
+                             [LEVEL * k + 20 for k in range(4)], atol=1.5)
+
+
+def test_sample_videos_are_real_files_read_by_the_table5_protocol():
+  c = cfg(data="samplevideos", frames=4, clips_per_video=4)
+  src = input_pipeline.source_of(c)
+  assert [f.split("/")[-1] for f in src.files] == list(input_pipeline.SAMPLE_VIDEOS)
+  assert input_pipeline.eval_num_examples(c) == 12
+  # carphone: 120 frames at 29.97 fps; clip k of 4 starts at
+  # floor((k + 0.5) / 4 * 116): an independent decode of those frames.
+  with av.open(src.files[1]) as container:
+    frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+  assert len(frames) == 120
+  start = int(np.floor(2.5 / 4 * 116))
+  want = video.resize_and_crop(np.stack(frames[start:start + 4]), 32, None)
+  got = src.clip(src[1], 4, 0.0, None, where=2.5 / 4)
+  np.testing.assert_array_equal(video.resize_and_crop(got, 32, None), want)
+  with pytest.raises(ValueError, match="samplevideos.*frames > 1"):
+    input_pipeline.source_of(cfg(data="samplevideos", frames=1))
+
+
+def test_training_pans_zoom_in_further_than_evaluation():
+  photo = input_pipeline.EmbeddedPhotos()[0]  # 512 x 512, a fine texture
+  pans = input_pipeline.source_of(cfg(data="embedded", frames=2))
+  assert pans.window == input_pipeline.PAN_WINDOW == (0.2, 0.8)
+  rng = np.random.default_rng(0)
+  sides = []
+  real = video.pan_zoom
+
+  def spy(p, t, r, size=160, window=(0.45, 0.8)):
+    sides.append(window)
+    return real(p, t, r, size=size, window=window)
+
+  import unittest.mock  # pylint: disable=g-import-not-at-top
+  with unittest.mock.patch.object(video, "pan_zoom", spy):
+    pans.clip(0, 2, 8.0, rng)
+    pans.clip(0, 2, 8.0, None)
+  assert sides == [(0.2, 0.8), (0.45, 0.8)]  # training, then evaluation
+  # The window fractions are what pan_zoom crops: with window (0.2, 0.2)
+  # frame 0 is the 102.4-pixel box at the path's first centre.
+  r = np.random.default_rng(1)
+  side = r.uniform(0.2, 0.2, 2)[0] * 512
+  cy0, cx0 = r.uniform(0, 1, 4)[:2]
+  cy, cx = side / 2 + cy0 * (512 - side), side / 2 + cx0 * (512 - side)
+  want = np.asarray(Image.fromarray(photo).resize(
+      (64, 64), Image.BICUBIC,
+      box=(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)))
+  clip = video.pan_zoom(photo, 2, np.random.default_rng(1), size=64,
+                        window=(0.2, 0.2))
+  np.testing.assert_array_equal(clip[0], want)
+
+
+def test_cached_statistics_are_kept_apart_by_protocol():
+  base = dict(data="folder:/ucf", res=128, frames=16)
+  names = {ref_stats.cache_name(ml_collections.ConfigDict(dict(base, **kw)))
+           for kw in (dict(fps=0.0), dict(fps=8.0), dict(fps=0.0, clips_per_video=2),
+                      dict(fps=0.0, file_list="/ucf/trainlist01.txt"))}
+  assert len(names) == 4
+  assert ref_stats.cache_name(ml_collections.ConfigDict(dict(
+      base, fps=0.0))) == "folder-ucf_128px_16fnative_all_v2.npz"
+
+
+def test_video_configs_evaluate_by_table5_or_at_8_fps():
+  c = video_s_b4x8_128.get_config()
+  d = c.evals.val.data
+  assert c.input.data == d.data == "tfds:ucf101/ucf101_1:train"  # §4.2: train
+  assert d.fps == 0.0 and c.input.fps == 8.0 and d.clips_per_video == 1
+  c = video_s_b4x8_128.get_config(
+      "protocol=fps8,eval_clips=2,eval_examples=100,"
+      "eval_data=tfds:kinetics700:validation")
+  d = c.evals.val.data
+  assert (d.data, d.fps, d.clips_per_video, c.evals.val.num_examples) == (
+      "tfds:kinetics700:validation", 8.0, 2, 100)
+  with pytest.raises(ValueError, match="protocol='table6'.*fps8.*table5"):
+    video_s_b4x8_128.get_config("protocol=table6")
+
+
+def test_rfvd_with_fewer_than_9_frames_fails_at_start():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  with pytest.raises(ValueError, match=r"at least 9 frames.*input.frames=8"):
+    evaluators.build("val", dict(
+        type="reconstruction", batch_size=1, i3d_weights="random",
+        data=dict(data="heldout", res=32, frames=8)),
+        predict_fns=dict(reconstruct=lambda p, x: x), mesh=mesh)
+
+
+@pytest.mark.slow
+def test_eval_job_names_the_protocol_and_the_clips(ucf_like, tmp_path):
+  """The real eval job on 2 processes x 2 fake devices, each with 2 grain
+  workers: 2 clips of 10 consecutive frames from each listed video; the
+  summary line and results_<step>.json name the protocol and the count."""
+  from tests import test_multihost_video  # pylint: disable=g-import-not-at-top
+  args = test_multihost_video._video_args() + [
+      f"--config.evals.val.data.data=folder:{ucf_like}",
+      "--config.evals.val.data.file_list="
+      f"{ucf_like / 'ucfTrainTestlist' / 'trainlist01.txt'}",
+      "--config.evals.val.data.fps=0", "--config.evals.val.data.clips_per_video=2",
+      "--config.evals.val.data.num_workers=2", "--config.evals.val.num_examples=4",
+      "--config.evals.val.label=UCF-101 train"]
+  wd = tmp_path / "run"
+  shutil.copytree(test_multihost_video.checkpoint_dir(tmp_path / "ckpt"), wd)
+  outs = launch("vitok_jax.eval", args + [f"--workdir={wd}"], processes=2,
+                devices=2)
+  saved = json.loads((wd / "eval" / "results_1.json").read_text())
+  assert saved["val/num_clips"] == 4 and saved["val/num_examples"] == 40
+  protocol = saved["protocols"]["val"]
+  assert protocol.startswith("4 clips of 10 consecutive frames at the native "
+                             "rate, short side 32 + centre crop, 2 per video")
+  assert "trainlist01.txt" in protocol
+  line = [l for l in outs[0].splitlines() if l.startswith("UCF-101 train:")]
+  assert len(line) == 1 and line[0].endswith(f"[{protocol}]"), outs[0]
+  assert "rFVD" in line[0] and "UCF-101 train:" not in outs[1]  # process 0's
