@@ -233,12 +233,13 @@ def pan_zoom(photo: np.ndarray, t: int, rng: Optional[np.random.Generator],
   s0, s1 = r.uniform(*window, 2) * min(h, w)  # window side, start and end
   cy0, cx0, cy1, cx1 = r.uniform(0, 1, 4)
   frames = []
+  image = Image.fromarray(photo)  # once: converting it is most of the cost
   for k in range(t):
     a = k / max(t - 1, 1)
     side = s0 + a * (s1 - s0)
     cy = side / 2 + ((1 - a) * cy0 + a * cy1) * (h - side)
     cx = side / 2 + ((1 - a) * cx0 + a * cx1) * (w - side)
     box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-    frames.append(np.asarray(Image.fromarray(photo).resize(
-        (size, size), Image.BICUBIC, box=box)))
+    frames.append(np.asarray(image.resize((size, size), Image.BICUBIC,
+                                          box=box)))
   return np.stack(frames)
