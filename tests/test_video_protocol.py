@@ -252,7 +252,8 @@ def test_rfvd_with_fewer_than_9_frames_fails_at_start():
 
 @pytest.mark.slow
 def test_eval_job_names_the_protocol_and_the_clips(ucf_like, tmp_path):
-  """The real eval job on 2 processes x 2 fake devices, each with 2 grain
+  """The real eval job on 2 processes x 2 fake devices (and on 1 x 4: the
+  same numbers), each process with 2 grain
   workers: 2 clips of 10 consecutive frames from each listed video; the
   summary line and results_<step>.json name the protocol and the count."""
   from tests import test_multihost_video  # pylint: disable=g-import-not-at-top
@@ -263,11 +264,20 @@ def test_eval_job_names_the_protocol_and_the_clips(ucf_like, tmp_path):
       "--config.evals.val.data.fps=0", "--config.evals.val.data.clips_per_video=2",
       "--config.evals.val.data.num_workers=2", "--config.evals.val.num_examples=4",
       "--config.evals.val.label=UCF-101 train"]
-  wd = tmp_path / "run"
-  shutil.copytree(test_multihost_video.checkpoint_dir(tmp_path / "ckpt"), wd)
+  ckpt = test_multihost_video.checkpoint_dir(tmp_path / "ckpt")
+  wd, one = tmp_path / "run", tmp_path / "one"
+  shutil.copytree(ckpt, wd)
+  shutil.copytree(ckpt, one)
   outs = launch("vitok_jax.eval", args + [f"--workdir={wd}"], processes=2,
                 devices=2)
   saved = json.loads((wd / "eval" / "results_1.json").read_text())
+  # The same numbers as 1 process of 4 devices (its workers, its rows).
+  launch("vitok_jax.eval", args + [f"--workdir={one}"], processes=1, devices=4)
+  ref = json.loads((one / "eval" / "results_1.json").read_text())
+  assert ref["protocols"] == saved["protocols"]
+  for k in ("val/rpsnr", "val/rssim", "val/rfvd", "val/bicubic_rpsnr",
+            "val/num_clips"):
+    assert saved[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-6), k
   assert saved["val/num_clips"] == 4 and saved["val/num_examples"] == 40
   protocol = saved["protocols"]["val"]
   assert protocol.startswith("4 clips of 10 consecutive frames at the native "
