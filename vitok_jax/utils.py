@@ -104,22 +104,29 @@ def load_npz_tree(path: str) -> dict:
 
 
 def load_weights_npz(path, abstract_params, what: str, convert_tool: str,
-                     how: str, note: str = ""):
+                     how: str, note: str = "", metadata_key: str = ""):
   """A frozen network's params from the .npz its convert tool writes,
   checked name by name and shape by shape against `abstract_params`.
 
   A missing file names the command that makes it (`how`); a file of other
-  names or shapes says to rebuild it with `convert_tool`.
+  names or shapes says to rebuild it with `convert_tool`. With
+  `metadata_key`, that entry (a JSON string the tool stored beside the
+  params, e.g. I3D's provenance) is set aside: returns (params, the decoded
+  JSON, or None for a file without it).
   """
   from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
   if not path or not fileio.exists(fileio.abspath(path)):
     raise FileNotFoundError(f"{what} weights file {path!r} does not exist; "
                             f"create it with `{how}`{note}")
-  params = jax.tree.map(jax.numpy.asarray,
-                        load_npz_tree(fileio.abspath(path)))
+  tree = load_npz_tree(fileio.abspath(path))
+  metadata = tree.pop(metadata_key, None) if metadata_key else None
+  params = jax.tree.map(jax.numpy.asarray, tree)
   want = jax.tree.map(lambda a: a.shape, abstract_params)
   got = jax.tree.map(lambda a: a.shape, params)
   if want != got:
     raise ValueError(f"{what} weights in {path!r} do not have the expected "
                      f"names/shapes; rebuild them with {convert_tool}")
-  return params
+  if not metadata_key:
+    return params
+  import json  # pylint: disable=g-import-not-at-top
+  return params, None if metadata is None else json.loads(str(metadata))

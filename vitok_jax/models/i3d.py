@@ -14,13 +14,13 @@ averages over T' for longer clips. Module names mirror the PyTorch port's
 Weights: tools/convert_i3d.py.
 """
 import functools
-import json
 from typing import Optional, Sequence
 
-from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+import vitok_jax.utils as u
 
 BN_EPS = 1e-3
 CONVERT_TOOL = "tools/convert_i3d.py"
@@ -159,28 +159,13 @@ def abstract_params():
 def load(path: Optional[str], with_provenance: bool = False):
   """Params from the .npz that tools/convert_i3d.py writes, checked name by
   name and shape by shape; with_provenance: (params, the tool's provenance
-  record, or None for files written before it stored one).
-
-  Not u.load_weights_npz: the file also holds the provenance (a JSON
-  string, not a parameter), which its name/shape check would reject.
-  """
-  from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
-  how = (f"python {CONVERT_TOOL} --torchscript i3d_torchscript.pt --out "
-         f"{path or 'weights/i3d_kinetics400.npz'}")
-  if not path or not fileio.exists(fileio.abspath(path)):
-    raise FileNotFoundError(
-        f"I3D weights file {path!r} does not exist; create it with `{how}` "
-        "(the README says where the FVD I3D checkpoint comes from)")
-  arrays = fileio.load_npz(fileio.abspath(path))
-  record = arrays.pop(PROVENANCE_KEY, None)
-  if record is not None:
-    record = json.loads(str(record))
-  params = jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(
-      arrays, sep="/"))
-  want = jax.tree.map(lambda a: a.shape, abstract_params())
-  if jax.tree.map(lambda a: a.shape, params) != want:
-    raise ValueError(f"I3D weights in {path!r} do not have the expected "
-                     f"names/shapes; rebuild them with {CONVERT_TOOL}")
+  record, or None for files written before it stored one)."""
+  params, record = u.load_weights_npz(
+      path, abstract_params(), "I3D", CONVERT_TOOL,
+      f"python {CONVERT_TOOL} --torchscript i3d_torchscript.pt --out "
+      f"{path or 'weights/i3d_kinetics400.npz'}",
+      note=" (the README says where the FVD I3D checkpoint comes from)",
+      metadata_key=PROVENANCE_KEY)
   return (params, record) if with_provenance else params
 
 
