@@ -216,6 +216,46 @@ def test_training_pans_zoom_in_further_than_evaluation():
   np.testing.assert_array_equal(clip[0], want)
 
 
+def test_pans_from_a_photo_pyramid():
+  photo = input_pipeline.EmbeddedPhotos()[0]  # 512 x 512
+  levels = video.photo_pyramid(photo)
+  assert [im.size for im in levels] == [(512, 512), (256, 256), (128, 128),
+                                        (64, 64), (32, 32)]
+  # One level is the photo itself: exactly the same clip.
+  np.testing.assert_array_equal(
+      video.pan_zoom(levels[:1], 4, np.random.default_rng(3), size=32),
+      video.pan_zoom(photo, 4, np.random.default_rng(3), size=32))
+  # A fixed 400-pixel window at 32 pixels comes from level 2 (100 >= 3 x 32,
+  # 50 < 96), its box a quarter of the photo's.
+  clip = video.pan_zoom(levels, 2, np.random.default_rng(1), size=32,
+                        window=(400 / 512, 400 / 512))
+  r = np.random.default_rng(1)
+  r.uniform(0, 1, 2)
+  cy0, cx0 = r.uniform(0, 1, 4)[:2]
+  cy, cx = 200 + cy0 * 112, 200 + cx0 * 112
+  quarter = Image.fromarray(photo).reduce(2).reduce(2)
+  want = np.asarray(quarter.resize((32, 32), Image.BICUBIC, box=(
+      (cx - 200) / 4, (cy - 200) / 4, (cx + 200) / 4, (cy + 200) / 4)))
+  np.testing.assert_array_equal(clip[0], want)
+  # Training clips render at the crop side from the pyramid: the clips the
+  # 160-pixel render and its resize give, to about a grey level RMS.
+  c = cfg(data="embedded", frames=16, res=32)
+  fast = input_pipeline.source_of(c)
+  slow = input_pipeline.get_source("embedded", frames=16)
+  assert (fast.train_size, slow.train_size) == (32, None)
+  err = []
+  for i in range(6):
+    a = fast.clip(i, 16, 8.0, np.random.default_rng(i))
+    b = video.resize_and_crop(slow.clip(i, 16, 8.0, np.random.default_rng(i)),
+                              32, None)
+    assert a.shape == b.shape == (16, 32, 32, 3)
+    err.append(np.mean((a.astype(float) - b.astype(float)) ** 2))
+  assert 0 < np.sqrt(np.mean(err)) < 1.5
+  # Evaluation clips do not change: 160 pixels from the photo.
+  np.testing.assert_array_equal(fast.clip(2, 16, 8.0, None),
+                                video.pan_zoom(fast.photos[2], 16, None))
+
+
 def test_cached_statistics_are_kept_apart_by_protocol():
   base = dict(data="folder:/ucf", res=128, frames=16)
   names = {ref_stats.cache_name(ml_collections.ConfigDict(dict(base, **kw)))

@@ -293,11 +293,19 @@ class PhotoPans:
   fixed one in evaluation. The class of a clip is its photo's. Training
   windows span `window` of a photo's shorter side (zooming in further than
   evaluation does gives the few photos more variety, as the image demo's
-  crop_scale does)."""
+  crop_scale does). With `train_size`, training clips are rendered at that
+  side straight from a pyramid of each photo (video.photo_pyramid): the
+  pixels the 160-pixel render and its resize to `train_size` would give
+  (an RMS difference of 0.8 grey levels at 32 pixels) at a seventh of the
+  CPU: 3.5 ms a 16-frame clip instead of 24, half the 2-core video demo's
+  time.
+  Evaluation clips are always rendered at 160 pixels from the photo."""
   is_video = True
 
-  def __init__(self, photos, window=(0.45, 0.8)):
+  def __init__(self, photos, window=(0.45, 0.8), train_size=None):
     self.photos, self.window = photos, tuple(window)
+    self.train_size = train_size
+    self._pyramids = {}  # photo index -> video.photo_pyramid, built on use
 
   def __len__(self):
     return len(self.photos)
@@ -315,16 +323,23 @@ class PhotoPans:
     del fps, where  # a camera path has no frame rate or position of its own
     if rng is None:  # evaluation: the fixed path
       return video.pan_zoom(self.photos[ref], t, None)
-    return video.pan_zoom(self.photos[ref], t, rng, window=self.window)
+    if not self.train_size:
+      return video.pan_zoom(self.photos[ref], t, rng, window=self.window)
+    if ref not in self._pyramids:
+      self._pyramids[ref] = video.photo_pyramid(self.photos[ref])
+    return video.pan_zoom(self._pyramids[ref], t, rng, size=self.train_size,
+                          window=self.window)
 
 
 def get_source(data: str, data_dir=None, image_key="image", frames: int = 1,
                video_key: str = "video", src_fps: float = 25.0,
-               file_list: str = ""):
-  """Parses a source string (see the module docstring)."""
+               file_list: str = "", res: int = 0):
+  """Parses a source string (see the module docstring). `res`, the side
+  clips are cropped to, lets the photo pans render training clips at it."""
   if data in ("embedded", "heldout") and frames > 1:
     if data == "embedded":
-      return PhotoPans(EmbeddedPhotos(), window=PAN_WINDOW)
+      return PhotoPans(EmbeddedPhotos(), window=PAN_WINDOW,
+                       train_size=res or None)
     return PhotoPans(HeldOutPhotos())
   if data == "samplevideos":
     if frames == 1:
@@ -445,7 +460,7 @@ def source_of(config):
                     config.get("frames") or 1,
                     config.get("video_key") or "video",
                     config.get("src_fps") or 25.0,
-                    config.get("file_list") or "")
+                    config.get("file_list") or "", config.get("res") or 0)
 
 
 def clip_fps(config) -> float:
