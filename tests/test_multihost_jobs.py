@@ -2,7 +2,7 @@
 points (jax.distributed on localhost, fake CPU devices, tiny shapes):
 
   stage 1 (2 x 2) -> stage 2 (2 x 2) -> eval job (1 x 4, 2 x 2: the
-  same numbers; test_multihost_video.py does the same for rFVD) ->
+  same numbers; test_video_protocol.py does the same for rFVD) ->
   encode_dataset (2 processes) -> DiT on the shards (2 x 2)
   -> sample (1 and 2 processes: the same samples; resumed) -> gFID
   -> PyTorch export of both runs.

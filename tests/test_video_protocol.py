@@ -6,6 +6,7 @@ grain workers, I3D's frame minimum checked at start, and outputs that name
 the protocol and the clip count."""
 import io
 import json
+import os
 import shutil
 
 import av
@@ -290,21 +291,63 @@ def test_rfvd_with_fewer_than_9_frames_fails_at_start():
         predict_fns=dict(reconstruct=lambda p, x: x), mesh=mesh)
 
 
+def _video_args():
+  """A tiny video ViTok's eval job: 6 clips of 10 frames (I3D needs 9) in
+  batches of 4, so every layout pads the last batch; a random I3D."""
+  return ["--config=configs/vitok/video_s_b4x8_128.py:runlocal,frames=10,"
+          "real_videos=false",
+          "--config.evals.val.num_examples=6",
+          "--config.evals.val.batch_size=4",
+          "--config.evals.val.i3d_weights=random",
+          "--config.evals.val.inception_weights=none.npz"]
+
+
+def checkpoint_dir(wd):
+  """A freshly initialised video ViTok saved as step 1 of a run in `wd`
+  (the eval job restores it like any run; training it first would only add
+  compile time)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from vitok_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from vitok_jax import sharding as sh  # pylint: disable=g-import-not-at-top
+  from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
+  argv = ["eval"] + _video_args()
+  fv = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=fv,
+                                           sys_argv=argv)
+  cwd = os.getcwd()
+  os.chdir(ROOT)
+  try:
+    fv(argv)
+    config = tokenizer.resolve_config(holder.value)
+  finally:
+    os.chdir(cwd)
+  mesh = sh.make_mesh([("data", 1)], jax.devices()[:1])
+  setup = tokenizer.make_setup(config, mesh)
+  state = setup.init(jax.random.key(0))
+  ckpt = ckpt_lib.Checkpointer(str(wd), async_save=False)
+  ckpt.save(1, state, {}, config)
+  ckpt.close()
+  return wd
+
+
 @pytest.mark.slow
 def test_eval_job_names_the_protocol_and_the_clips(ucf_like, tmp_path):
-  """The real eval job on 2 processes x 2 fake devices (and on 1 x 4: the
-  same numbers), each process with 2 grain
-  workers: 2 clips of 10 consecutive frames from each listed video; the
-  summary line and results_<step>.json name the protocol and the count."""
-  from tests import test_multihost_video  # pylint: disable=g-import-not-at-top
-  args = test_multihost_video._video_args() + [
+  """The real eval job (python -m vitok_jax.eval) of a video ViTok on 2
+  processes x 2 fake devices and on 1 x 4, each process with 2 grain
+  workers: 3 clips of 10 consecutive frames from each listed video, so 6
+  clips in batches of 4 (every layout pads its last batch). rPSNR, rSSIM,
+  rFVD (whole-clip I3D features, reduced in float64 across processes) and
+  the bicubic baseline do not depend on the layout; the summary line and
+  results_<step>.json name the protocol and the count."""
+  args = _video_args() + [
       f"--config.evals.val.data.data=folder:{ucf_like}",
       "--config.evals.val.data.file_list="
       f"{ucf_like / 'ucfTrainTestlist' / 'trainlist01.txt'}",
-      "--config.evals.val.data.fps=0", "--config.evals.val.data.clips_per_video=2",
-      "--config.evals.val.data.num_workers=2", "--config.evals.val.num_examples=4",
+      "--config.evals.val.data.fps=0", "--config.evals.val.data.clips_per_video=3",
+      "--config.evals.val.data.num_workers=2",
       "--config.evals.val.label=UCF-101 train"]
-  ckpt = test_multihost_video.checkpoint_dir(tmp_path / "ckpt")
+  ckpt = checkpoint_dir(tmp_path / "ckpt")
   wd, one = tmp_path / "run", tmp_path / "one"
   shutil.copytree(ckpt, wd)
   shutil.copytree(ckpt, one)
@@ -315,13 +358,14 @@ def test_eval_job_names_the_protocol_and_the_clips(ucf_like, tmp_path):
   launch("vitok_jax.eval", args + [f"--workdir={one}"], processes=1, devices=4)
   ref = json.loads((one / "eval" / "results_1.json").read_text())
   assert ref["protocols"] == saved["protocols"]
+  assert ref["val/rfvd_random_i3d"] == 1 and ref["val/rfvd"] > 0
   for k in ("val/rpsnr", "val/rssim", "val/rfvd", "val/bicubic_rpsnr",
             "val/num_clips"):
     assert saved[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-6), k
-  assert saved["val/num_clips"] == 4 and saved["val/num_examples"] == 40
+  assert saved["val/num_clips"] == 6 and saved["val/num_examples"] == 60
   protocol = saved["protocols"]["val"]
-  assert protocol.startswith("4 clips of 10 consecutive frames at the native "
-                             "rate, short side 32 + centre crop, 2 per video")
+  assert protocol.startswith("6 clips of 10 consecutive frames at the native "
+                             "rate, short side 32 + centre crop, 3 per video")
   assert "trainlist01.txt" in protocol
   line = [l for l in outs[0].splitlines() if l.startswith("UCF-101 train:")]
   assert len(line) == 1 and line[0].endswith(f"[{protocol}]"), outs[0]
