@@ -12,13 +12,13 @@ import pytest
 import scipy.linalg
 
 from tests import torch_reference as tr
-from vitok_jax import input_pipeline
-from vitok_jax import multihost
-from vitok_jax import sharding as sh
+from vitok_jax.data import input_pipeline
 from vitok_jax.evaluators import generation
 from vitok_jax.evaluators import precision_recall as pr
 from vitok_jax.evaluators import ref_stats
 from vitok_jax.models import inception
+from vitok_jax.parallel import multihost
+from vitok_jax.parallel import sharding as sh
 
 SPATIAL = 24  # ADM's 2023 dims need > 2023 samples for a full-rank sigma
 
@@ -97,7 +97,7 @@ def test_reference_subset_is_seeded_random_not_the_first_rows():
   np.testing.assert_array_equal(input_pipeline.subset_rows(1000, 50, None),
                                 np.arange(50))
   # The embedded photos' label is their number: the rows read are `rows`.
-  cfg = ml_collections.ConfigDict(dict(data="embedded", res=32, frames=1))
+  cfg = input_pipeline.default_config(data="embedded", res=32, frames=1)
   want = input_pipeline.subset_rows(9, 4, seed=1)
   got = np.concatenate([b["label"][b["mask"]] for b in
                         input_pipeline.make_eval_dataset(cfg, 2, 4,
@@ -234,8 +234,8 @@ def test_video_gfvd_is_the_frechet_distance_of_i3d_features(tmp_path):
   frames, a random I3D: flagged), recomputed here from the same clips."""
   from vitok_jax.models import i3d
   frames, res = 10, 32
-  data = ml_collections.ConfigDict(dict(data="heldout", res=res,
-                                        frames=frames, fps=8.0))
+  data = input_pipeline.default_config(data="heldout", res=res,
+                                       frames=frames, fps=8.0)
 
   def sample(params, y, index, seed):
     del params
@@ -255,7 +255,7 @@ def test_video_gfvd_is_the_frechet_distance_of_i3d_features(tmp_path):
                             input_config=data)
   r = dict(ev.run({}))
   assert r["vid/gfvd_random_i3d"] == 1.0 and "vid/gfid" not in r
-  params = ev.i3d_params
+  params = ev.nets.i3d_params
   q = lambda x: np.clip(np.round((np.asarray(x) + 1) * 127.5), 0, 255)
   labels = generation.sample_labels(4, 5, seed=1)
   fake = q(sample(None, jnp.asarray(labels), jnp.arange(4), 1))

@@ -1,7 +1,7 @@
 """tools/aot_compile.py: the project's own steps compile ahead of time for
 TPU topologies through libtpu, on this CPU machine (nothing allocated), with
 per-chip memory and FLOPs that are the compiled program's; multi-slice
-meshes (sharding.py's "slice" axis); splash attention inside the sharded
+meshes (parallel/sharding.py's "slice" axis); splash attention inside the sharded
 step; the errors that say what to do.
 
 Tiny variants (`:runlocal`) keep each compile to seconds; the paper's
@@ -28,10 +28,10 @@ from configs.vitok import video_s_b4x8_128
 from tests.helpers import ROOT
 from tests.helpers import load_tool
 from vitok_jax import flops
-from vitok_jax import sharding as sh
 from vitok_jax.models import attention
 from vitok_jax.models import dit as dit_lib
 from vitok_jax.models import vitok
+from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import common
 # pylint: enable=g-import-not-at-top,wrong-import-position
 

@@ -84,7 +84,7 @@ ARG = "runlocal,lpips=0,res=32,batch=8,inception_weights=none.npz"
 
 
 def _rows(path):
-  from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
+  from vitok_jax.io import fileio  # pylint: disable=g-import-not-at-top
   return [json.loads(l) for l in fileio.read_text(path).splitlines()]
 
 
@@ -101,8 +101,8 @@ def tokenizer_run(bucket):
 
 
 def test_train_checkpoints_and_resumes_on_gcs(tokenizer_run):
-  from vitok_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
+  from vitok_jax.io import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from vitok_jax.io import fileio  # pylint: disable=g-import-not-at-top
   wd, out = tokenizer_run
   assert "held-out photos: rPSNR" in out
   assert ckpt_lib.Checkpointer(wd).all_steps() == [1, 2, 3]
@@ -116,7 +116,7 @@ def test_train_checkpoints_and_resumes_on_gcs(tokenizer_run):
 
 
 def test_eval_job_reads_and_writes_gcs(tokenizer_run):
-  from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
+  from vitok_jax.io import fileio  # pylint: disable=g-import-not-at-top
   wd, _ = tokenizer_run
   helpers.launch("vitok_jax.eval", [
       f"--config=configs/vitok/s_b16_256.py:{ARG},steps=3",
@@ -149,7 +149,7 @@ def dit_run(bucket, tokenizer_run):
 
 def test_dit_trains_on_gcs_shards_and_samples(dit_run):
   import io  # pylint: disable=g-import-not-at-top
-  from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
+  from vitok_jax.io import fileio  # pylint: disable=g-import-not-at-top
   from vitok_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
   from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
   c, wd = dit_run
@@ -178,7 +178,7 @@ def test_export_from_and_to_gcs(which, bucket, tokenizer_run, dit_run):
 _LOCK_SCRIPT = r"""
 import json, os, sys
 import fsspec
-from vitok_jax import fileio, workdir_lock
+from vitok_jax.io import fileio, workdir_lock
 fsspec.filesystem("gs").mkdir("lockbucket")
 path = "gs://lockbucket/run/LOCK"
 assert fileio.create_exclusive(path, b"first")

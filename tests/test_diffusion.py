@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vitok_jax import diffusion as dif
+from vitok_jax.diffusion import ddpm as dif
 
 SCHED = dif.linear_schedule()
 

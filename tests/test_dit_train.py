@@ -10,12 +10,12 @@ import pytest
 from configs.dit import dit_l_vitok_s_b16_256 as dit_config
 from configs.vitok import s_b16_256
 from tests import helpers
-from vitok_jax import input_pipeline
-from vitok_jax import latent_shards
-from vitok_jax import latents as latents_lib
-from vitok_jax import sample as sample_lib
-from vitok_jax import sharding as sh
+from vitok_jax.data import input_pipeline
+from vitok_jax.data import latent_shards
+from vitok_jax.diffusion import codec as codec_lib
 from vitok_jax.evaluators import generation
+from vitok_jax.parallel import sharding as sh
+from vitok_jax import sample as sample_lib
 from vitok_jax.trainers import dit
 from vitok_jax.trainers import tokenizer
 
@@ -36,7 +36,7 @@ def photo_latents(vitok_run):
   [9, 64, 16] (float64) of the first latents.stats_examples = 9 training
   examples' evaluation crops (the 9 embedded photos), one at a time."""
   c = dit.resolve_config(dit_cfg(vitok_run))
-  codec = latents_lib.Codec.load(vitok_run, res=c.input.res)
+  codec = codec_lib.Codec.load(vitok_run, res=c.input.res)
   enc = jax.jit(lambda p, x: codec.model.apply({"params": p}, x,
                                                method="encode")["mean"])
   z = [np.asarray(enc(codec.params, b["image"]), np.float64)
@@ -95,12 +95,12 @@ def test_latent_stats_are_numpy_moments_of_the_encoded_photos(
   first starts (batches padded to 64 on the 8-device mesh) against
   np.mean/np.std."""
   c = dit.resolve_config(dit_cfg(vitok_run))
-  setup = dit.make_setup(c, sh.make_mesh(c.mesh), dit.load_codec(c))
+  setup = dit.make_setup(c, sh.make_mesh(c.mesh), codec_lib.load_pinned(c))
   tok_params = jax.device_put(setup.codec.params, sh.replicated(setup.mesh))
   state = dit.init_state_with_stats(c, setup, tok_params, jax.random.key(0))
   mean, std = jax.device_get(dit.stats_of(state))
   assert photo_latents.shape == (9, 64, 16)
-  assert_numpy_moments(latents_lib.LatentStats(mean, std), photo_latents)
+  assert_numpy_moments(codec_lib.LatentStats(mean, std), photo_latents)
 
 
 def test_sample_writes_grid_npz_and_scores_classes(dit_run, vitok_run):
@@ -130,7 +130,7 @@ def test_resume_is_exact(vitok_run, tmp_path):
   dit.train_and_evaluate(c, str(tmp_path / "split"), max_steps=2)
   dit.train_and_evaluate(c, str(tmp_path / "split"))
   dit.train_and_evaluate(c, str(tmp_path / "straight"))
-  from vitok_jax import checkpoint as ckpt_lib
+  from vitok_jax.io import checkpoint as ckpt_lib
   a = ckpt_lib.load_state_tree(str(tmp_path / "split"))
   b = ckpt_lib.load_state_tree(str(tmp_path / "straight"))
   assert int(a["step"]) == 4
@@ -154,7 +154,7 @@ def test_the_tokenizer_is_pinned_at_the_first_start(vitok_run, tmp_path):
   pin = json.load(open(tmp_path / "dit" / "tokenizer.json"))
   assert pin == dict(workdir=str(tok), step=300)
   shutil.copytree(tok / "checkpoints" / "300", tok / "checkpoints" / "400")
-  assert latents_lib.Codec.load(str(tok)).step == 400  # its latest now
+  assert codec_lib.Codec.load(str(tok)).step == 400  # its latest now
   run = dit.restore_run(dit.resolve_config(c), str(tmp_path / "dit"))
   assert run.setup.codec.step == 300
   out = sample_lib.sample(c, str(tmp_path / "dit"), 2, steps=3, batch_size=8)
@@ -174,7 +174,7 @@ def test_the_tokenizer_is_pinned_at_the_first_start(vitok_run, tmp_path):
 
 def test_sharded_step_matches_single_device(vitok_run):
   c = dit.resolve_config(dit_cfg(vitok_run, steps=2))
-  codec = dit.load_codec(c)
+  codec = codec_lib.load_pinned(c)
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (16, 64, 64, 3)).astype(np.float32)
   labels = np.arange(16, dtype=np.int32) % 9
@@ -203,7 +203,7 @@ def test_shards_resume_and_train(vitok_run, photo_latents, tmp_path, capsys):
   assert len(src) == 9 and src[5]["label"] == 5
   # The shards hold what the tokenizer encodes on the fly.
   c = dit.resolve_config(dit_cfg(vitok_run))
-  codec = dit.load_codec(c)
+  codec = codec_lib.load_pinned(c)
   setup = dit.make_setup(c, sh.make_mesh([("data", 1)], jax.devices()[:1]),
                          codec)
   on_the_fly = dit.compute_latent_stats(c, setup, codec.params)
@@ -389,8 +389,8 @@ def test_adm_metrics_run_periodically_in_training(vitok_run, tmp_path):
   # seed) through Inception, against the training photos' statistics.
   rc = dit.resolve_config(c)
   mesh = sh.make_mesh(rc.mesh)
-  setup = dit.make_setup(rc, mesh, dit.load_codec(rc))
-  from vitok_jax import checkpoint as ckpt_lib
+  setup = dit.make_setup(rc, mesh, codec_lib.load_pinned(rc))
+  from vitok_jax.io import checkpoint as ckpt_lib
   state = ckpt_lib.load_state_tree(workdir)
   stats = dit.load_run_stats(workdir)
   sampler = dit.make_sampler(rc, setup, cfg_scale=1.5, num_steps=2)

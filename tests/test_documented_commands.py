@@ -13,9 +13,9 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
-from vitok_jax import trainers
 from vitok_jax.models import dit as dit_lib
 from vitok_jax.models import vitok
+from vitok_jax import trainers
 from vitok_jax.trainers import dit
 from vitok_jax.trainers import tokenizer
 

@@ -18,14 +18,14 @@ from skimage.metrics import structural_similarity
 from configs.vitok import s_b16_256
 from configs.vitok import video_s_b4x8_128
 from tests.helpers import load_tool
-from vitok_jax import checkpoint as ckpt_lib
+from vitok_jax.data import input_pipeline
 from vitok_jax import eval as eval_job
-from vitok_jax import input_pipeline
-from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common as evaluators
+from vitok_jax.io import checkpoint as ckpt_lib
 from vitok_jax.models import i3d
 from vitok_jax.models import inception
 from vitok_jax.models import vitok
+from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import tokenizer
 import vitok_jax.utils as u
 
@@ -100,7 +100,7 @@ def inception_score_np(logits, splits=10):
 def eval_examples(data_config, num_examples=None):
   """The evaluation examples (padding and unreadable records left out),
   read one per batch, unlike the evaluator's batches."""
-  cfg = ml_collections.ConfigDict(dict(data_config))
+  cfg = input_pipeline.default_config(**dict(data_config))
   return np.concatenate([b["image"][b["mask"]] for b in
                          input_pipeline.make_eval_dataset(cfg, 1, num_examples)])
 

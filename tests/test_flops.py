@@ -73,7 +73,7 @@ def test_xla_counts_of_the_stage1_step_stay_near_the_analytic_count():
   3 x forward + 10%: waste (a recomputed encoder, a duplicated decoder)
   cannot creep in unnoticed."""
   from configs.vitok import s_b16_256
-  from vitok_jax import sharding as sh
+  from vitok_jax.parallel import sharding as sh
   from vitok_jax.trainers import tokenizer
   c = s_b16_256.get_config("runlocal,lpips=0")
   c.model.update(variant="Ti-Ti/8", dtype="float32")

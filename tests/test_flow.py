@@ -1,4 +1,4 @@
-"""Flow matching (flow.py) next to DDPM (diffusion.py): both objectives,
+"""Flow matching (diffusion/flow.py) next to DDPM (diffusion/ddpm.py): both objectives,
 with their samplers, recover a small 2-D distribution; the path, the
 training times and the solvers are what they say."""
 import jax
@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from vitok_jax import diffusion
-from vitok_jax import flow
+from vitok_jax.diffusion import ddpm
+from vitok_jax.diffusion import flow
 from vitok_jax.models import dit as dit_lib
 
 MODES = np.array([[2.0, 2.0], [2.0, -2.0], [-2.0, 2.0], [-2.0, -2.0]],
@@ -77,11 +77,11 @@ def flow_params():
 
 
 def test_ddpm_recovers_a_2d_mixture():
-  sched = diffusion.linear_schedule()
-  params, _ = train(lambda f, x0, rng: diffusion.epsilon_loss(f, sched, x0,
+  sched = ddpm.linear_schedule()
+  params, _ = train(lambda f, x0, rng: ddpm.epsilon_loss(f, sched, x0,
                                                               rng))
   x_T = jax.random.normal(jax.random.key(5), (2000, 2))
-  x0 = jax.jit(lambda x: diffusion.ddim_sample(
+  x0 = jax.jit(lambda x: ddpm.ddim_sample(
       lambda x, t: mlp(params, x, t), sched, x, num_steps=50))(x_T)
   assert_recovers_the_modes(x0)
 

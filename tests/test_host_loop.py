@@ -4,7 +4,7 @@ runs in test_train.py, test_robustness.py and test_dit_train.py)."""
 import numpy as np
 import pytest
 
-from vitok_jax import input_pipeline
+from vitok_jax.data import input_pipeline
 from vitok_jax.trainers import host_loop
 
 

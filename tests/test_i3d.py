@@ -17,9 +17,9 @@ import pytest
 
 from tests.helpers import load_tool
 from tests.torch_reference import torch
-from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common
 from vitok_jax.models import i3d
+from vitok_jax.parallel import sharding as sh
 import vitok_jax.utils as u
 
 # The smallest clip I3D takes (time strided by 8 before a 2-frame pool,

@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitok_jax import input_pipeline
-from vitok_jax.pp import ops
+from vitok_jax.data import demo_sources
+from vitok_jax.data import input_pipeline
+from vitok_jax.data import preprocess as ops
 
 
 def cfg(**kw):
   base = dict(data="embedded", res=32, batch_size=4, frames=1,
               crop_scale=(0.5, 1.0), flip=True, num_workers=0)
   base.update(kw)
-  return ml_collections.ConfigDict(base)
+  return input_pipeline.default_config(**base)
 
 
 def test_embedded_train_batches_are_augmented_and_in_range():
@@ -56,7 +57,7 @@ def test_labels_are_photo_identity_and_folder_classes(tmp_path):
   # Embedded photos: the class of a photo is its index, in train and eval.
   ev = list(input_pipeline.make_eval_dataset(cfg(), 4))
   labels = np.concatenate([b["label"][b["mask"]] for b in ev])
-  assert labels.tolist() == list(range(len(input_pipeline.EMBEDDED_PHOTOS)))
+  assert labels.tolist() == list(range(len(demo_sources.EMBEDDED_PHOTOS)))
   it = iter(input_pipeline.make_train_dataset(cfg(crop="center", flip=False),
                                               seed=0))
   ref = {int(l): img for b in ev for l, img, m in zip(b["label"], b["image"],
@@ -255,9 +256,9 @@ def test_processes_read_disjoint_slices_that_make_the_global_batch(
       return np.full((8, 8, 3), i, np.uint8)
 
   monkeypatch.setattr(input_pipeline, "source_of", lambda config: Numbered())
-  config = ml_collections.ConfigDict(dict(
+  config = input_pipeline.default_config(
       data="numbered", res=8, frames=1, batch_size=8, crop="center",
-      flip=False, num_workers=0))
+      flip=False, num_workers=0)
 
   def steps(process, count, n=3):
     monkeypatch.setattr(jax, "process_index", lambda: process)

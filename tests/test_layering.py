@@ -1,7 +1,9 @@
 """The package's layers, read from its import statements: library modules
 never import a trainer, the host loop knows only its Task (not the
 trainers, not their shared step helpers), and no two modules import each
-other, directly or around a cycle."""
+other, directly or around a cycle. And its layout (docs/layout.md): a root
+of entry points and a few shared modules, everything else in a subpackage
+by concept, no module over 500 lines."""
 import ast
 import pathlib
 
@@ -37,10 +39,33 @@ def imports_of(path: pathlib.Path) -> set:
 GRAPH = {module_name(p): imports_of(p) for p in PKG.rglob("*.py")}
 
 
+# The package root: the entry points, export and the few modules every
+# layer shares. Everything else lives in a subpackage by concept.
+ROOT_MODULES = {"__init__", "train", "eval", "sample", "export",
+                "config_utils", "losses", "optim", "flops", "utils"}
+SUBPACKAGES = {"data", "diffusion", "evaluators", "io", "models", "parallel",
+               "torch", "trainers"}
+MAX_LINES = 500
+
+
+def test_the_root_holds_entry_points_and_subpackages_by_concept():
+  modules = {p.stem for p in PKG.glob("*.py")}
+  packages = {p.name for p in PKG.iterdir()
+              if (p / "__init__.py").exists()}
+  assert modules == ROOT_MODULES, sorted(modules ^ ROOT_MODULES)
+  assert packages == SUBPACKAGES, sorted(packages ^ SUBPACKAGES)
+
+
+def test_no_module_is_over_500_lines():
+  long = {str(p.relative_to(PKG.parent)): n for p in PKG.rglob("*.py")
+          if (n := len(p.read_text().splitlines())) > MAX_LINES}
+  assert not long, f"split these modules: {long}"
+
+
 def test_the_graph_is_read():
   assert "vitok_jax.trainers.tokenizer" in GRAPH["vitok_jax.train"] or (
       "vitok_jax.trainers" in GRAPH["vitok_jax.train"])
-  assert "vitok_jax.models.vitok" in GRAPH["vitok_jax.latents"]
+  assert "vitok_jax.models.vitok" in GRAPH["vitok_jax.diffusion.codec"]
 
 
 @pytest.mark.parametrize("module", sorted(GRAPH))
@@ -75,7 +100,7 @@ def test_no_import_cycles():
       visit(m, [])
 
 
-# File access goes through vitok_jax/fileio.py, so that every path a job
+# File access goes through vitok_jax/io/fileio.py, so that every path a job
 # reads or writes may be gs://. These calls reach only the local disk:
 LOCAL_ONLY_CALLS = {"open", "os.path.join", "os.path.exists", "os.path.isdir",
                     "os.path.isfile", "os.path.abspath", "os.path.dirname",
@@ -87,8 +112,8 @@ LOCAL_ONLY_CALLS = {"open", "os.path.join", "os.path.exists", "os.path.isdir",
 # (file, call) pairs that never touch a job's paths, with the reason.
 LOCAL_ONLY_ALLOWED = {
     # The demo's photos ship inside scikit-learn and matplotlib.
-    ("vitok_jax/input_pipeline.py", "os.path.join"),
-    ("vitok_jax/input_pipeline.py", "os.path.dirname"),
+    ("vitok_jax/data/demo_sources.py", "os.path.join"),
+    ("vitok_jax/data/demo_sources.py", "os.path.dirname"),
 }
 IO_TOOLS = ("check_metrics", "encode_dataset", "export_pytorch", "plot_sweep",
             "convert_inception", "convert_lpips", "compute_ref_stats")
@@ -115,5 +140,5 @@ def test_file_access_goes_through_fileio():
         name = _dotted(node.func)
         if name in LOCAL_ONLY_CALLS and (rel, name) not in LOCAL_ONLY_ALLOWED:
           found.append(f"{rel}:{node.lineno} {name}()")
-  assert not found, ("local-only file access outside vitok_jax/fileio.py "
+  assert not found, ("local-only file access outside vitok_jax/io/fileio.py "
                      "(use fileio.*):\n" + "\n".join(found))

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from tests.test_stage2 import stage2_config
-from vitok_jax import sharding as sh
 from vitok_jax.models import discriminator
 from vitok_jax.models import lpips as lpips_lib
+from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import tokenizer
 import vitok_jax.utils as u
 

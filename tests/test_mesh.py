@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vitok_jax import sharding as sh
+from vitok_jax.parallel import sharding as sh
 
 
 def test_a_slice_axis_of_one_on_cpu_devices():

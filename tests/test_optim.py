@@ -7,9 +7,9 @@ import optax
 import pytest
 
 from configs.vitok import s_b16_256
-from vitok_jax import optim
-from vitok_jax import sharding as sh
 from vitok_jax.models import vitok
+from vitok_jax import optim
+from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import tokenizer
 
 
@@ -152,14 +152,14 @@ def test_dit_peak_lr_has_no_frames_factor(name):
 def test_video_dit_step_trains_at_the_frameless_lr():
   """The lr the video DiT's step reports is base_lr x batch / 256."""
   from configs.dit import dit_l_vitok_s_b4x8_128  # pylint: disable=g-import-not-at-top
-  from vitok_jax import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  from vitok_jax.diffusion import codec as codec_lib  # pylint: disable=g-import-not-at-top
   from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
   c = dit.resolve_config(dit_l_vitok_s_b4x8_128.get_config(
       "runlocal,tokenizer=/runs/t"))
   c.optim.warmup_steps = 0
   c.latents.source = "shards:unused"  # the step takes latents
   assert c.input.frames == 16
-  codec = latents_lib.Codec(vitok.create("mu-mu/2x8", 16), None, 32, 16)
+  codec = codec_lib.Codec(vitok.create("mu-mu/2x8", 16), None, 32, 16)
   mesh = sh.make_mesh([("data", 1)], jax.devices()[:1])
   setup = dit.make_setup(c, mesh, codec)
   state = setup.init(jax.random.key(0))

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 
 from tests.helpers import load_tool
-from vitok_jax import sharding as sh
+from vitok_jax.data import input_pipeline
 from vitok_jax.evaluators import generation
+from vitok_jax.evaluators import scoring
 from vitok_jax.evaluators import metrics
 from vitok_jax.evaluators import ref_stats
+from vitok_jax.parallel import sharding as sh
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def counted_passes(monkeypatch):
 
 
 def _data(res=32):
-  return ml_collections.ConfigDict(dict(data="embedded", res=res, frames=1))
+  return input_pipeline.default_config(data="embedded", res=res, frames=1)
 
 
 def test_computed_once_then_reused_by_evaluators_and_sample(
@@ -76,7 +78,7 @@ def test_a_cache_from_before_sfid_is_recomputed(counted_passes, tmp_path):
 def test_generation_evaluator_uses_the_cache(counted_passes, tmp_path,
                                              monkeypatch):
   calls, _ = counted_passes
-  monkeypatch.setattr(generation.inception, "load", lambda path: {"w": 0.0})
+  monkeypatch.setattr(scoring.inception, "load", lambda path: {"w": 0.0})
   mesh = sh.make_mesh([("data", -1)])
   config = ml_collections.ConfigDict(dict(
       type="generation", num_samples=8, batch_size=8,
@@ -86,7 +88,7 @@ def test_generation_evaluator_uses_the_cache(counted_passes, tmp_path,
         "gen", config, predict_fns=dict(sample=lambda cfg, steps: None,
                                         num_classes=9),
         mesh=mesh, input_config=_data())
-    assert ev.ref_stats.mu.shape == (4,)
+    assert ev.nets.ref_stats.mu.shape == (4,)
   # The default reference is all of the data set: no subset.
   assert len(calls) == 1 and calls[0][2] is None
 

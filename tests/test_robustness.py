@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from configs.vitok import s_b16_256
-from vitok_jax import checkpoint as ckpt_lib
-from vitok_jax import workdir_lock
+from vitok_jax.io import checkpoint as ckpt_lib
+from vitok_jax.io import workdir_lock
 from vitok_jax.trainers import tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""Samples on disk as parts (sample_parts.py) and per-sample DDIM noise:
+"""Samples on disk as parts (io/sample_parts.py) and per-sample DDIM noise:
 what makes sampling resumable and independent of the batch and mesh."""
 import json
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vitok_jax import diffusion
-from vitok_jax import sample_parts
+from vitok_jax.diffusion import ddpm
+from vitok_jax.io import sample_parts
 
 SETTINGS = dict(step=4, cfg=1.5, seed=0, classes=[], num_steps=10, eta=0.0)
 
@@ -54,19 +54,19 @@ def test_parts_made_with_other_settings_are_refused(tmp_path):
 def test_per_example_ddim_noise_does_not_depend_on_the_batch(eta):
   """With a key per example, example j's sample is the same alone or in any
   batch (eta > 0 draws DDIM noise per example too)."""
-  sched = diffusion.linear_schedule(1000)
+  sched = ddpm.linear_schedule(1000)
   eps_fn = lambda x, t: 0.1 * x + 1e-4 * t[:, None, None]
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(
       jnp.arange(4))
   x_T = jax.random.normal(jax.random.key(1), (4, 3, 2))
-  run = lambda x, k: diffusion.ddim_sample(eps_fn, sched, x, k, num_steps=10,
+  run = lambda x, k: ddpm.ddim_sample(eps_fn, sched, x, k, num_steps=10,
                                            eta=eta)
   together = run(x_T, keys)
   for j in range(4):
     np.testing.assert_allclose(run(x_T[j:j + 1], keys[j:j + 1])[0],
                                together[j], rtol=1e-6, atol=1e-6)
   if eta:  # the noise is used, and it differs per example
-    det = diffusion.ddim_sample(eps_fn, sched, x_T, num_steps=10)
+    det = ddpm.ddim_sample(eps_fn, sched, x_T, num_steps=10)
     assert np.abs(np.asarray(together - det)).max() > 0.1
     per = run(jnp.repeat(x_T[:1], 2, 0), keys[:2])
     assert np.abs(np.asarray(per[0] - per[1])).max() > 0.1

@@ -14,10 +14,10 @@ import pytest
 from configs.dit import dit_l_vitok_s_b16_256 as dit_config
 from configs.vitok import s_b16_256
 from tests import helpers
-from vitok_jax import checkpoint as ckpt_lib
 from vitok_jax import eval as eval_job
-from vitok_jax import sample as sample_lib
 from vitok_jax.evaluators import generation
+from vitok_jax.io import checkpoint as ckpt_lib
+from vitok_jax import sample as sample_lib
 from vitok_jax.trainers import dit
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from configs.vitok import s_b16_256
-from vitok_jax import checkpoint as ckpt_lib
-from vitok_jax import sharding as sh
+from vitok_jax.io import checkpoint as ckpt_lib
 from vitok_jax.models import discriminator
 from vitok_jax.models import lpips as lpips_lib
+from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import tokenizer
 import vitok_jax.utils as u
 

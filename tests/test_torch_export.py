@@ -8,10 +8,10 @@ import pytest
 
 from tests import torch_reference as tr
 from tests.helpers import load_tool
-from vitok_jax import checkpoint as ckpt_lib
 from vitok_jax import export
-from vitok_jax import sharding as sh
+from vitok_jax.io import checkpoint as ckpt_lib
 from vitok_jax.models import vitok
+from vitok_jax.parallel import sharding as sh
 import vitok_jax.torch as vt
 
 torch = tr.torch
@@ -162,9 +162,9 @@ DIT_CASES = {"grid of codes": ((1, 2, 3), 6), "1D codes": (None, 5)}
 
 @pytest.mark.parametrize("case", list(DIT_CASES))
 def test_dit_parity_and_torch_ddim_sampling(case, tmp_path):
-  from vitok_jax import diffusion
-  from vitok_jax import flow
-  from vitok_jax import latents as latents_lib
+  from vitok_jax.diffusion import ddpm
+  from vitok_jax.diffusion import flow
+  from vitok_jax.diffusion import codec as codec_lib
   from vitok_jax.models import dit
   grid, n = DIT_CASES[case]
   model = dit.create("mu", 4, 3)
@@ -175,7 +175,7 @@ def test_dit_parity_and_torch_ddim_sampling(case, tmp_path):
   # fresh DiT's parity trivial.
   params = _randomize(model.init(jax.random.key(0), x, t, y, grid)["params"],
                       seed=2)
-  stats = latents_lib.LatentStats(np.full(4, 0.5, np.float32),
+  stats = codec_lib.LatentStats(np.full(4, 0.5, np.float32),
                                   np.full(4, 2.0, np.float32))
   out = str(tmp_path / "dit.safetensors")
   export.export_dit(params, model, out, stats, grid=grid)
@@ -188,11 +188,11 @@ def test_dit_parity_and_torch_ddim_sampling(case, tmp_path):
   assert _rel(ours, theirs) < 1e-5
   np.testing.assert_array_equal(tstats["std"].numpy(), 2.0)
   # DDIM with CFG 1.5 from the same x_T: the torch sampler equals ours.
-  sched = diffusion.linear_schedule()
+  sched = ddpm.linear_schedule()
   labels = jnp.array([0, 1, 2])
   eps = lambda x, t, y: model.apply({"params": params}, x, t, y, grid)
-  ours = diffusion.ddim_sample(
-      lambda x, t: diffusion.guided_eps(eps, x, t, labels, 3, 1.5), sched,
+  ours = ddpm.ddim_sample(
+      lambda x, t: ddpm.guided_eps(eps, x, t, labels, 3, 1.5), sched,
       jnp.asarray(x), num_steps=10)
   theirs = vt.dit.ddim_sample(tm, torch.tensor([0, 1, 2]), torch.from_numpy(x),
                               num_steps=10, cfg_scale=1.5).numpy()
@@ -200,7 +200,7 @@ def test_dit_parity_and_torch_ddim_sampling(case, tmp_path):
   # A flow-matching DiT: Heun (and Euler) with CFG on the velocities.
   for solver in flow.SOLVERS:
     ours = flow.ode_sample(
-        lambda x, t: diffusion.guided_eps(eps, x, t, labels, 3, 1.5),
+        lambda x, t: ddpm.guided_eps(eps, x, t, labels, 3, 1.5),
         jnp.asarray(x), 6, solver)
     theirs = vt.dit.flow_sample(tm, torch.tensor([0, 1, 2]),
                                 torch.from_numpy(x), num_steps=6,

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from configs.vitok import s_b16_256
-from vitok_jax import checkpoint as ckpt_lib
-from vitok_jax import sharding as sh
+from vitok_jax.data import demo_sources
+from vitok_jax.io import checkpoint as ckpt_lib
+from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import tokenizer
 
 
@@ -56,10 +57,9 @@ def test_runlocal_trains_and_writes_outputs(tmp_path, capsys):
   assert f"{ev['heldout/rpsnr']:.2f} dB" in last
   # The picture shows held-out photos (top row), not training photos.
   from PIL import Image
-  from vitok_jax import input_pipeline
-  from vitok_jax.pp import ops
+  from vitok_jax.data import preprocess as ops
   pic = np.asarray(Image.open(tmp_path / "reconstruction.png"))
-  first = ops.center_crop(input_pipeline.HeldOutPhotos()[0], 32)
+  first = ops.center_crop(demo_sources.HeldOutPhotos()[0], 32)
   np.testing.assert_array_equal(pic[:32, :32], first)
   losses = [r["rec_l2"] for r in rows]
   assert [r["step"] for r in rows] == list(range(5, 41, 5))

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from vitok_jax import sharding as sh
+from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import common
 
 

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from configs.vitok import video_s_b4x8_128
-from vitok_jax import input_pipeline
-from vitok_jax import video
+from vitok_jax.data import demo_sources
+from vitok_jax.data import input_pipeline
+from vitok_jax.data import sources
+from vitok_jax.data import video
 from vitok_jax.trainers import tokenizer
 
 
@@ -32,15 +34,15 @@ def video_folder(tmp_path_factory):
   """Two classes of pans over real photos (mp4), a corrupt file and a
   video too short for a 16-frame clip."""
   root = tmp_path_factory.mktemp("videos")
-  photos = input_pipeline.EmbeddedPhotos()
+  photos = demo_sources.EmbeddedPhotos()
   rng = np.random.default_rng(0)
   for cls, ids in (("astronaut", (0, 0, 0)), ("cat", (1, 1, 1))):
     (root / cls).mkdir()
     for j, i in enumerate(ids):
       write_video(root / cls / f"{j}.mp4",
-                  video.pan_zoom(photos[i], 20, rng, size=48))
+                  demo_sources.pan_zoom(photos[i], 20, rng, size=48))
   (root / "cat" / "broken.mp4").write_bytes(b"\x00\x00\x00 ftypisom broken")
-  write_video(root / "cat" / "short.mp4", video.pan_zoom(photos[2], 6, rng, size=48))
+  write_video(root / "cat" / "short.mp4", demo_sources.pan_zoom(photos[2], 6, rng, size=48))
   return root
 
 
@@ -56,7 +58,7 @@ def test_clip_sampling_at_a_target_fps():
 
 
 def test_decoded_clip_matches_the_written_frames(tmp_path):
-  frames = video.pan_zoom(input_pipeline.EmbeddedPhotos()[3], 20, None, size=48)
+  frames = demo_sources.pan_zoom(demo_sources.EmbeddedPhotos()[3], 20, None, size=48)
   write_video(tmp_path / "v.mp4", frames)
   clip = video.decode(str(tmp_path / "v.mp4"), 16, 8.0, None)
   want = frames[2:18]  # centred: start (20 - 16) // 2
@@ -68,7 +70,7 @@ def test_train_batches_skip_and_count_bad_videos(video_folder, caplog):
   cfg = dict(data=f"folder:{video_folder}", res=32, frames=16, fps=8.0,
              batch_size=4, flip=True, num_workers=0)
   import ml_collections
-  it = iter(input_pipeline.make_train_dataset(ml_collections.ConfigDict(cfg), 0))
+  it = iter(input_pipeline.make_train_dataset(input_pipeline.default_config(**cfg), 0))
   batches = [next(it) for _ in range(4)]  # 16 clips: 2 epochs of 8 files
   assert all(b["image"].shape == (4, 16, 32, 32, 3) for b in batches)
   assert -1 <= min(b["image"].min() for b in batches)
@@ -137,7 +139,7 @@ def test_video_step_with_framewise_lpips_and_gan():
   # LPIPS and the discriminator see [B*T, H, W, 3] frames; lr scales by frames.
   import jax
   from vitok_jax import optim
-  from vitok_jax import sharding as sh
+  from vitok_jax.parallel import sharding as sh
   c = video_s_b4x8_128.get_config("runlocal,frames=4")
   c.input.update(batch_size=8, res=32)
   c.loss.update(lpips_weight=1.0, lpips_allow_random=True, lpips_weights=None,
@@ -172,7 +174,7 @@ def test_tfds_video_source_samples_clips_from_stored_frames(monkeypatch):
   # tfds.data_source of a video set (ucf101) gives every frame of a record.
   import ml_collections
   import tensorflow_datasets as tfds
-  frames = video.pan_zoom(input_pipeline.EmbeddedPhotos()[1], 50, None, size=40)
+  frames = demo_sources.pan_zoom(demo_sources.EmbeddedPhotos()[1], 50, None, size=40)
 
   class FakeSource:
     def __len__(self):
@@ -182,11 +184,11 @@ def test_tfds_video_source_samples_clips_from_stored_frames(monkeypatch):
       return {"video": frames[: 10 if i == 2 else 50], "label": i}
 
   monkeypatch.setattr(tfds, "data_source", lambda *a, **k: FakeSource())
-  cfg = ml_collections.ConfigDict(dict(
+  cfg = input_pipeline.default_config(
       data="tfds:ucf101:train", res=32, frames=8, fps=8.0, src_fps=25.0,
-      batch_size=2, flip=False, num_workers=0))
+      batch_size=2, flip=False, num_workers=0)
   src = input_pipeline.source_of(cfg)
-  assert isinstance(src, input_pipeline.TfdsVideos) and src.label(1) == 1
+  assert isinstance(src, sources.TfdsVideos) and src.label(1) == 1
   clip = src.clip(src[0], 8, 8.0, None)  # 25 -> 8 fps: every 3rd frame
   np.testing.assert_array_equal(clip, frames[video.clip_indices(50, 25.0, 8, 8.0, None)])
   batches = list(input_pipeline.make_eval_dataset(cfg, 2))

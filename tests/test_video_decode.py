@@ -1,4 +1,4 @@
-"""PyAV decoding of video clips (vitok_jax/video.py): display rotation,
+"""PyAV decoding of video clips (vitok_jax/data/video.py): display rotation,
 variable frame rates (frames placed by timestamp, seeking or not), files
 whose container does not give the frame count, and frame threading. Videos
 are tiny synthetic files written with PyAV; each frame carries its number in
@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from vitok_jax import video
+from vitok_jax.data import video
 
 H, W, B = 32, 64, 8  # frame size and the side of a block (4 x 8 blocks)
 

@@ -17,8 +17,10 @@ import pytest
 from PIL import Image
 
 from configs.vitok import video_s_b4x8_128
-from vitok_jax import input_pipeline
-from vitok_jax import video
+from vitok_jax.data import demo_sources
+from vitok_jax.data import input_pipeline
+from vitok_jax.data import sources
+from vitok_jax.data import video
 from vitok_jax.evaluators import common as evaluators
 from vitok_jax.evaluators import ref_stats
 from tests.helpers import ROOT, launch
@@ -64,7 +66,7 @@ def ucf_like(tmp_path_factory):
 
 
 def cfg(**kw):
-  return ml_collections.ConfigDict(dict(dict(
+  return input_pipeline.default_config(**dict(dict(
       res=32, frames=4, fps=0.0, batch_size=2, flip=False, num_workers=0), **kw))
 
 
@@ -155,8 +157,8 @@ def test_tfds_videos_decode_only_the_frames_of_a_clip(monkeypatch):
 
   monkeypatch.setattr(tfds, "data_source", data_source)
   decoded = []
-  real = input_pipeline.decode_frame
-  monkeypatch.setattr(input_pipeline, "decode_frame",
+  real = sources.decode_frame
+  monkeypatch.setattr(sources, "decode_frame",
                       lambda f: decoded.append(1) or real(f))
   src = input_pipeline.source_of(cfg(data="tfds:ucf101/ucf101_1:train"))
   assert seen["name"] == "ucf101/ucf101_1" and seen["split"] == "train"
@@ -171,7 +173,7 @@ def test_tfds_videos_decode_only_the_frames_of_a_clip(monkeypatch):
 def test_sample_videos_are_real_files_read_by_the_table5_protocol():
   c = cfg(data="samplevideos", frames=4, clips_per_video=4)
   src = input_pipeline.source_of(c)
-  assert [f.split("/")[-1] for f in src.files] == list(input_pipeline.SAMPLE_VIDEOS)
+  assert [f.split("/")[-1] for f in src.files] == list(demo_sources.SAMPLE_VIDEOS)
   assert input_pipeline.eval_num_examples(c) == 12
   # carphone: 120 frames at 29.97 fps; clip k of 4 starts at
   # floor((k + 0.5) / 4 * 116): an independent decode of those frames.
@@ -187,19 +189,19 @@ def test_sample_videos_are_real_files_read_by_the_table5_protocol():
 
 
 def test_training_pans_zoom_in_further_than_evaluation():
-  photo = input_pipeline.EmbeddedPhotos()[0]  # 512 x 512, a fine texture
+  photo = demo_sources.EmbeddedPhotos()[0]  # 512 x 512, a fine texture
   pans = input_pipeline.source_of(cfg(data="embedded", frames=2))
-  assert pans.window == input_pipeline.PAN_WINDOW == (0.2, 0.8)
+  assert pans.window == demo_sources.PAN_WINDOW == (0.2, 0.8)
   rng = np.random.default_rng(0)
   sides = []
-  real = video.pan_zoom
+  real = demo_sources.pan_zoom
 
   def spy(p, t, r, size=160, window=(0.45, 0.8)):
     sides.append(window)
     return real(p, t, r, size=size, window=window)
 
   import unittest.mock  # pylint: disable=g-import-not-at-top
-  with unittest.mock.patch.object(video, "pan_zoom", spy):
+  with unittest.mock.patch.object(demo_sources, "pan_zoom", spy):
     pans.clip(0, 2, 8.0, rng)
     pans.clip(0, 2, 8.0, None)
   assert sides == [(0.2, 0.8), (0.45, 0.8)]  # training, then evaluation
@@ -212,23 +214,23 @@ def test_training_pans_zoom_in_further_than_evaluation():
   want = np.asarray(Image.fromarray(photo).resize(
       (64, 64), Image.BICUBIC,
       box=(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)))
-  clip = video.pan_zoom(photo, 2, np.random.default_rng(1), size=64,
+  clip = demo_sources.pan_zoom(photo, 2, np.random.default_rng(1), size=64,
                         window=(0.2, 0.2))
   np.testing.assert_array_equal(clip[0], want)
 
 
 def test_pans_from_a_photo_pyramid():
-  photo = input_pipeline.EmbeddedPhotos()[0]  # 512 x 512
-  levels = video.photo_pyramid(photo)
+  photo = demo_sources.EmbeddedPhotos()[0]  # 512 x 512
+  levels = demo_sources.photo_pyramid(photo)
   assert [im.size for im in levels] == [(512, 512), (256, 256), (128, 128),
                                         (64, 64), (32, 32)]
   # One level is the photo itself: exactly the same clip.
   np.testing.assert_array_equal(
-      video.pan_zoom(levels[:1], 4, np.random.default_rng(3), size=32),
-      video.pan_zoom(photo, 4, np.random.default_rng(3), size=32))
+      demo_sources.pan_zoom(levels[:1], 4, np.random.default_rng(3), size=32),
+      demo_sources.pan_zoom(photo, 4, np.random.default_rng(3), size=32))
   # A fixed 400-pixel window at 32 pixels comes from level 2 (100 >= 3 x 32,
   # 50 < 96), its box a quarter of the photo's.
-  clip = video.pan_zoom(levels, 2, np.random.default_rng(1), size=32,
+  clip = demo_sources.pan_zoom(levels, 2, np.random.default_rng(1), size=32,
                         window=(400 / 512, 400 / 512))
   r = np.random.default_rng(1)
   r.uniform(0, 1, 2)
@@ -254,17 +256,17 @@ def test_pans_from_a_photo_pyramid():
   assert 0 < np.sqrt(np.mean(err)) < 1.5
   # Evaluation clips do not change: 160 pixels from the photo.
   np.testing.assert_array_equal(fast.clip(2, 16, 8.0, None),
-                                video.pan_zoom(fast.photos[2], 16, None))
+                                demo_sources.pan_zoom(fast.photos[2], 16, None))
 
 
 def test_cached_statistics_are_kept_apart_by_protocol():
   base = dict(data="folder:/ucf", res=128, frames=16)
-  names = {ref_stats.cache_name(ml_collections.ConfigDict(dict(base, **kw)))
+  names = {ref_stats.cache_name(input_pipeline.default_config(**base, **kw))
            for kw in (dict(fps=0.0), dict(fps=8.0), dict(fps=0.0, clips_per_video=2),
                       dict(fps=0.0, file_list="/ucf/trainlist01.txt"))}
   assert len(names) == 4
-  assert ref_stats.cache_name(ml_collections.ConfigDict(dict(
-      base, fps=0.0))) == "folder-ucf_128px_16fnative_all_v2.npz"
+  assert ref_stats.cache_name(input_pipeline.default_config(
+      **base, fps=0.0)) == "folder-ucf_128px_16fnative_all_v2.npz"
 
 
 def test_video_configs_evaluate_by_table5_or_at_8_fps():
@@ -308,8 +310,8 @@ def checkpoint_dir(wd):
   compile time)."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from vitok_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from vitok_jax import sharding as sh  # pylint: disable=g-import-not-at-top
+  from vitok_jax.io import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from vitok_jax.parallel import sharding as sh  # pylint: disable=g-import-not-at-top
   from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
   argv = ["eval"] + _video_args()
   fv = flags.FlagValues()

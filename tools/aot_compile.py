@@ -84,7 +84,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from vitok_jax import flops
-from vitok_jax import sharding as sh
+from vitok_jax.parallel import sharding as sh
 from vitok_jax import trainers
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -213,7 +213,7 @@ def fake_codec(config, variant=None):
   tools/bench.py's bench_dit): a ViTok of `variant`, by default S-B with
   the patch (and, for video, tubelet 4) that gives config.latents.tokens
   at config.input.res."""
-  from vitok_jax import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  from vitok_jax.diffusion import codec as codec_lib  # pylint: disable=g-import-not-at-top
   from vitok_jax.models import vitok  # pylint: disable=g-import-not-at-top
   lc, res, frames = config.latents, config.input.res, config.input.frames
   if variant is None:
@@ -223,9 +223,9 @@ def fake_codec(config, variant=None):
       raise ValueError(f"No S-B patch gives {lc.tokens} tokens at {res}p: "
                        "pass --tokenizer_variant")
     variant = f"S-B/4x{int(p)}" if frames > 1 else f"S-B/{int(p)}"
-  codec = latents_lib.Codec(vitok.create(variant, lc.channels or 16), None,
+  codec = codec_lib.Codec(vitok.create(variant, lc.channels or 16), None,
                             res, frames)
-  latents_lib.check_matches(codec.num_tokens, codec.channels, lc.tokens,
+  codec_lib.check_matches(codec.num_tokens, codec.channels, lc.tokens,
                             lc.channels, f"--tokenizer_variant={variant}")
   return codec, variant
 

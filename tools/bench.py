@@ -36,8 +36,8 @@ import jax
 import numpy as np
 
 from vitok_jax import flops
-from vitok_jax import sharding as sh
 from vitok_jax.models import vitok
+from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import tokenizer
 
 
@@ -132,7 +132,7 @@ def main(argv=None):
 
 def bench_input(args) -> dict:
   """Images (clips) per second of make_train_dataset on one core."""
-  from vitok_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vitok_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   config = tokenizer.default_config().input
   config.update(data=args.input, res=args.res, frames=args.frames,
                 batch_size=args.batch, num_workers=0)
@@ -236,10 +236,10 @@ def _report(header, args, compiled, compile_s, step_s, m, model_flops,
 
 
 def bench_dit(args):
-  from vitok_jax import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  from vitok_jax.diffusion import codec as codec_lib  # pylint: disable=g-import-not-at-top
   from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
   # The tokenizer only sets the latent shape here (its params are unused).
-  codec = latents_lib.Codec(vitok.create(args.variant, args.code_channels),
+  codec = codec_lib.Codec(vitok.create(args.variant, args.code_channels),
                             None, args.res, args.frames)
   config = dit.default_config()
   config.tokenizer.workdir = "unused"

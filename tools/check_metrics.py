@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from vitok_jax import fileio
+from vitok_jax.io import fileio
 
 
 def last_values(path: str, keys) -> dict:

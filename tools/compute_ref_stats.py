@@ -22,7 +22,7 @@ import argparse
 import jax
 import ml_collections
 
-from vitok_jax import distributed
+from vitok_jax.parallel import startup
 
 
 def compute(data: str, res: int, inception_path: str, batch_size: int = 50,
@@ -56,9 +56,9 @@ def main(argv=None):
                   "reference: never the first classes of a sorted folder)")
   ap.add_argument("--out", default=None, help="default: the cache file the "
                   "jobs look for (vitok_jax/evaluators/ref_stats.py)")
-  distributed.add_arguments(ap)
+  startup.add_arguments(ap)
   args = ap.parse_args(argv)
-  distributed.initialize_from_args(args)
+  startup.initialize_from_args(args)
   from vitok_jax.evaluators import ref_stats  # pylint: disable=g-import-not-at-top
   out = args.out or ref_stats.default_path(
       data_config(args.data, args.res, args.data_dir, args.frames),

@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from vitok_jax import fileio
+from vitok_jax.io import fileio
 
 _BN = {"weight": "scale", "bias": "bias", "running_mean": "mean",
        "running_var": "var"}

@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from vitok_jax import fileio
+from vitok_jax.io import fileio
 
 # torchvision vgg16().features indices of the 13 convolutions.
 VGG_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)

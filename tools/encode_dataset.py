@@ -8,7 +8,7 @@ Each record is the evaluation crop (resize the shorter side, centre crop) of
 an image, encoded by the tokenizer run's EMA params (the posterior mean), with
 its class label, and (unless --no-flips) the encoding of the mirrored crop, as
 MAR stores both: a DiT with config.input.flip=True picks one per example, as
-the on-the-fly path flips its crops. Shards of --shard_size records (vitok_jax/latent_shards.py)
+the on-the-fly path flips its crops. Shards of --shard_size records (vitok_jax/data/latent_shards.py)
 are written atomically, with a progress line each; run the same command
 again after an interruption and it goes on from the first missing shard.
 Unreadable records are skipped and counted.
@@ -30,13 +30,13 @@ import time
 import jax
 import numpy as np
 
-from vitok_jax import distributed
-from vitok_jax import fileio
-from vitok_jax import input_pipeline
-from vitok_jax import latent_shards
-from vitok_jax import latents as latents_lib
-from vitok_jax import sharding as sh
-from vitok_jax.pp import ops
+from vitok_jax.data import input_pipeline
+from vitok_jax.data import latent_shards
+from vitok_jax.data import preprocess as ops
+from vitok_jax.diffusion import codec as codec_lib
+from vitok_jax.io import fileio
+from vitok_jax.parallel import sharding as sh
+from vitok_jax.parallel import startup
 
 
 def encode(tokenizer: str, data: str, res: int, out: str, *, step=None,
@@ -44,7 +44,7 @@ def encode(tokenizer: str, data: str, res: int, out: str, *, step=None,
            data_dir=None, image_key: str = "image", workers: int = 8,
            flips: bool = True, log=print) -> dict:
   """Writes (or completes) this process's shards; returns the meta dict."""
-  codec = latents_lib.Codec.load(tokenizer, step, res=res, key="--tokenizer")
+  codec = codec_lib.Codec.load(tokenizer, step, res=res, key="--tokenizer")
   source = input_pipeline.CheckedSource(
       input_pipeline.get_source(data, data_dir, image_key))
   n = len(source) if num_examples is None else min(num_examples, len(source))
@@ -151,9 +151,9 @@ def main(argv=None):
   ap.add_argument("--flips", action=argparse.BooleanOptionalAction,
                   default=True, help="also store the mirrored crops' "
                   "encodings (for config.input.flip; twice the encoding)")
-  distributed.add_arguments(ap)
+  startup.add_arguments(ap)
   args = ap.parse_args(argv)
-  distributed.initialize_from_args(args)
+  startup.initialize_from_args(args)
   try:
     encode(args.tokenizer, args.data, args.res, args.out, step=args.step,
            shard_size=args.shard_size, batch_size=args.batch_size,

@@ -24,10 +24,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from vitok_jax import checkpoint as ckpt_lib
+from vitok_jax.data import input_pipeline
+from vitok_jax.diffusion import codec as codec_lib
 from vitok_jax import export
-from vitok_jax import fileio
-from vitok_jax import input_pipeline
+from vitok_jax.io import checkpoint as ckpt_lib
+from vitok_jax.io import fileio
 from vitok_jax.models import dit as dit_lib
 from vitok_jax.models import vitok
 from vitok_jax.trainers import dit
@@ -67,7 +68,7 @@ def verify_dit(params, model, out: str, num_tokens: int, grid) -> float:
 
 
 def export_dit_run(workdir, params, config, step, ema, out, do_verify):
-  codec = dit.load_codec(config, workdir)
+  codec = codec_lib.load_pinned(config, workdir)
   model = dit_lib.from_config(config.model, codec.channels,
                               config.num_classes).clone(dtype=np.float32)
   export.export_dit(params, model, out, dit.load_run_stats(workdir, step),
@@ -88,7 +89,7 @@ def export_dit_run(workdir, params, config, step, ema, out, do_verify):
 def verify(params, model, out: str, res: int, frames: int = 1) -> float:
   import torch  # pylint: disable=g-import-not-at-top
   import vitok_jax.torch as vt  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict(dict(data="embedded", res=res))
+  cfg = input_pipeline.default_config(data="embedded", res=res)
   images = next(iter(input_pipeline.make_eval_dataset(cfg, 4)))["image"]
   if frames > 1:
     images = np.repeat(images[:, None], frames, axis=1)

@@ -34,7 +34,7 @@ def main(argv=None):
                                process_id=args.process_id)
   # Imported after initialisation so nothing touches the backend before it.
   from configs.vitok import s_b16_256  # pylint: disable=g-import-not-at-top
-  from vitok_jax import sharding as sh  # pylint: disable=g-import-not-at-top
+  from vitok_jax.parallel import sharding as sh  # pylint: disable=g-import-not-at-top
   from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
 
   config = tokenizer.resolve_config(s_b16_256.get_config("runlocal,lpips=0"))

@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from vitok_jax import fileio
+from vitok_jax.io import fileio
 
 METRICS = ("rpsnr", "rssim", "rfid", "rfvd", "bicubic_rpsnr")
 

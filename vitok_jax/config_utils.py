@@ -58,6 +58,22 @@ def parse_arg(arg, lazy: bool = False, local_defaults: Optional[dict] = None,
   return out
 
 
+def arguments(spec: dict, given: dict, who: str = "config"
+              ) -> ml_collections.ConfigDict:
+  """A config file's arguments: `spec` (its ARGS: every name with its
+  default) with the `given` ones set; a name not in spec fails, naming the
+  closest one. Config files name their arguments once, in ARGS, and their
+  make(**args) reads them from this (`a.res`)."""
+  unknown = sorted(set(given) - set(spec))
+  if unknown:
+    import difflib  # pylint: disable=g-import-not-at-top
+    close = difflib.get_close_matches(unknown[0], list(spec), n=1)
+    raise ValueError(f"{who}: unknown argument {unknown[0]!r}" +
+                     (f" (did you mean {close[0]!r}?)" if close else "") +
+                     f"; known: {sorted(spec)}")
+  return ml_collections.ConfigDict(dict(spec, **given))
+
+
 def check_keys(config, defaults, prefix="config") -> None:
   """Raises ValueError on a key of `config` that `defaults` does not have.
 

@@ -18,11 +18,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from vitok_jax import distributed
-from vitok_jax import fileio
-from vitok_jax import metrics_writer
-from vitok_jax import trainers
 from vitok_jax.evaluators import common as evaluators
+from vitok_jax.io import fileio
+from vitok_jax.io import metrics_writer
+from vitok_jax.parallel import startup
+from vitok_jax import trainers
 import vitok_jax.utils as u
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -55,7 +55,7 @@ def evaluate(config, workdir: str, step=None) -> dict:
   for ev in evals.values():
     scalars = evaluators.write_results(
         writer, run.step, dict(ev.run(run.params, final=True)), out_dir,
-        fps=ev.data_config.get("fps") or 8.0)
+        fps=ev.data_config.fps)
     results.update(scalars)
     if hasattr(ev, "protocol"):  # what was measured, and on how many
       protocols[ev.name] = ev.protocol(scalars)
@@ -75,7 +75,7 @@ def main(argv):
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required")
   u.quiet_library_logs()
-  distributed.maybe_initialize()
+  startup.maybe_initialize()
   evaluate(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
 
 

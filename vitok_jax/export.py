@@ -12,7 +12,7 @@ from vitok_jax.models import vitok
 from vitok_jax.torch import config_path as vt_config_path
 from vitok_jax.torch import convert
 
-from vitok_jax import fileio
+from vitok_jax.io import fileio
 
 _JAX_ONLY = {"parent", "name", "dtype", "param_dtype", "stream_dtype", "remat",
              "attn_impl"}

@@ -6,9 +6,32 @@ go through `optax.set_to_zero()` in a `multi_transform`, so they get neither
 updates, nor weight decay, nor Adam moments.
 """
 import jax
+import ml_collections
 import optax
 
+from vitok_jax import config_utils
 import vitok_jax.utils as u
+
+
+def default_config(**overrides) -> ml_collections.ConfigDict:
+  """config.optim with every key: the paper's tokenizer recipe (AdamW, beta
+  (0.9, 0.95), weight decay 1e-4, 5k warm-up steps, cosine to 0, clipping at
+  1); `overrides` set a trainer's own recipe. base_lr is the peak lr per 256
+  samples (peak_lr); freeze: regexes of parameter names left untrained."""
+  c = ml_collections.ConfigDict(dict(
+      base_lr=1e-4, b1=0.9, b2=0.95, weight_decay=1e-4, warmup_steps=5000,
+      end_lr_factor=0.0, grad_clip=1.0, freeze=()))
+  c.update(overrides)
+  return c
+
+
+# The rule of each numeric config.optim key (config_utils.check_values).
+V = config_utils
+VALIDATORS = {
+    "optim.base_lr": V.POSITIVE, "optim.b1": V.FRACTION, "optim.b2": V.FRACTION,
+    "optim.weight_decay": V.NON_NEGATIVE, "optim.warmup_steps": V.NON_NEGATIVE,
+    "optim.end_lr_factor": V.UNIT_INTERVAL, "optim.grad_clip": V.NON_NEGATIVE,
+}
 
 
 def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
@@ -33,7 +56,7 @@ def peak_lr(optim_config, input_config, per_frame: bool = True) -> float:
   clip's tokens): per_frame=False, peak lr = base_lr * batch / 256 (the DiT
   recipe: 1e-4 at batch 256).
   """
-  frames = (input_config.get("frames", 1) or 1) if per_frame else 1
+  frames = input_config.frames if per_frame else 1
   return float(optim_config.base_lr) * input_config.batch_size * frames / 256
 
 
@@ -49,15 +72,15 @@ def make(config, params, total_steps: int, lr: float):
   grad_clip (None/0 = off), freeze (list of regexes over param names).
   """
   sched = lr_schedule(lr, total_steps, config.warmup_steps,
-                      config.get("end_lr_factor", 0.0))
+                      config.end_lr_factor)
   parts = []
-  if config.get("grad_clip"):
+  if config.grad_clip:
     parts.append(optax.clip_by_global_norm(config.grad_clip))
   parts.append(optax.adamw(sched, b1=config.b1, b2=config.b2,
                            weight_decay=config.weight_decay,
                            mask=decay_mask(params)))
   tx = optax.chain(*parts)
-  freeze = list(config.get("freeze") or ())
+  freeze = list(config.freeze)
   if freeze:
     frozen = u.make_mask(params, freeze)
     if not any(jax.tree.leaves(frozen)):

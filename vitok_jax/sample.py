@@ -33,29 +33,25 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 import numpy as np
 
-from vitok_jax import distributed
-from vitok_jax import fileio
-from vitok_jax import multihost
-from vitok_jax import sample_parts
+from vitok_jax.data import preprocess as ops
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import generation
-from vitok_jax.evaluators import ref_stats as ref_stats_lib
-from vitok_jax.pp import ops
+from vitok_jax.evaluators import scoring
+from vitok_jax.io import fileio
+from vitok_jax.io import sample_parts
+from vitok_jax.parallel import multihost
+from vitok_jax.parallel import startup
 from vitok_jax.trainers import dit
 import vitok_jax.utils as u
 
-def _default_inception(config):
-  for ec in config.evals.values():
-    if ec.get("type") == "generation":
-      return ec.get("inception_weights"), ec.get("ref_stats")
-  return None, None
-
-
-def _default_i3d(config):
-  for ec in config.evals.values():
-    if ec.get("type") == "generation" and ec.get("i3d_weights"):
-      return ec.get("i3d_weights")
-  return None
+def _generation_eval(config) -> dict:
+  """The fields of the config's first generation evaluator (its weights,
+  reference statistics and subset), the defaults of this job's scoring."""
+  for name in config.evals.keys():
+    if config.evals[name].type == "generation":
+      return dict(config.evals[name])
+  return dict(inception_weights="", ref_stats="", i3d_weights="",
+              ref_examples=None)
 
 
 def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
@@ -65,7 +61,7 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   """Writes the files above; returns {"png", "npz", "step", metrics...}.
 
   As a multi-process job each process samples its rows of every global batch
-  and writes them as it goes (sample_parts.py); a rerun samples only what is
+  and writes them as it goes (io/sample_parts.py); a rerun samples only what is
   missing; process 0 merges the parts at the end, one part at a time.
   """
   config = dit.resolve_config(config)
@@ -87,17 +83,16 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
     labels = generation.sample_labels(num, config.num_classes, label_kind,
                                       seed)
   batch = -(-min(batch_size, num) // mesh.size) * mesh.size
-  default_weights, default_ref = _default_inception(config)
-  inception_weights = inception_weights or default_weights
-  ref_stats = ref_stats or default_ref
-  inc_params = common.load_inception(inception_weights, mesh,
-                                     "vitok_jax.sample: gFID and gIS")
-  frames = config.input.get("frames") or 1
-  i3d_weights = i3d_weights or _default_i3d(config)
-  i3d_params = fvd_ref = None
-  if frames > 1 and i3d_weights:  # gFVD: fail now, not after sampling
-    ref_stats_lib.check_fvd_frames(frames, "vitok_jax.sample (gFVD)")
-    i3d_params = common.load_i3d(i3d_weights, mesh, "vitok_jax.sample: gFVD")
+  # The scoring networks and references load before sampling: a missing file
+  # fails now, not after hours of sampling.
+  ev = _generation_eval(config)
+  frames = config.input.frames
+  nets = scoring.load_nets(
+      config.input, mesh, "vitok_jax.sample",
+      inception_weights=inception_weights or ev["inception_weights"],
+      ref_stats=ref_stats or ev["ref_stats"],
+      i3d_weights=i3d_weights or ev["i3d_weights"],
+      ref_examples=ev["ref_examples"])
 
   out_dir = fileio.join(workdir, "samples")
   name = f"{step}_cfg{cfg:g}"
@@ -133,25 +128,12 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
              "sample/num_reused": float(done.sum()),
              "sample/samples_per_sec": total_new / max(seconds, 1e-9),
              "sample/peak_host_mib_process0": peak_mib}
-  if inc_params is not None or i3d_params is not None:
-    scorer = generation.Scorer(num, inc_params, frames=frames, mesh=mesh,
-                               local_batch=batch // jax.process_count(),
-                               i3d_params=i3d_params)
-    for imgs, y, index in parts.read_sharded(num, batch):
-      scorer.update(ops.value_range(imgs), y, index)
-    scorer.sum_over_processes()
-    ref = None
-    if inc_params is not None and ref_stats:
-      ref = ref_stats_lib.load(ref_stats)
-    elif inc_params is not None:  # the training set's, cached (ref_stats.py)
-      ref = ref_stats_lib.load_or_compute(config.input, inc_params,
-                                          inception_weights,
-                                          random_subset=True)
-    if i3d_params is not None:
-      fvd_ref = ref_stats_lib.load_or_compute_fvd(config.input, i3d_params,
-                                                  i3d_weights)
-    results.update(scorer.results("sample", ref, fvd_ref,
-                                  i3d_weights == "random"))
+  if nets.inception_params is not None or nets.i3d_params is not None:
+    samples = ((ops.value_range(imgs), y, index)
+               for imgs, y, index in parts.read_sharded(num, batch))
+    results.update(scoring.score(
+        samples, num, nets, "sample", frames=frames, mesh=mesh,
+        local_batch=batch // jax.process_count()))
   results["sample/num_samples"] = float(num)
   paths = dict(png=fileio.join(out_dir, f"samples_{name}.png"),
                npz=fileio.join(out_dir, f"samples_{name}.npz"))
@@ -164,22 +146,8 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
                       dict(step=step, cfg=cfg, seed=seed, labels=label_kind,
                            **results))
   multihost_utils.sync_global_devices("vitok_jax.sample: merged")
-  line = (f"{num} samples ({label_kind} labels) of step {step} at CFG "
-          f"{cfg:g} ({new} new on this process) -> {paths['png']}")
-  scores = []
-  if "sample/gfvd" in results:
-    scores.append(f"gFVD {results['sample/gfvd']:.2f}" + (
-        " (RANDOM I3D weights)" if results["sample/gfvd_random_i3d"] else ""))
-  if "sample/gfid" in results:
-    scores.append(f"gFID {results['sample/gfid']:.2f}, gIS "
-                  f"{results['sample/gis']:.2f}")
-  if "sample/sfid" in results:
-    scores.append(f"sFID {results['sample/sfid']:.2f}")
-  if "sample/precision" in results:
-    scores.append(f"precision {results['sample/precision']:.3f}, recall "
-                  f"{results['sample/recall']:.3f}")
-  if scores:
-    line += "; " + ", ".join(scores) + f" [{num} samples]"
+  line = (scoring.summary("sample", results, label_kind, cfg) +
+          f" of step {step} ({new} new on this process) -> {paths['png']}")
   if multihost.is_main():
     print(line, flush=True)
   return dict(paths, step=step, labels=labels, **results)
@@ -224,7 +192,7 @@ def main(argv, f: dict):
   if f["workdir"].value is None:
     raise app.UsageError("--workdir is required")
   u.quiet_library_logs()
-  distributed.maybe_initialize()
+  startup.maybe_initialize()
   v = {k: flag.value for k, flag in f.items()}
   sample(v["config"], v["workdir"], v["num"], cfg=v["cfg"],
          classes=v["classes"], steps=v["steps"], eta=v["eta"], seed=v["seed"],

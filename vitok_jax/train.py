@@ -3,7 +3,7 @@ r"""Entry point: `python -m vitok_jax.train --config=configs/... --workdir=DIR`.
 `config.trainer` picks the trainer: "tokenizer" (configs/vitok/) or "dit"
 (configs/dit/); both run the same host loop (trainers/host_loop.py).
 
-Multi-host start-up is in vitok_jax/distributed.py (jax.distributed, only for
+Multi-host start-up is in vitok_jax/parallel/startup.py (jax.distributed, only for
 multi-process launches).
 
 Exit status: 0 when training finished; 128 + n after signal n (SIGTERM,
@@ -19,8 +19,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from vitok_jax import distributed
-from vitok_jax import stop_request
+from vitok_jax.parallel import startup
+from vitok_jax.parallel import stop_request
 from vitok_jax import trainers
 import vitok_jax.utils as u
 
@@ -49,7 +49,7 @@ def main(argv):
     raise app.UsageError("--workdir is required")
   config = load_config()
   u.quiet_library_logs()
-  distributed.maybe_initialize()
+  startup.maybe_initialize()
   trainer = trainers.get(config.get("trainer", "tokenizer"))
   try:
     trainer.train_and_evaluate(config, _WORKDIR.value)

@@ -85,14 +85,14 @@ def quiet_library_logs():
 
 def save_npz_tree(path: str, tree) -> None:
   """A nested dict of arrays -> .npz with '/'-joined keys."""
-  from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
+  from vitok_jax.io import fileio  # pylint: disable=g-import-not-at-top
   fileio.save_npz(path, **{n: np.asarray(x)
                            for n, x in tree_flatten_with_names(tree)})
 
 
 def load_npz_tree(path: str) -> dict:
   """.npz with '/'-joined keys -> nested dict of numpy arrays."""
-  from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
+  from vitok_jax.io import fileio  # pylint: disable=g-import-not-at-top
   tree = {}
   for key, value in fileio.load_npz(path).items():
     node = tree
@@ -114,7 +114,7 @@ def load_weights_npz(path, abstract_params, what: str, convert_tool: str,
   params, e.g. I3D's provenance) is set aside: returns (params, the decoded
   JSON, or None for a file without it).
   """
-  from vitok_jax import fileio  # pylint: disable=g-import-not-at-top
+  from vitok_jax.io import fileio  # pylint: disable=g-import-not-at-top
   if not path or not fileio.exists(fileio.abspath(path)):
     raise FileNotFoundError(f"{what} weights file {path!r} does not exist; "
                             f"create it with `{how}`{note}")

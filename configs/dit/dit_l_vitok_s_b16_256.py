@@ -27,7 +27,7 @@ ARGS = dict(size="L", tokenizer="", shards="", res=256, tokens=256, c=16,
             batch=256, steps=500_000, classes=1000,
             data="tfds:imagenet2012:train", cfg=1.5,
             inception_weights="weights/fid_inception_v3.npz", ref_stats="",
-            runlocal=False)
+            frames=1, fps=8.0, runlocal=False)
 # The README's chain on 2 cores: the demo ViTok's 64 tokens, a tiny DiT.
 RUNLOCAL = dict(size="mu", tokens=64, res=64, batch=16, steps=1000, classes=9,
                 data="embedded", cfg=3.0)
@@ -37,36 +37,36 @@ def get_config(arg=None):
   return make(**config_utils.parse_arg(arg, local_defaults=RUNLOCAL, **ARGS))
 
 
-def make(*, size, tokenizer, shards, res, tokens, c, batch, steps, classes,
-         data, cfg, inception_weights, ref_stats, runlocal, frames=1, fps=8.0):
+def make(**args):
   """The config for these arguments (derived configs call this; videos set
   frames and fps)."""
+  a = config_utils.arguments(ARGS, args, who=__name__)
   config = dit.default_config()
-  config.total_steps = steps
+  config.total_steps = a.steps
   config.log_every = 100
   config.ckpt_every = 5000
   config.image_every = 5000
-  config.tokenizer.workdir = tokenizer
-  config.latents.source = f"shards:{shards}" if shards else "encode"
-  config.latents.tokens, config.latents.channels = tokens, c
-  config.num_classes = classes
-  config.model.size = size  # bf16 matmuls, float32 stream (autocast)
-  config.input.update(data=data, res=res, frames=frames, fps=fps,
-                      batch_size=batch, crop="center", flip=True,
+  config.tokenizer.workdir = a.tokenizer
+  config.latents.source = f"shards:{a.shards}" if a.shards else "encode"
+  config.latents.tokens, config.latents.channels = a.tokens, a.c
+  config.num_classes = a.classes
+  config.model.size = a.size  # bf16 matmuls, float32 stream (autocast)
+  config.input.update(data=a.data, res=a.res, frames=a.frames, fps=a.fps,
+                      batch_size=a.batch, crop="center", flip=True,
                       num_workers=16)
-  config.sampling.update(num_steps=250, eta=0.0, cfg_scale=cfg)
+  config.sampling.update(num_steps=250, eta=0.0, cfg_scale=a.cfg)
   config.ema_decay = 0.9999
   # ADM's protocol: 10k samples at the periodic evaluations, 50k at the end
   # of the run and in the eval job; uniform random labels.
   gen = dict(num_samples=10_000, final_num_samples=50_000, batch_size=256,
              num_steps=250,
-             inception_weights=inception_weights, ref_stats=ref_stats)
+             inception_weights=a.inception_weights, ref_stats=a.ref_stats)
   config.evals = {
       "gen_cfg15": evaluators.config("generation", cfg_scale=1.5,
                                      log_steps=50_000, **gen),
       "gen_cfg30": evaluators.config("generation", cfg_scale=3.0, **gen)}
 
-  if runlocal:  # the same recipe, small enough for a 2-core CPU
+  if a.runlocal:  # the same recipe, small enough for a 2-core CPU
     config.log_every = 50
     config.ckpt_every = 200
     config.image_every = 200
@@ -80,7 +80,7 @@ def make(*, size, tokenizer, shards, res, tokens, c, batch, steps, classes,
     config.sampling.num_steps = 50
     config.evals = {"classes": evaluators.config(
         "generation", num_samples=18, final_num_samples=18, batch_size=8,
-        cfg_scale=cfg,
-        num_steps=50, nearest=True, inception_weights=inception_weights,
+        cfg_scale=a.cfg,
+        num_steps=50, nearest=True, inception_weights=a.inception_weights,
         data=dict(data="embedded"))}
   return config

@@ -24,18 +24,19 @@ def get_config(arg=None):
   return make(**config_utils.parse_arg(arg, **ARGS))
 
 
-def make(*, p, c, steps, res, lpips_weights, runlocal):
+def make(**args):
+  a = config_utils.arguments(ARGS, args, who=__name__)
   args = {**s_b16_256.ARGS, **s_b16_256.RUNLOCAL}  # the demo's recipe
-  args.update(variant=f"mu-mu/{p}", c=c, steps=steps, res=res,
-              lpips_weights=lpips_weights, runlocal=True)
+  args.update(variant=f"mu-mu/{a.p}", c=a.c, steps=a.steps, res=a.res,
+              lpips_weights=a.lpips_weights, runlocal=True)
   cfg = s_b16_256.make(**args)
   cfg.log_every = 100
   cfg.ckpt_every = 500
   cfg.image_every = 0
   cfg.keep_ckpts = 1
-  if runlocal:  # a smoke run for tests
-    cfg.total_steps = min(steps, 4)
+  if a.runlocal:  # a smoke run for tests
+    cfg.total_steps = min(a.steps, 4)
     cfg.log_every = cfg.ckpt_every = 2
-  if not os.path.exists(lpips_weights):
+  if not os.path.exists(a.lpips_weights):
     cfg.loss.lpips_weight = 0.0
   return cfg

@@ -45,8 +45,9 @@ ARGS = dict(variant="S-B/16", c=16, res=256, batch=1024, steps=100_000,
             eval_data="tfds:imagenet2012:validation",
             lpips_weights="weights/lpips_vgg16.npz",
             inception_weights="weights/fid_inception_v3.npz", runlocal=False)
-# ~2 minutes on 2 cores: a tiny ViTok (p=8, 64 codes of c=16 for a 64x64
-# photo) trained on the 9 embedded photos, bf16 matmuls off (slow on CPU).
+# The README's demo, for one CPU: a tiny ViTok (p=8, 64 codes of c=16 for a
+# 64x64 photo) trained on the 9 embedded photos, bf16 matmuls off (slow on
+# CPU).
 RUNLOCAL = dict(variant="mu-mu/8", res=64, batch=16, steps=3000,
                 data="embedded", dtype="float32")
 
@@ -55,38 +56,37 @@ def get_config(arg=None):
   return make(**config_utils.parse_arg(arg, local_defaults=RUNLOCAL, **ARGS))
 
 
-def make(*, variant, c, res, batch, steps, data, lpips, rec, latent, mask,
-         l_eval, dtype, eval_data, lpips_weights, inception_weights,
-         runlocal):
+def make(**args):
   """The config for these arguments (derived configs call this)."""
+  a = config_utils.arguments(ARGS, args, who=__name__)
   cfg = tokenizer.default_config()
-  cfg.total_steps = steps
+  cfg.total_steps = a.steps
   cfg.log_every = 100
   cfg.ckpt_every = 2000
   cfg.image_every = 2000
 
   # bf16 matmuls with a float32 stream (autocast).
-  cfg.model.update(variant=variant, code_channels=c, dtype=dtype,
-                   num_latent_tokens=latent,
-                   mask_lengths=tuple(int(l) for l in mask.split("/") if l))
-  if l_eval:
-    cfg.model.eval_length = l_eval
-  cfg.input.update(data=data, res=res, frames=1, batch_size=batch,
+  cfg.model.update(variant=a.variant, code_channels=a.c, dtype=a.dtype,
+                   num_latent_tokens=a.latent,
+                   mask_lengths=tuple(int(l) for l in a.mask.split("/") if l))
+  if a.l_eval:
+    cfg.model.eval_length = a.l_eval
+  cfg.input.update(data=a.data, res=a.res, frames=1, batch_size=a.batch,
                    crop_scale=(0.5, 1.0), flip=True, num_workers=16)
   # L_REC + 1e-3 L_KL + 1.0 L_LPIPS (stage 1: no GAN).
-  cfg.loss.update(rec=rec, kl_weight=1e-3, lpips_weight=lpips,
-                  lpips_weights=lpips_weights)
+  cfg.loss.update(rec=a.rec, kl_weight=1e-3, lpips_weight=a.lpips,
+                  lpips_weights=a.lpips_weights)
   # AdamW (0.9, 0.95), wd 1e-4 on kernels, peak lr 1e-4 * batch * frames /
   # 256 (the trainer scales base_lr), 5% linear warm-up then cosine to 0.
   cfg.optim.update(base_lr=1e-4, b1=0.9, b2=0.95, weight_decay=1e-4,
-                   warmup_steps=int(0.05 * steps), grad_clip=1.0)
+                   warmup_steps=int(0.05 * a.steps), grad_clip=1.0)
   # rFID/rIS/rPSNR/rSSIM on ImageNet val (50k); the EMA params when present.
   cfg.evals = {"imagenet_val": evaluators.config(
       "reconstruction", log_steps=10_000, batch_size=256,
-      inception_weights=inception_weights,
-      data=dict(data=eval_data))}  # res: the input's
+      inception_weights=a.inception_weights,
+      data=dict(data=a.eval_data))}  # res: the input's
 
-  if runlocal:  # the same recipe, small enough for a 2-core CPU
+  if a.runlocal:  # the same recipe, small enough for a 2-core CPU
     # Scored on 16 tiles of photos it never saw, beside bicubic at the same
     # E = 64 x 16 floats.
     cfg.log_every = 250
@@ -97,8 +97,8 @@ def make(*, variant, c, res, batch, steps, data, lpips, rec, latent, mask,
     cfg.optim.update(base_lr=0.32, warmup_steps=150)  # peak lr 2e-2 at 16
     cfg.evals = {"heldout": evaluators.config(
         "reconstruction", batch_size=16, label="held-out photos",
-        inception_weights=inception_weights, bicubic_baseline=True,
+        inception_weights=a.inception_weights, bicubic_baseline=True,
         data=dict(data="heldout"))}
-    if not os.path.exists(lpips_weights):
+    if not os.path.exists(a.lpips_weights):
       cfg.loss.lpips_weight = 0.0
   return cfg

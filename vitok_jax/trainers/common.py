@@ -14,8 +14,8 @@ import numpy as np
 import optax
 
 from vitok_jax import config_utils
-from vitok_jax import sharding as sh
 from vitok_jax.evaluators import common as evaluators
+from vitok_jax.parallel import sharding as sh
 import vitok_jax.utils as u
 
 

@@ -7,7 +7,7 @@
            first starts and kept in its train state (state["latent_stats"],
            so every checkpoint carries the statistics it was trained with);
   loss:    DDPM epsilon loss (1000 steps, linear betas), or with
-           diffusion.kind="flow" rectified flow's velocity loss (flow.py);
+           diffusion.kind="flow" rectified flow's velocity loss (diffusion/flow.py);
            labels replaced by the null class at rate
            diffusion.label_dropout (for CFG);
   optim:   AdamW at a constant lr (DiT's recipe), EMA of the params (0.9999)
@@ -27,17 +27,17 @@ import ml_collections
 import numpy as np
 
 from vitok_jax import config_utils
-from vitok_jax import diffusion
-from vitok_jax import fileio
-from vitok_jax import flow
-from vitok_jax import input_pipeline
-from vitok_jax import multihost
-from vitok_jax import latents as latents_lib
-from vitok_jax import optim
-from vitok_jax import sampling
-from vitok_jax import sharding as sh
+from vitok_jax.data import input_pipeline
+from vitok_jax.diffusion import codec as codec_lib
+from vitok_jax.diffusion import ddpm
+from vitok_jax.diffusion import flow
+from vitok_jax.diffusion import sampler
 from vitok_jax.evaluators import common as evaluators
+from vitok_jax.io import fileio
 from vitok_jax.models import dit as dit_lib
+from vitok_jax import optim
+from vitok_jax.parallel import multihost
+from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import common
 from vitok_jax.trainers import host_loop
 import vitok_jax.utils as u
@@ -75,7 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
   # resize + centre crop + random flip.
   c.input = input_pipeline.default_config(batch_size=256, crop="center")
   # kind: "ddpm" (the paper: epsilon loss, DDIM sampling) or "flow"
-  # (rectified flow, flow.py: velocity loss with t ~ t_sampling "uniform" or
+  # (rectified flow, diffusion/flow.py: velocity loss with t ~ t_sampling "uniform" or
   # "logit_normal" (logit_mean, logit_std), Euler/Heun ODE sampling).
   c.diffusion = dict(kind="ddpm", train_steps=1000, beta_start=1e-4,
                      beta_end=0.02, label_dropout=0.1, t_sampling="uniform",
@@ -84,8 +84,8 @@ def default_config() -> ml_collections.ConfigDict:
   # steps and eta (ddpm), or ODE steps and solver "euler"/"heun" (flow).
   c.sampling = dict(num_steps=250, eta=0.0, cfg_scale=1.5, solver="euler")
   # DiT: AdamW, lr 1e-4 at batch 256, constant (end_lr_factor 1), no decay.
-  c.optim = dict(base_lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.0,
-                 warmup_steps=0, end_lr_factor=1.0, grad_clip=0.0, freeze=())
+  c.optim = optim.default_config(b2=0.999, weight_decay=0.0, warmup_steps=0,
+                                 end_lr_factor=1.0, grad_clip=0.0)
   c.ema_decay = 0.9999  # 0 = no EMA
   # name -> evaluators.config("generation", ...); see evaluators/generation.py.
   c.evals = {}
@@ -103,9 +103,7 @@ VALIDATORS = {
     "diffusion.label_dropout": V.FRACTION, "sampling.num_steps": V.POSITIVE,
     "diffusion.logit_std": V.POSITIVE,
     "sampling.eta": V.NON_NEGATIVE, "sampling.cfg_scale": V.NON_NEGATIVE,
-    "optim.base_lr": V.POSITIVE, "optim.b1": V.FRACTION, "optim.b2": V.FRACTION,
-    "optim.weight_decay": V.NON_NEGATIVE, "optim.warmup_steps": V.NON_NEGATIVE,
-    "optim.end_lr_factor": V.UNIT_INTERVAL, "optim.grad_clip": V.NON_NEGATIVE,
+    **optim.VALIDATORS,
 }
 
 
@@ -133,100 +131,21 @@ def resolve_config(config) -> ml_collections.ConfigDict:
 # ==========================================================================
 # Setup: the frozen tokenizer, the DiT, optimizer, shardings, jitted steps
 # ==========================================================================
-PIN_FILE = "tokenizer.json"
-
-
-def pin_path(dit_workdir: str) -> str:
-  return fileio.join(fileio.abspath(dit_workdir), PIN_FILE)
-
-
-def read_pin(dit_workdir: Optional[str]) -> Optional[dict]:
-  """{"workdir", "step"} of the tokenizer a DiT run was started on."""
-  if not dit_workdir or not fileio.exists(pin_path(dit_workdir)):
-    return None
-  return fileio.read_json(pin_path(dit_workdir))
-
-
-def pin_tokenizer(dit_workdir: str, codec: latents_lib.Codec) -> None:
-  """At a run's first start: the tokenizer's workdir and step, so that its
-  resume, evaluation, sampling and export decode with the tokenizer the run
-  trained on even after the tokenizer run moves on (process 0 writes)."""
-  if read_pin(dit_workdir) is None and multihost.is_main():
-    fileio.makedirs(fileio.abspath(dit_workdir))
-    fileio.write_json(pin_path(dit_workdir), dict(workdir=codec.workdir,
-                                                  step=int(codec.step)))
-
-
-def _refuse(what: str, theirs, ours, source: str) -> None:
-  raise ValueError(
-      f"The tokenizer's {what} differs: {source} has {theirs!r}, but this "
-      f"run would use {ours!r}. A DiT decodes only with the tokenizer it was "
-      "trained on: set config.tokenizer.workdir/step to match, or start a "
-      "new run.")
-
-
-def load_codec(config, dit_workdir: Optional[str] = None
-               ) -> latents_lib.Codec:
-  """The frozen ViTok, checked against what the DiT config wants, against
-  the run's pin (dit_workdir/tokenizer.json: its step, not the tokenizer
-  run's latest) and against the shards' meta.json."""
-  tc = config.tokenizer
-  meta = None
-  workdir, step = tc.workdir, tc.step
-  if config.latents.source.startswith("shards:"):
-    from vitok_jax import latent_shards  # pylint: disable=g-import-not-at-top
-    meta = latent_shards.read_meta(config.latents.source[len("shards:"):])
-    workdir = workdir or meta["tokenizer"]
-    step = int(meta["step"]) if step is None else step
-  pin = read_pin(dit_workdir)
-  if pin is not None:
-    where = pin_path(dit_workdir)
-    if workdir and fileio.abspath(workdir) != pin["workdir"]:
-      _refuse("workdir", pin["workdir"], fileio.abspath(workdir), where)
-    if step is not None and int(step) != int(pin["step"]):
-      _refuse("step", int(pin["step"]), int(step), where)
-    workdir, step = pin["workdir"], int(pin["step"])
-  elif dit_workdir is not None:
-    logging.warning("%s has no %s (a run started before tokenizers were "
-                    "pinned): using the tokenizer's %s", dit_workdir,
-                    PIN_FILE, f"step {step}" if step is not None else
-                    "latest step")
-  codec = latents_lib.Codec.load(workdir, step, res=config.input.res,
-                                 use_ema=tc.use_ema)
-  if meta is not None:
-    shards_dir = config.latents.source[len("shards:"):]
-    if fileio.abspath(meta["tokenizer"]) != codec.workdir:
-      _refuse("workdir", meta["tokenizer"], codec.workdir,
-              f"{shards_dir}/meta.json")
-    if int(meta["step"]) != int(codec.step):
-      _refuse("step", int(meta["step"]), int(codec.step),
-              f"{shards_dir}/meta.json")
-  latents_lib.check_matches(codec.num_tokens, codec.channels,
-                            config.latents.tokens, config.latents.channels,
-                            f"the tokenizer {codec.workdir} at "
-                            f"{config.input.res}p")
-  if meta is not None:
-    latents_lib.check_matches(int(meta["tokens"]), int(meta["channels"]),
-                              codec.num_tokens, codec.channels,
-                              f"the shards in {config.latents.source[7:]}")
-  return codec
-
-
 def peak_lr(config) -> float:
   """base_lr x batch / 256: a DiT's batch is its batch of latents, with no
   frames factor (a video latent is one sample)."""
   return optim.peak_lr(config.optim, config.input, per_frame=False)
 
 
-def make_schedule(config) -> diffusion.Schedule:
+def make_schedule(config) -> ddpm.Schedule:
   dc = config.diffusion
-  return diffusion.linear_schedule(dc.train_steps, dc.beta_start, dc.beta_end)
+  return ddpm.linear_schedule(dc.train_steps, dc.beta_start, dc.beta_end)
 
 
 class Setup(NamedTuple):
   model: dit_lib.DiT
-  codec: latents_lib.Codec
-  sched: diffusion.Schedule
+  codec: codec_lib.Codec
+  sched: ddpm.Schedule
   mesh: Any
   abstract_state: Any
   state_sharding: Any
@@ -236,7 +155,7 @@ class Setup(NamedTuple):
   encode: Callable  # (tok_params, images) -> z (sharded like the batch)
 
 
-def make_setup(config, mesh, codec: latents_lib.Codec, *,
+def make_setup(config, mesh, codec: codec_lib.Codec, *,
                batch: Optional[int] = None) -> Setup:
   """Everything jitted, with explicit shardings over `mesh`. The step takes
   images (source "encode") or latents (shards) as `inputs`."""
@@ -284,14 +203,14 @@ def make_setup(config, mesh, codec: latents_lib.Codec, *,
     mean, std = state["latent_stats"]["mean"], state["latent_stats"]["std"]
     x0 = jax.lax.stop_gradient((z.astype(jnp.float32) - mean) / std)
     labels = jnp.where(labels < 0, null, labels)  # no class: unconditional
-    labels = diffusion.drop_labels(rng_drop, labels, dropout, null)
+    labels = ddpm.drop_labels(rng_drop, labels, dropout, null)
 
     def loss_fn(params):
       net = lambda x, t: model.apply({"params": params}, x, t, labels, grid)
       if flow_kind:
         return flow.velocity_loss(net, x0, rng_loss, dc.t_sampling,
                                   dc.logit_mean, dc.logit_std)
-      return diffusion.epsilon_loss(net, sched, x0, rng_loss)
+      return ddpm.epsilon_loss(net, sched, x0, rng_loss)
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"])
@@ -310,14 +229,14 @@ def make_setup(config, mesh, codec: latents_lib.Codec, *,
 
 
 def compute_latent_stats(config, setup: Setup, tok_params
-                         ) -> latents_lib.LatentStats:
+                         ) -> codec_lib.LatentStats:
   """Per-channel mean/std over latents.stats_examples training latents,
   a seeded random subset (input_pipeline.subset_rows): the same rows from
   shards as encoded on the fly."""
-  moments = latents_lib.RunningMoments()
+  moments = codec_lib.RunningMoments()
   lc = config.latents
   if lc.source.startswith("shards:"):
-    from vitok_jax import latent_shards  # pylint: disable=g-import-not-at-top
+    from vitok_jax.data import latent_shards  # pylint: disable=g-import-not-at-top
     for z in latent_shards.iterate_latents(lc.source[7:], lc.stats_examples,
                                            seed=lc.stats_seed):
       moments.update(z)
@@ -371,9 +290,9 @@ def restore_run(config, workdir: str, step: Optional[int] = None) -> Restored:
   if not fileio.isdir(ckpt_dir):
     raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints folder "
                             f"({ckpt_dir}): is it a DiT run's workdir?")
-  from vitok_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from vitok_jax.io import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   mesh = sh.make_mesh(config.mesh)
-  setup = make_setup(config, mesh, load_codec(config, workdir),
+  setup = make_setup(config, mesh, codec_lib.load_pinned(config, workdir),
                      batch=mesh.size)
   ckpt = ckpt_lib.Checkpointer(workdir)
   state, _, _ = ckpt.restore(setup.abstract_state, setup.state_sharding, step)
@@ -384,22 +303,22 @@ def restore_run(config, workdir: str, step: Optional[int] = None) -> Restored:
 
 
 def load_run_stats(workdir: str, step: Optional[int] = None
-                   ) -> latents_lib.LatentStats:
+                   ) -> codec_lib.LatentStats:
   """The latent statistics a DiT run's checkpoint carries (host numpy)."""
-  from vitok_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from vitok_jax.io import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   tree = ckpt_lib.load_state_tree(workdir, step)
   if "latent_stats" not in tree:
     raise ValueError(f"{workdir!r}'s checkpoint has no latent_stats: is it a "
                      "DiT run's workdir?")
-  return latents_lib.LatentStats(np.asarray(tree["latent_stats"]["mean"]),
+  return codec_lib.LatentStats(np.asarray(tree["latent_stats"]["mean"]),
                                  np.asarray(tree["latent_stats"]["std"]))
 
 
 def make_sampler(config, setup: Setup, *, cfg_scale=None, num_steps=None,
                  eta=None) -> Callable:
-  """sampling.make_sample_fn with config.sampling's defaults."""
+  """sampler.make_sample_fn with config.sampling's defaults."""
   sc = config.sampling
-  return sampling.make_sample_fn(
+  return sampler.make_sample_fn(
       setup.model, setup.codec, setup.sched, mesh=setup.mesh,
       dit_params_sharding=setup.state_sharding["params"],
       num_steps=num_steps or sc.num_steps,
@@ -432,8 +351,8 @@ def train_and_evaluate(config, workdir: str, *,
 
 
 def make_task(config, mesh, workdir) -> host_loop.Task:
-  codec = load_codec(config, workdir)
-  pin_tokenizer(workdir, codec)
+  codec = codec_lib.load_pinned(config, workdir)
+  codec_lib.pin_tokenizer(workdir, codec)
   setup = make_setup(config, mesh, codec)
   tok_params = jax.device_put(codec.params, sh.replicated(mesh))
   logging.info("Peak lr %.4g; latents %s", peak_lr(config), codec.describe())
@@ -442,7 +361,7 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
     train_data = input_pipeline.make_train_dataset(config.input, config.seed)
     key = "image"
   else:
-    from vitok_jax import latent_shards  # pylint: disable=g-import-not-at-top
+    from vitok_jax.data import latent_shards  # pylint: disable=g-import-not-at-top
     train_data = latent_shards.make_train_dataset(
         config.latents.source[7:], config.input.batch_size, config.seed,
         flip=config.input.flip)
@@ -489,6 +408,7 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
       examples_per_step=config.input.batch_size,
       log_line=lambda m: f"loss {m['loss']:.4f}", evaluators=evals,
       pictures=pictures, eval_params=eval_params,
+      max_bad_fraction=config.input.max_bad_fraction,
       description=f"DiT-{config.model.size} with "
       f"{u.count_params(setup.abstract_state['params']) / 1e6:.1f}M params on "
       f"{codec.describe()}")

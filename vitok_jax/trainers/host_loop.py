@@ -12,13 +12,14 @@ trainers/common.py). Everything else is here, once:
   * resume from the newest intact checkpoint (state + data iterator), with
     the rows a killed run logged after its last save dropped;
   * unreadable records, as the input iterator counts them
-    (input_pipeline.CountingIterator), against config.input.max_bad_fraction;
+    (input_pipeline.CountingIterator), against the task's max_bad_fraction;
   * per-step "finite" flags read at log steps and before every save, so a
     non-finite state is never written;
   * metrics (TensorBoard + metrics.jsonl), pictures (TensorBoard and
     <workdir>/<name>.png), evaluators every `log_steps` and at the end, whose
     summary lines are printed last.
 """
+import dataclasses
 import logging
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional
@@ -27,15 +28,15 @@ from clu import parameter_overview  # parameter_overview imports without TensorF
 import jax
 import numpy as np
 
-from vitok_jax import checkpoint as ckpt_lib
-from vitok_jax import fileio
-from vitok_jax import input_pipeline
-from vitok_jax import metrics_writer
-from vitok_jax import sharding as sh
-from vitok_jax import stop_request
 from vitok_jax import config_utils
-from vitok_jax import workdir_lock
+from vitok_jax.data import input_pipeline
 from vitok_jax.evaluators import common as evaluators
+from vitok_jax.io import checkpoint as ckpt_lib
+from vitok_jax.io import fileio
+from vitok_jax.io import metrics_writer
+from vitok_jax.io import workdir_lock
+from vitok_jax.parallel import sharding as sh
+from vitok_jax.parallel import stop_request
 import vitok_jax.utils as u
 
 
@@ -52,6 +53,7 @@ class Task(NamedTuple):
   pictures: Callable[[Any], Dict[str, np.ndarray]]  # eval params -> uint8 images
   description: str  # "ViTok S-B/16 with 22.1M params"
   eval_params: Callable[[Any], Any]  # state -> what evaluators and pictures see
+  max_bad_fraction: float = 0.01  # unreadable records tolerated (of those read)
 
 
 # The keys every trainer's config has for the loop, and the rule each
@@ -131,8 +133,10 @@ def _train(config, workdir, make_task, max_steps, stop) -> dict:
     writer.drop_rows_after(start)  # steps a killed run logged past its save
     last = config.total_steps if max_steps is None else min(
         config.total_steps, start + max_steps)
-    measurements = _loop(config, workdir, task, writer, ckpt, train_it, state,
-                         start, last, stop)
+    run = _Run(workdir=workdir, config=config, task=task, every=_Every.of(config),
+               writer=writer, ckpt=ckpt, train_it=train_it, stop=stop,
+               start=start, last=last)
+    measurements = _loop(run, state)
   except BaseException:
     ckpt.abandon()  # the last complete checkpoint stays
     writer.close()
@@ -144,9 +148,38 @@ def _train(config, workdir, make_task, max_steps, stop) -> dict:
   return measurements
 
 
-def _loop(config, workdir, task: Task, writer, ckpt, train_it, state, start,
-          last, stop) -> dict:
-  """From step start + 1 to last (or a stop request)."""
+class _Every(NamedTuple):
+  """The loop's own config keys: when it logs, saves and draws."""
+  total_steps: int
+  log: int
+  ckpt: int
+  image: int
+
+  @classmethod
+  def of(cls, config) -> "_Every":
+    return cls(config.total_steps, config.log_every, config.ckpt_every,
+               config.image_every)
+
+
+@dataclasses.dataclass
+class _Run:
+  """One run of the loop: what it steps, where it writes, when it stops."""
+  workdir: str
+  config: Any  # stored with each checkpoint (the eval job restores it)
+  task: Task
+  every: _Every
+  writer: Any  # metrics_writer.MetricWriter
+  ckpt: Any  # ckpt_lib.Checkpointer
+  train_it: Any  # input_pipeline.CountingIterator
+  stop: Any  # stop_request.StopRequest
+  start: int  # the step it resumed at (0: a fresh run)
+  last: int  # the step it stops after
+
+
+def _loop(run: _Run, state) -> dict:
+  """From step run.start + 1 to run.last (or a stop request)."""
+  task, writer, ckpt, train_it = run.task, run.writer, run.ckpt, run.train_it
+  every, last, stop, workdir = run.every, run.last, run.stop, run.workdir
   summaries = []  # one line per evaluator, from the final evaluation
 
   def run_evals(step, final):
@@ -182,18 +215,17 @@ def _loop(config, workdir, task: Task, writer, ckpt, train_it, state, start,
   measurements = {}
   t0, n_ex, t_start = time.time(), 0, time.time()
   per_step = task.examples_per_step
-  step = start
-  for step in range(start + 1, last + 1):
+  step = run.start
+  for step in range(run.start + 1, last + 1):
     local = next(train_it)
     # Unreadable records of this process since (re)start.
     skipped, read = train_it.skipped, train_it.read
-    input_pipeline.check_bad_fraction(skipped, read,
-                                      config.input.max_bad_fraction)
+    input_pipeline.check_bad_fraction(skipped, read, task.max_bad_fraction)
     state, measurements = task.train_step(state, local)
     finite_flags.append((step, measurements["finite"]))
     n_ex += per_step
     stopping = stop.requested()
-    if is_due(step, config.log_every, last):
+    if is_due(step, every.log, last):
       check_finite(step, measurements)
       measurements = host_measurements(measurements)
       dt = time.time() - t0
@@ -205,24 +237,26 @@ def _loop(config, workdir, task: Task, writer, ckpt, train_it, state, start,
         logging.warning("%d unreadable training records skipped so far (%.2f%%"
                         " of %d read); the warnings above name them", skipped,
                         100 * skipped / read, read)
-      eta = (config.total_steps - step) * dt * per_step / n_ex
+      eta = (every.total_steps - step) * dt * per_step / n_ex
       logging.info("step %d/%d %s | %.1f img/s | ETA %s", step,
-                   config.total_steps, task.log_line(measurements),
+                   every.total_steps, task.log_line(measurements),
                    speed["images_per_sec"], _fmt_time(eta))
       t0, n_ex = time.time(), 0
-    if is_due(step, config.ckpt_every, last) or stopping:
+    if is_due(step, every.ckpt, last) or stopping:
       check_finite(step, measurements)
       if step not in ckpt.all_steps():
-        ckpt.save(step, state, train_it.get_state(), config, force=stopping)
+        ckpt.save(step, state, train_it.get_state(), run.config,
+                  force=stopping)
     if stopping:
       ckpt.wait()  # synchronously: the process is about to end
       logging.warning("Stopped at step %d, saved; run the same command to "
                       "resume", step)
       break
-    if is_due(step, config.image_every, last):
+    if is_due(step, every.image, last):
       write_pictures(step)
     run_evals(step, final=step == last)
-  logging.info("Done: %d steps in %.1fs", step - start, time.time() - t_start)
+  logging.info("Done: %d steps in %.1fs", step - run.start,
+               time.time() - t_start)
   if jax.process_index() == 0:
     for line in summaries:
       print(line, flush=True)

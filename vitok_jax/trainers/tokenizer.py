@@ -20,18 +20,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from vitok_jax import checkpoint as ckpt_lib
-from vitok_jax.evaluators import common as evaluators
 from vitok_jax import config_utils
-from vitok_jax import input_pipeline
+from vitok_jax.data import input_pipeline
+from vitok_jax.evaluators import common as evaluators
+from vitok_jax.io import checkpoint as ckpt_lib
 from vitok_jax import losses
-from vitok_jax import optim
-from vitok_jax import sharding as sh
-from vitok_jax.trainers import common
-from vitok_jax.trainers import host_loop
 from vitok_jax.models import discriminator
 from vitok_jax.models import lpips as lpips_lib
 from vitok_jax.models import vitok
+from vitok_jax import optim
+from vitok_jax.parallel import sharding as sh
+from vitok_jax.trainers import common
+from vitok_jax.trainers import host_loop
 import vitok_jax.utils as u
 
 
@@ -66,9 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
                 gan_weight=0.0, gan_loss="hinge", gan_start_step=0,
                 r1_weight=0.0, lecam_weight=0.0, lecam_decay=0.999)
   # Peak lr = base_lr * batch * frames / 256 (optim.peak_lr).
-  c.optim = dict(base_lr=1e-4, b1=0.9, b2=0.95, weight_decay=1e-4,
-                 warmup_steps=5000, end_lr_factor=0.0, grad_clip=1.0,
-                 freeze=())
+  c.optim = optim.default_config()
   # StyleGAN2 discriminator, used when loss.gan_weight > 0: lr 2e-5 with a
   # linear warm-up over 25k steps, then constant.
   c.disc = dict(lr=2e-5, warmup_steps=25_000, b1=0.0, b2=0.99,
@@ -93,9 +91,7 @@ VALIDATORS = {
     "loss.gan_weight": V.NON_NEGATIVE, "loss.gan_start_step": V.NON_NEGATIVE,
     "loss.r1_weight": V.NON_NEGATIVE, "loss.lecam_weight": V.NON_NEGATIVE,
     "loss.lecam_decay": V.FRACTION,
-    "optim.base_lr": V.POSITIVE, "optim.b1": V.FRACTION, "optim.b2": V.FRACTION,
-    "optim.weight_decay": V.NON_NEGATIVE, "optim.warmup_steps": V.NON_NEGATIVE,
-    "optim.end_lr_factor": V.UNIT_INTERVAL, "optim.grad_clip": V.NON_NEGATIVE,
+    **optim.VALIDATORS,
     "disc.lr": V.NON_NEGATIVE, "disc.warmup_steps": V.NON_NEGATIVE,
     "disc.b1": V.FRACTION, "disc.b2": V.FRACTION,
     "disc.weight_decay": V.NON_NEGATIVE, "disc.grad_clip": V.NON_NEGATIVE,
@@ -433,6 +429,7 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
       examples_per_step=config.input.batch_size * config.input.frames,
       log_line=log_line, evaluators=evals, pictures=pictures,
       eval_params=common.eval_params,
+      max_bad_fraction=config.input.max_bad_fraction,
       description=f"ViTok {config.model.variant} with "
       f"{u.count_params(setup.abstract_state['params']) / 1e6:.1f}M params")
 

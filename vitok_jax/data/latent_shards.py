@@ -22,8 +22,8 @@ import grain
 import jax
 import numpy as np
 
-from vitok_jax import fileio
-from vitok_jax import input_pipeline
+from vitok_jax.data import input_pipeline
+from vitok_jax.io import fileio
 
 META = "meta.json"
 

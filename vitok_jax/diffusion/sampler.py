@@ -13,12 +13,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from vitok_jax import diffusion
-from vitok_jax import flow
-from vitok_jax import sharding as sh
+from vitok_jax.diffusion import ddpm
+from vitok_jax.diffusion import flow
+from vitok_jax.parallel import sharding as sh
 
 
-def make_sample_fn(dit_model, codec, sched: diffusion.Schedule, *, mesh,
+def make_sample_fn(dit_model, codec, sched: ddpm.Schedule, *, mesh,
                    dit_params_sharding, num_steps: int = 250,
                    eta: float = 0.0, cfg_scale: float = 1.5,
                    grid=None, kind: str = "ddpm",
@@ -38,7 +38,7 @@ def make_sample_fn(dit_model, codec, sched: diffusion.Schedule, *, mesh,
   if kind == "flow":
     flow.time_grid(num_steps)  # validates num_steps
   else:
-    diffusion.ddim_timesteps(sched.num_steps, num_steps)
+    ddpm.ddim_timesteps(sched.num_steps, num_steps)
 
   def sample(dit_params, tok_params, stats, labels, index, seed):
     keys = jax.vmap(lambda i: jax.random.split(
@@ -51,12 +51,12 @@ def make_sample_fn(dit_model, codec, sched: diffusion.Schedule, *, mesh,
     if cfg_scale == 1.0:
       eps_fn = lambda x, t: dit(x, t, labels)
     else:
-      eps_fn = lambda x, t: diffusion.guided_eps(dit, x, t, labels, null,
+      eps_fn = lambda x, t: ddpm.guided_eps(dit, x, t, labels, null,
                                                  cfg_scale)
     if kind == "flow":  # eps_fn is the (guided) velocity
       x0 = flow.ode_sample(eps_fn, x_t, num_steps, solver)
     else:
-      x0 = diffusion.ddim_sample(eps_fn, sched, x_t, rng_ddim,
+      x0 = ddpm.ddim_sample(eps_fn, sched, x_t, rng_ddim,
                                  num_steps=num_steps, eta=eta)
     mean, std = stats
     z = x0 * std + mean

@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitok_jax import checkpoint as ckpt_lib
-from vitok_jax import fileio
-from vitok_jax import multihost
+from vitok_jax.io import checkpoint as ckpt_lib
+from vitok_jax.io import fileio
 from vitok_jax.models import vitok
+from vitok_jax.parallel import multihost
 
 
 class LatentStats(NamedTuple):
@@ -162,3 +162,84 @@ def check_matches(codec_tokens: int, codec_channels: int, want_tokens,
         f"{want_channels} channels (config.latents.tokens, "
         f"config.latents.channels), but {what} gives {codec_tokens} tokens x "
         f"{codec_channels} channels")
+
+
+# --------------------------------------------------------------------------
+# The pin: a DiT run decodes with the tokenizer step it trained on
+# --------------------------------------------------------------------------
+PIN_FILE = "tokenizer.json"
+
+
+def pin_path(dit_workdir: str) -> str:
+  return fileio.join(fileio.abspath(dit_workdir), PIN_FILE)
+
+
+def read_pin(dit_workdir: Optional[str]) -> Optional[dict]:
+  """{"workdir", "step"} of the tokenizer a DiT run was started on."""
+  if not dit_workdir or not fileio.exists(pin_path(dit_workdir)):
+    return None
+  return fileio.read_json(pin_path(dit_workdir))
+
+
+def pin_tokenizer(dit_workdir: str, codec: "Codec") -> None:
+  """At a run's first start: the tokenizer's workdir and step, so that its
+  resume, evaluation, sampling and export decode with the tokenizer the run
+  trained on even after the tokenizer run moves on (process 0 writes)."""
+  if read_pin(dit_workdir) is None and multihost.is_main():
+    fileio.makedirs(fileio.abspath(dit_workdir))
+    fileio.write_json(pin_path(dit_workdir), dict(workdir=codec.workdir,
+                                                  step=int(codec.step)))
+
+
+def _refuse(what: str, theirs, ours, source: str) -> None:
+  raise ValueError(
+      f"The tokenizer's {what} differs: {source} has {theirs!r}, but this "
+      f"run would use {ours!r}. A DiT decodes only with the tokenizer it was "
+      "trained on: set config.tokenizer.workdir/step to match, or start a "
+      "new run.")
+
+
+def load_pinned(config, dit_workdir: Optional[str] = None) -> "Codec":
+  """The frozen ViTok, checked against what the DiT config wants, against
+  the run's pin (dit_workdir/tokenizer.json: its step, not the tokenizer
+  run's latest) and against the shards' meta.json."""
+  tc = config.tokenizer
+  meta = None
+  workdir, step = tc.workdir, tc.step
+  if config.latents.source.startswith("shards:"):
+    from vitok_jax.data import latent_shards  # pylint: disable=g-import-not-at-top
+    meta = latent_shards.read_meta(config.latents.source[len("shards:"):])
+    workdir = workdir or meta["tokenizer"]
+    step = int(meta["step"]) if step is None else step
+  pin = read_pin(dit_workdir)
+  if pin is not None:
+    where = pin_path(dit_workdir)
+    if workdir and fileio.abspath(workdir) != pin["workdir"]:
+      _refuse("workdir", pin["workdir"], fileio.abspath(workdir), where)
+    if step is not None and int(step) != int(pin["step"]):
+      _refuse("step", int(pin["step"]), int(step), where)
+    workdir, step = pin["workdir"], int(pin["step"])
+  elif dit_workdir is not None:
+    logging.warning("%s has no %s (a run started before tokenizers were "
+                    "pinned): using the tokenizer's %s", dit_workdir,
+                    PIN_FILE, f"step {step}" if step is not None else
+                    "latest step")
+  codec = Codec.load(workdir, step, res=config.input.res,
+                     use_ema=tc.use_ema)
+  if meta is not None:
+    shards_dir = config.latents.source[len("shards:"):]
+    if fileio.abspath(meta["tokenizer"]) != codec.workdir:
+      _refuse("workdir", meta["tokenizer"], codec.workdir,
+              f"{shards_dir}/meta.json")
+    if int(meta["step"]) != int(codec.step):
+      _refuse("step", int(meta["step"]), int(codec.step),
+              f"{shards_dir}/meta.json")
+  check_matches(codec.num_tokens, codec.channels,
+                            config.latents.tokens, config.latents.channels,
+                            f"the tokenizer {codec.workdir} at "
+                            f"{config.input.res}p")
+  if meta is not None:
+    check_matches(int(meta["tokens"]), int(meta["channels"]),
+                              codec.num_tokens, codec.channels,
+                              f"the shards in {config.latents.source[7:]}")
+  return codec

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from vitok_jax import fileio
+from vitok_jax.io import fileio
 
 
 class _Rows:

@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from vitok_jax import fileio
+from vitok_jax.io import fileio
 
 
 class WorkdirInUseError(RuntimeError):

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from vitok_jax import fileio
+from vitok_jax.io import fileio
 
 VIDEO_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov")
 
@@ -219,54 +219,3 @@ def resize_and_crop(clip: np.ndarray, res: int,
   if flip and rng is not None and rng.random() < 0.5:
     out = out[:, :, ::-1]
   return np.ascontiguousarray(out)
-
-
-def photo_pyramid(photo: np.ndarray, levels: int = 4) -> list:
-  """`photo` as a PIL image and its successive halvings (2 x 2 box means),
-  for pan_zoom: rendering a small window from a halved level reads a
-  quarter of the pixels for the same result."""
-  out = [Image.fromarray(photo)]
-  while len(out) <= levels and min(out[-1].size) >= 2:
-    out.append(out[-1].reduce(2))
-  return out
-
-
-# pan_zoom renders each frame from the coarsest pyramid level that keeps at
-# least this many source pixels per output pixel along a side: PIL's
-# reducing_gap=3.0 rule ("fair resampling" in the Pillow docs).
-PYRAMID_GAP = 3.0
-
-
-def pan_zoom(photo, t: int, rng: Optional[np.random.Generator],
-             size: int = 160, window=(0.45, 0.8)) -> np.ndarray:
-  """A T-frame clip [T, size, size, 3] of a camera moving over a photo: a
-  window that pans along a straight line and zooms in or out, so that the
-  motion between frames is real (parallax-free) photo content. With rng
-  None the path is fixed (evaluation). The window's side starts and ends
-  at fractions in `window` of the photo's shorter side.
-
-  `photo` is a uint8 [H, W, 3] array, or its photo_pyramid(): the same path,
-  each frame rendered from the coarsest level with PYRAMID_GAP source pixels
-  per output pixel: for size 32 from a 512-pixel photo, 3 ms a 16-frame clip
-  instead of 15, and about 55 dB PSNR from rendering from the photo itself
-  (an RMS difference under half a grey level)."""
-  levels = photo if isinstance(photo, list) else [Image.fromarray(photo)]
-  w, h = levels[0].size
-  r = rng if rng is not None else np.random.default_rng(0)
-  s0, s1 = r.uniform(*window, 2) * min(h, w)  # window side, start and end
-  cy0, cx0, cy1, cx1 = r.uniform(0, 1, 4)
-  frames = []
-  for k in range(t):
-    a = k / max(t - 1, 1)
-    side = s0 + a * (s1 - s0)
-    cy = side / 2 + ((1 - a) * cy0 + a * cy1) * (h - side)
-    cx = side / 2 + ((1 - a) * cx0 + a * cx1) * (w - side)
-    lv = 0
-    while lv + 1 < len(levels) and side / 2 ** (lv + 1) >= PYRAMID_GAP * size:
-      lv += 1
-    f = 2 ** lv  # level lv's pixels per photo pixel: 1 / f
-    box = ((cx - side / 2) / f, (cy - side / 2) / f,
-           (cx + side / 2) / f, (cy + side / 2) / f)
-    frames.append(np.asarray(levels[lv].resize((size, size), Image.BICUBIC,
-                                               box=box)))
-  return np.stack(frames)

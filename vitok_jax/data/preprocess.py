@@ -59,8 +59,8 @@ def resize(img: np.ndarray, size) -> np.ndarray:
   """Bicubic (antialiased) resize of a uint8 image to (h, w).
 
   A shrink by more than 3x first box-reduces by an integer factor (PIL's
-  reducing_gap): 2-4x faster on large photos, within a quarter of a grey
-  level of the one-step filter.
+  reducing_gap): much faster on large photos, and within a quarter of a
+  grey level of the one-step filter (BENCHMARKS.md).
   """
   h, w = size
   if img.shape[:2] == (h, w):

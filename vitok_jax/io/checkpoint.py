@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vitok_jax import fileio
-from vitok_jax import sharding as sh
+from vitok_jax.io import fileio
+from vitok_jax.parallel import sharding as sh
 
 
 class Checkpointer:

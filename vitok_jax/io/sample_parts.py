@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from numpy.lib import format as npy_format
 
-from vitok_jax import fileio
+from vitok_jax.io import fileio
 
 
 class Parts:
