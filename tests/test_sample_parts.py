@@ -48,6 +48,11 @@ def test_parts_made_with_other_settings_are_refused(tmp_path):
   sample_parts.Parts(str(tmp_path), dict(SETTINGS))  # the same: fine
   with pytest.raises(ValueError, match=r"'cfg': \(1.5, 3.0\)"):
     sample_parts.Parts(str(tmp_path), dict(SETTINGS, cfg=3.0))
+  # A setting that only the folder's manifest has (a flow DiT's solver
+  # against a DDPM run's settings) differs as well.
+  with pytest.raises(ValueError, match=r"'eta': \(0.0, None\)"):
+    sample_parts.Parts(str(tmp_path), {k: v for k, v in SETTINGS.items()
+                                       if k != "eta"})
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
