@@ -48,6 +48,10 @@ SLOW_TESTS = {
     "test_lpips.py": {"test_distance_is_zero_for_identical_images_and_has_input_grads",
                       "test_random_weights_only_when_allowed"},
     "test_bench.py": {"test_bench_modes_xla_flops_profile_and_input"},
+    # ~15 s of restores on the smoke chain's DiT (its fixture is shared when
+    # both tiers run).
+    "test_smoke_chain.py": {
+        "test_a_resume_with_another_sample_setting_is_refused"},
 }
 
 

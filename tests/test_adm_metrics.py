@@ -105,6 +105,53 @@ def test_reference_subset_is_seeded_random_not_the_first_rows():
   np.testing.assert_array_equal(got, want)
 
 
+def _seeded_rows(total, n, seed):
+  """A seeded random n of total rows, in row order, written out here: numpy's
+  Generator(seed).choice without replacement."""
+  return np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+
+
+def test_subset_rows_are_the_same_on_both_data_paths_and_process_counts(
+    tmp_path, monkeypatch):
+  """On 9 examples, a subset of 4: the seeded random rows (not the first 4),
+  read alike by the image path (make_eval_dataset, on 1 process and as each
+  of 2) and the latent-shards path (iterate_latents); another seed, other
+  rows."""
+  from vitok_jax import latent_shards  # pylint: disable=g-import-not-at-top
+  shards = str(tmp_path / "shards")
+  latent_shards.write_meta(shards, dict(num_shards=3, tokens=1, channels=2))
+  for k, rows in enumerate((range(0, 4), range(4, 8), range(8, 9))):
+    rows = np.asarray(rows)
+    latent_shards.write_shard(shards, k, np.repeat(rows[:, None, None], 2, -1),
+                              rows)  # latent = its row number
+  cfg = ml_collections.ConfigDict(dict(data="embedded", res=RES, frames=1))
+  chosen = {}
+  for seed in (1, 2):
+    want = _seeded_rows(9, 4, seed)
+    chosen[seed] = want
+    from_shards = np.concatenate(list(latent_shards.iterate_latents(
+        shards, 4, seed=seed)))
+    np.testing.assert_array_equal(from_shards[:, 0, 0], want)
+    # The embedded photos' label is their row: the rows read.
+    got = np.concatenate([b["label"][b["mask"]] for b in
+                          input_pipeline.make_eval_dataset(
+                              cfg, 2, 4, subset_seed=seed)])
+    np.testing.assert_array_equal(got, want)
+    # As each of 2 processes: together, each row once, at its position.
+    seen = {}
+    for pid in (0, 1):
+      monkeypatch.setattr(jax, "process_index", lambda pid=pid: pid)
+      monkeypatch.setattr(jax, "process_count", lambda: 2)
+      for b in input_pipeline.make_eval_dataset(cfg, 2, 4, subset_seed=seed):
+        for i, y in zip(b["index"][b["mask"]], b["label"][b["mask"]]):
+          assert int(i) not in seen
+          seen[int(i)] = int(y)
+      monkeypatch.undo()
+    assert [seen[i] for i in range(4)] == want.tolist()
+  assert not np.array_equal(chosen[1], chosen[2])
+  assert not any(np.array_equal(r, np.arange(4)) for r in chosen.values())
+
+
 # --------------------------------------------------------------------------
 # The evaluator end to end, with a random linear "Inception"
 # --------------------------------------------------------------------------
@@ -277,3 +324,61 @@ def test_video_gfvd_is_the_frechet_distance_of_i3d_features(tmp_path):
     generation.Evaluator("vid", config, predict_fns=dict(
         sample=lambda cfg, steps: sample, num_classes=5), mesh=mesh,
                          input_config=data)
+
+
+def test_reference_statistics_are_over_a_seeded_random_subset(
+    fake_inception, monkeypatch):
+  """ref_stats.compute over a random 4 of the 9 embedded photos: mu, sigma,
+  ADM's spatial statistics and the precision/recall features are those of
+  the seeded random rows (not the first 4), recomputed here with numpy from
+  all 9 crops; with another SUBSET_SEED, of other rows."""
+  data = ml_collections.ConfigDict(dict(data="embedded", res=RES, frames=1))
+  crops = np.concatenate([b["image"] for b in
+                          input_pipeline.make_eval_dataset(data, 9)])
+  pool, _, spatial = fake_features(
+      np.clip(np.round((crops + 1) * 127.5), 0, 255) / 255.0)
+  seen = []
+  for seed in (0, 3):
+    monkeypatch.setattr(ref_stats, "SUBSET_SEED", seed)
+    rows = _seeded_rows(9, 4, seed)
+    seen.append(rows)
+    ref = ref_stats.compute(data, None, num_examples=4, batch_size=2,
+                            random_subset=True)
+    assert ref.n == 4
+    mu, sigma = adm_statistics(pool[rows])
+    np.testing.assert_allclose(ref.mu, mu, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ref.sigma, sigma, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(ref.spatial[0], spatial[rows].mean(0),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ref.features, pool[rows], rtol=1e-4, atol=1e-5)
+    assert np.abs(ref.mu - pool[:4].mean(0)).max() > 1e-3  # not the first 4
+  assert not np.array_equal(*seen)
+
+
+def test_gfvd_reference_is_over_a_seeded_random_subset_of_clips(monkeypatch):
+  """ref_stats.compute_fvd over a random 4 of the 9 evaluation pans: the
+  mean and covariance of the seeded random clips' features (a stand-in I3D,
+  a fixed random map recomputed here in numpy), not the first 4's."""
+  frames, res = 9, 8
+  data = ml_collections.ConfigDict(dict(data="embedded", res=res,
+                                        frames=frames, fps=8.0))
+  w = np.random.default_rng(4).normal(size=(frames * res * res * 3, 400)) / 40
+
+  def apply_fn(mesh=None):
+    del mesh
+    return jax.jit(lambda p, x: jnp.tanh(x.reshape(x.shape[0], -1) @ w))
+
+  monkeypatch.setattr(ref_stats, "i3d_apply_fn", apply_fn)
+  clips = {}
+  for b in input_pipeline.make_eval_dataset(data, 9):
+    for i, x in zip(b["index"][b["mask"]], b["image"][b["mask"]]):
+      clips[int(i)] = x
+  q = np.stack([clips[i] for i in range(9)]).astype(np.float64)
+  q = np.clip(np.round((q + 1) * 127.5), 0, 255) / 127.5 - 1.0
+  feats = np.tanh(q.reshape(9, -1) @ w)
+  rows = _seeded_rows(9, 4, ref_stats.SUBSET_SEED)
+  mu, sigma = ref_stats.compute_fvd(data, None, num_examples=4).mean_cov()
+  np.testing.assert_allclose(mu, feats[rows].mean(0), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(sigma, np.cov(feats[rows], rowvar=False),
+                             rtol=1e-3, atol=1e-6)
+  assert np.abs(mu - feats[:4].mean(0)).max() > 1e-3  # not the first 4

@@ -136,3 +136,102 @@ def test_solvers_take_their_closed_form_steps():
       assert got == pytest.approx(want[solver], rel=1e-5), (solver, n)
   # Heun is the closer to the exact x(0) = 1.
   assert abs(want["heun"] - 1) < 0.1 * abs(want["euler"] - 1)
+
+
+def test_velocity_loss_samples_t_from_the_given_logit_normal():
+  """The t velocity_loss trains at (those it gives the model) are
+  sigmoid(N(mean, std)) for a non-default (mean, std): a KS test of their
+  logits against scipy's normal, with a fixed seed; the same draws fail
+  against the default N(0, 1), against the swapped N(std, mean) and as
+  uniforms."""
+  scipy_stats = pytest.importorskip("scipy.stats")
+
+  def times(*args):
+    def f(rng):
+      seen = {}
+
+      def v_fn(x_t, t_scaled):
+        seen["t"] = t_scaled / flow.TIME_SCALE
+        return jnp.zeros_like(x_t)
+
+      _, aux = flow.velocity_loss(v_fn, jnp.zeros((4000, 1)), rng, *args)
+      return seen["t"], aux["t"]
+    given, aux_t = jax.jit(f)(jax.random.key(3))
+    np.testing.assert_allclose(given, aux_t, rtol=1e-6)
+    return np.asarray(given, np.float64)
+
+  mean, std = 0.8, 0.4
+  t = times("logit_normal", mean, std)
+  logit = np.log(t / (1 - t))
+  assert scipy_stats.kstest(logit, "norm", (mean, std)).pvalue > 0.01
+  for other in ((0.0, 1.0), (std, mean)):
+    assert scipy_stats.kstest(logit, "norm", other).pvalue < 1e-6, other
+  assert scipy_stats.kstest(t, "uniform").pvalue < 1e-6
+  # And "uniform" is uniform.
+  assert scipy_stats.kstest(times("uniform"), "uniform").pvalue > 0.01
+
+
+def test_solvers_on_a_time_dependent_field():
+  """dx/dt = t x from x(1) = 1 to t = 0: x(0) = exp(-1/2). Each step is the
+  numpy recursion written here (Heun's corrector at the step's end time),
+  Euler's error halves and Heun's quarters when the steps double."""
+  v = lambda x, t: (t / flow.TIME_SCALE)[:, None] * x
+  x1 = jnp.ones((1, 1), jnp.float32)
+  exact = np.exp(-0.5)
+  err = {}
+  for n in (16, 32, 64):
+    ts = np.linspace(1.0, 0.0, n + 1)
+    want = dict(euler=1.0, heun=1.0)
+    for t, t_next in zip(ts[:-1], ts[1:]):
+      h = t_next - t
+      x = want["euler"]
+      want["euler"] = x + h * t * x
+      x = want["heun"]
+      pred = x + h * t * x
+      want["heun"] = x + h / 2 * (t * x + t_next * pred)
+    for solver in flow.SOLVERS:
+      got = float(flow.ode_sample(v, x1, n, solver)[0, 0])
+      assert got == pytest.approx(want[solver], rel=1e-5), (solver, n)
+      err[solver, n] = abs(got - exact)
+  for solver, order in (("euler", 1), ("heun", 2)):
+    for n in (16, 32):
+      ratio = err[solver, n] / err[solver, 2 * n]
+      assert 2 ** order * 0.8 < ratio < 2 ** order * 1.2, (solver, n, ratio)
+
+
+def test_the_dit_step_passes_the_configured_logit_normal_on(monkeypatch):
+  """The DiT trainer passes config.diffusion's t_sampling, logit_mean and
+  logit_std to velocity_loss, in their places (the step is traced, not
+  compiled: cheap)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from configs.dit import dit_l_vitok_s_b16_256  # pylint: disable=g-import-not-at-top
+  from vitok_jax import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  from vitok_jax import sharding as sh  # pylint: disable=g-import-not-at-top
+  from vitok_jax.models import vitok  # pylint: disable=g-import-not-at-top
+  from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
+  calls = []
+  real = flow.velocity_loss
+
+  def spy(*args, **kwargs):
+    bound = inspect.signature(real).bind(*args, **kwargs)
+    bound.apply_defaults()
+    calls.append(bound.arguments)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(flow, "velocity_loss", spy)
+  c = dit.resolve_config(dit_l_vitok_s_b16_256.get_config(
+      "runlocal,tokenizer=/runs/t,batch=8,res=16,tokens=1,c=4"))
+  c.latents.source = "shards:unused"  # the step takes latents
+  c.diffusion.update(kind="flow", t_sampling="logit_normal", logit_mean=0.8,
+                     logit_std=0.4)
+  codec = latents_lib.Codec(vitok.create("mu-mu/16", 4), None, 16)
+  setup = dit.make_setup(c, sh.make_mesh([("data", 1)], jax.devices()[:1]),
+                         codec)
+  jax.eval_shape(setup.step, setup.abstract_state,
+                 jax.ShapeDtypeStruct((8, codec.num_tokens, 4), jnp.float32),
+                 jax.ShapeDtypeStruct((8,), jnp.int32), {})
+  (args,) = calls
+  assert (args["t_sampling"], args["logit_mean"], args["logit_std"]) == (
+      "logit_normal", 0.8, 0.4)
+  # test_velocity_loss_samples_t_from_the_given_logit_normal: with these
+  # arguments velocity_loss trains at sigmoid(N(0.8, 0.4)).

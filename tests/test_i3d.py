@@ -227,3 +227,40 @@ def test_torchscript_with_reordered_batchnorm_tensors_is_refused(
   # A swap that makes a variance negative gives NaN logits: also refused.
   conv = load_tool("convert_i3d")
   assert conv.relative_difference(np.full(3, np.nan), np.ones(3)) == np.inf
+
+
+class FewLogitsOff(torch.nn.Module):
+  """A detector whose logits are those of `det` except 3 of the 400, each
+  off by 5e-4 of the largest: a conversion wrong in a few logits only. No
+  tensors of its own, so the converter sees the same weights as det's."""
+
+  def __init__(self, det):
+    super().__init__()
+    self.det = det
+
+  def forward(self, videos, rescale: bool = False, resize: bool = False,
+              return_features: bool = False):
+    logits = self.det(videos, rescale=rescale, resize=resize,
+                      return_features=True)
+    bump = 5e-4 * logits.abs().max()
+    out = logits.clone()
+    for k in (7, 123, 301):
+      out[:, k] = out[:, k] + bump
+    return out if return_features else torch.softmax(out, dim=1)
+
+
+def test_a_conversion_wrong_in_a_few_logits_only_is_refused(detector_file,
+                                                            tmp_path):
+  """3 logits of 400 off by 5e-4 of the largest: the max relative difference
+  is 5e-4 / (1 + <= 5e-4), above the tolerance 1e-4, and the tool refuses,
+  naming that figure (a mean over the logits, 4e-6, would pass)."""
+  src = str(tmp_path / "few_off.pt")
+  torch.jit.script(FewLogitsOff(torch.jit.load(detector_file))).save(src)
+  out = str(tmp_path / "few_off.npz")
+  with pytest.raises(SystemExit) as e:
+    _convert(load_tool("convert_i3d"), src, out)
+  message = str(e.value.code)
+  assert "REFUSED, nothing written" in message
+  figure = float(re.search(r"max relative difference (\S+) ", message)[1])
+  assert figure == pytest.approx(5e-4, rel=2e-3), message
+  assert not os.path.exists(out)

@@ -110,3 +110,51 @@ def test_too_many_examples_name_the_tool_which_fills_the_cache(
   assert len(calls) == 1
   ref_stats.load_or_compute(_data(), None, weights)  # now reused
   assert len(calls) == 1
+
+
+def test_each_cache_is_another_file_for_another_subset_size_or_seed(
+    counted_passes, tmp_path, monkeypatch):
+  """The Inception and the gFVD reference caches of a seeded random subset
+  are named by its size and (when not 0) its seed: another size or seed is
+  another file and another pass, the same ones are reused."""
+  calls, feats = counted_passes
+  weights = str(tmp_path / "fid_inception_v3.npz")
+  fvd_calls = []
+  clip_feats = np.random.default_rng(1).normal(size=(6, 400))
+
+  def fake_fvd(data_config, i3d_params, num_examples=None, batch_size=8):
+    fvd_calls.append((num_examples, ref_stats.SUBSET_SEED))
+    stats = metrics.GaussianStats(400)
+    stats.update(clip_feats * (1 + len(fvd_calls)))  # each pass its own
+    return stats
+
+  monkeypatch.setattr(ref_stats, "compute_fvd", fake_fvd)
+  video = ml_collections.ConfigDict(dict(data="embedded", res=32, frames=16,
+                                         fps=8.0))
+  i3d_weights = str(tmp_path / "i3d" / "i3d_kinetics400.npz")
+
+  def both(n):
+    ref = ref_stats.load_or_compute(_data(), None, weights, num_examples=n,
+                                    random_subset=True)
+    np.testing.assert_allclose(ref.mu, feats.mean(0), rtol=1e-12)
+    return ref_stats.load_or_compute_fvd(video, None, i3d_weights,
+                                         num_examples=n)
+
+  first = both(5)
+  np.testing.assert_allclose(first[0], 2 * clip_feats.mean(0), rtol=1e-12)
+  again = both(5)  # reused: the first pass's numbers
+  np.testing.assert_array_equal(again[0], first[0])
+  assert len(calls) == 1 and fvd_calls == [(5, 0)]
+  both(6)
+  assert len(calls) == 2 and fvd_calls[-1] == (6, 0)
+  monkeypatch.setattr(ref_stats, "SUBSET_SEED", 3)
+  third = both(5)
+  assert len(calls) == 3 and fvd_calls[-1] == (5, 3)
+  np.testing.assert_allclose(third[0], 4 * clip_feats.mean(0), rtol=1e-12)
+  both(5)
+  assert len(calls) == 3 and len(fvd_calls) == 3
+  inc = sorted(p.name for p in (tmp_path / "ref_stats").iterdir())
+  assert inc == ["embedded_32px_random5_v2.npz",
+                 "embedded_32px_random5seed3_v2.npz",
+                 "embedded_32px_random6_v2.npz"], inc
+  assert len(list((tmp_path / "i3d" / "ref_stats").iterdir())) == 3

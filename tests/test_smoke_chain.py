@@ -97,3 +97,41 @@ def test_both_runs_export_to_pytorch(which, tokenizer_run, dit_run, tmp_path):
       ["--workdir", wd, "--ema" if which == "dit" else "--step=2",
        "--out", str(tmp_path / "m.safetensors"), "--verify"])
   assert err < 1e-4
+
+
+def test_a_resume_with_another_sample_setting_is_refused(dit_run, tmp_path):
+  """vitok_jax.sample records every setting that changes a sample besides
+  those in its folder's name (step, CFG, seed): a rerun into the same parts
+  with another eta, step count, label mode, solver (flow) or tokenizer step
+  is refused before it samples, naming the setting."""
+  import copy
+  import shutil
+  c, wd, _ = dit_run
+  run = lambda c, wd, **kw: sample_lib.sample(c, wd, 3, cfg=2.0, batch_size=8,
+                                              **dict(dict(steps=2), **kw))
+  run(c, wd)  # (or resumes test_dit_trains_samples_and_evaluates's)
+  for kw, theirs_now in (
+      (dict(eta=0.5), ("eta", "0.0, 0.5")),
+      (dict(steps=3), ("num_steps", "2, 3")),
+      (dict(labels="balanced"), ("labels", "'random', 'balanced'"))):
+    with pytest.raises(ValueError, match=rf"'{theirs_now[0]}': "
+                       rf"\({theirs_now[1]}\)"):
+      run(c, wd, **kw)
+  # A flow-matching DiT (here the same params read as velocities): its ODE
+  # solver.
+  f = copy.deepcopy(c)
+  f.diffusion.kind = "flow"
+  assert run(f, wd, seed=1)["sample/num_new"] == 3
+  f.sampling.solver = "heun"
+  with pytest.raises(ValueError, match=r"'flow_solver': \('euler', 'heun'\)"):
+    run(f, wd, seed=1)
+  # The tokenizer's step: a run without a pin (tokenizer.json; an older
+  # run) decodes with the step the config names.
+  old = str(tmp_path / "dit")
+  shutil.copytree(wd, old)
+  os.remove(dit.pin_path(old))
+  t = copy.deepcopy(c)
+  t.latents.source = "encode"
+  t.tokenizer.step = 1
+  with pytest.raises(ValueError, match=r"'tokenizer_step': \(2, 1\)"):
+    run(t, old)

@@ -372,3 +372,42 @@ def test_eval_job_names_the_protocol_and_the_clips(ucf_like, tmp_path):
   line = [l for l in outs[0].splitlines() if l.startswith("UCF-101 train:")]
   assert len(line) == 1 and line[0].endswith(f"[{protocol}]"), outs[0]
   assert "rFVD" in line[0] and "UCF-101 train:" not in outs[1]  # process 0's
+
+
+def test_a_320x240_clip_is_resized_by_its_short_side_then_centre_cropped(
+    tmp_path):
+  """UCF-101's 320 x 240 frames at res 32: the short side (240) goes to 32
+  and the long side by the same factor (320 * 32 / 240 = 42.7, rounded up
+  to 43), then the centre 32 x 32 (columns 5 .. 36), as PIL computes it
+  here; directly, and through the evaluation input from a losslessly
+  encoded .avi. A training crop is a 32-wide window of the same resized
+  frames, at full height."""
+  import math  # pylint: disable=g-import-not-at-top
+  frames = np.random.default_rng(0).integers(0, 256, (6, 240, 320, 3),
+                                             dtype=np.uint8)
+  res = 32
+  nw = math.ceil(320 * res / 240)
+  left = (nw - res) // 2
+  assert (nw, left) == (43, 5)
+  resized = np.stack([np.asarray(Image.fromarray(f).resize(
+      (nw, res), Image.BICUBIC, reducing_gap=3.0)) for f in frames])
+  want = resized[:, :, left:left + res]
+  np.testing.assert_array_equal(video.resize_and_crop(frames, res, None),
+                                want)
+  train = video.resize_and_crop(frames, res, np.random.default_rng(1))
+  windows = [resized[:, :, x:x + res] for x in range(nw - res + 1)]
+  assert any(np.array_equal(train, w) for w in windows)
+  # Through the evaluation input: frames 1 .. 4, the centred clip of 4.
+  (tmp_path / "Biking").mkdir()
+  with av.open(str(tmp_path / "Biking" / "v_Biking_g01_c01.avi"), "w") as c:
+    s = c.add_stream("png", rate=25)  # lossless
+    s.height, s.width, s.pix_fmt = 240, 320, "rgb24"
+    for f in frames:
+      for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        c.mux(p)
+    for p in s.encode():
+      c.mux(p)
+  (b,) = list(input_pipeline.make_eval_dataset(
+      cfg(data=f"folder:{tmp_path}", res=res, batch_size=1), 1))
+  np.testing.assert_allclose(b["image"][0], want[1:5] / 127.5 - 1.0,
+                             atol=1e-6)

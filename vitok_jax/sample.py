@@ -99,7 +99,7 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
   parts = sample_parts.Parts(
       fileio.join(out_dir, f"parts_{name}_seed{seed}"),
       dict(step=step, cfg=cfg, seed=seed, classes=list(map(int, classes or [])),
-           labels=label_kind,
+           labels=label_kind, tokenizer_step=int(setup.codec.step),
            num_steps=steps or config.sampling.num_steps,
            **({"flow_solver": config.sampling.solver}
               if config.diffusion.kind == "flow" else {}),

@@ -11,7 +11,7 @@ resolution, the frames (videos, frame-wise), the number of examples (all,
 or a seeded random subset: never the first N of a class-sorted folder),
 next to the Inception weights they were computed with:
 
-  <dir of the Inception .npz>/ref_stats/<data>_<res>px[_<T>f]_<all|random<n>>_v2.npz
+  <dir of the Inception .npz>/ref_stats/<data>_<res>px[_<T>f]_<all|<n>|random<n>>_v2.npz
 
 holding mu, sigma, n, mu_s, sigma_s, pr_features.
 
@@ -49,9 +49,12 @@ def cache_name(data_config, num_examples: Optional[int] = None,
   frames = data_config.frames
   # v2: with ADM's sFID statistics and precision/recall features. A count
   # is the first n (the reconstruction evaluators' examples) or a seeded
-  # random subset of n ("random<n>": generation).
+  # random subset of n ("random<n>": generation; "random<n>seed<k>" for a
+  # SUBSET_SEED other than 0, so that another seed is another file).
   count = (f"{'random' if random_subset else ''}{num_examples}"
            if num_examples else "all")
+  if num_examples and random_subset and SUBSET_SEED:
+    count += f"seed{SUBSET_SEED}"
   clips = ""
   if frames > 1:  # videos: the clip protocol is part of the statistics
     fps = input_pipeline.clip_fps(data_config)

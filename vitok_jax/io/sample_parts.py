@@ -13,8 +13,9 @@ started. `merge` writes the ADM-layout .npz (arr_0 uint8 [N, H, W, 3],
 labels) in sample order, streaming one part at a time.
 
 A manifest (manifest.json) records what the samples depend on besides their
-number (checkpoint step, CFG, seed, DDIM steps, eta, classes); parts made
-with other settings are refused, naming the difference.
+number (checkpoint step, CFG, seed, DDIM steps, eta or the flow solver,
+classes, label mode, the tokenizer's step); parts made with other settings
+are refused, naming the difference.
 """
 import json
 import zipfile
@@ -35,8 +36,10 @@ class Parts:
     manifest = json.loads(json.dumps(manifest))  # plain JSON types
     if fileio.exists(path):
       old = fileio.read_json(path)
-      diff = {k: (old.get(k), v) for k, v in manifest.items()
-              if old.get(k) != v}
+      # Every key of either: a setting one of them lacks differs too.
+      diff = {k: (old.get(k), manifest.get(k))
+              for k in sorted(set(old) | set(manifest))
+              if old.get(k) != manifest.get(k)}
       if diff:
         raise ValueError(
             f"{directory} holds samples made with other settings "

@@ -11,6 +11,7 @@ Weights: `tools/convert_inception.py` converts pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth. Module names mirror torchvision's, so
 "Mixed_5b.branch1x1.conv.weight" becomes params["Mixed_5b"]["branch1x1"]["kernel"].
 """
+import functools
 from typing import Optional, Tuple, Union
 
 import flax.linen as nn
@@ -205,10 +206,17 @@ class FIDInceptionV3(nn.Module):
     return pool, logits
 
 
-def abstract_params():
+@functools.lru_cache(maxsize=None)
+def _abstract_params():
   return jax.eval_shape(
       lambda: FIDInceptionV3().init(jax.random.key(0),
                                     jnp.zeros((1, 299, 299, 3)))["params"])
+
+
+def abstract_params():
+  """The params' shapes; traced once (~1 s on a CPU), a fresh tree each call
+  (as i3d.abstract_params)."""
+  return jax.tree.map(lambda a: a, _abstract_params())
 
 
 def load(path: Optional[str]) -> dict:
