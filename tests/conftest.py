@@ -20,9 +20,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE,
                     JAX_COMPILATION_CACHE_MAX_SIZE=str(4 << 30),
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2")
+# Two pytest workers share the 2 cores: BLAS threads of their own would
+# only wait on each other (OpenBLAS spins while it waits), so each process
+# computes on one. Set here, in the controlling process, so the workers and
+# the jobs they launch start with it.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+  os.environ.setdefault(_var, "1")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8")
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
+                             helpers.xla_flags(8))
 
 
 # The quick tier (`pytest -m "not slow"`, a few minutes on 2 cores) touches
@@ -34,6 +41,7 @@ SLOW_FILES = {
     "test_torch_export.py", "test_eval.py", "test_cloud_storage.py",
 }
 SLOW_TESTS = {
+    "test_i3d.py": {"test_a_detector_whose_resize_differs_is_refused"},
     "test_aot_tpu.py": {"test_paper_stage1_batch_fits_v5p_hbm"},
     "test_video.py": {"test_video_runlocal_trains_and_the_eval_job_reports_rfvd",
                       "test_video_step_with_framewise_lpips_and_gan",

@@ -8,6 +8,18 @@ import sys
 
 ROOT = pathlib.Path(__file__).parents[1]
 
+# XLA flags of every test process. At the tests' tiny shapes compiling costs
+# more than running, and LLVM's optimisation passes are most of a compile:
+# without them the suite does the same computations with about a third
+# less CPU time (BENCHMARKS.md). The jobs users run keep XLA's defaults.
+COMPILE_FLAGS = ("--xla_backend_optimization_level=0 "
+                 "--xla_llvm_disable_expensive_passes=true")
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a test process with `devices` fake CPU devices."""
+  return f"--xla_force_host_platform_device_count={devices} {COMPILE_FLAGS}"
+
 
 def load_tool(name: str):
   """tools/<name>.py as a module (tools/ is scripts, not a package)."""
@@ -29,7 +41,7 @@ def launch(module, args, processes, devices, timeout=600):
   `processes` processes of `devices` fake CPU devices each; returns their
   stdouts (asserting every one exits 0)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=xla_flags(devices))
   port = _free_port()
   dist = lambda i: ([f"--coordinator_address=127.0.0.1:{port}",
                      f"--num_processes={processes}", f"--process_id={i}"]

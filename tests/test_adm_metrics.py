@@ -117,14 +117,14 @@ def test_subset_rows_are_the_same_on_both_data_paths_and_process_counts(
   read alike by the image path (make_eval_dataset, on 1 process and as each
   of 2) and the latent-shards path (iterate_latents); another seed, other
   rows."""
-  from vitok_jax import latent_shards  # pylint: disable=g-import-not-at-top
+  from vitok_jax.data import latent_shards  # pylint: disable=g-import-not-at-top
   shards = str(tmp_path / "shards")
   latent_shards.write_meta(shards, dict(num_shards=3, tokens=1, channels=2))
   for k, rows in enumerate((range(0, 4), range(4, 8), range(8, 9))):
     rows = np.asarray(rows)
     latent_shards.write_shard(shards, k, np.repeat(rows[:, None, None], 2, -1),
                               rows)  # latent = its row number
-  cfg = ml_collections.ConfigDict(dict(data="embedded", res=RES, frames=1))
+  cfg = input_pipeline.default_config(data="embedded", res=RES, frames=1)
   chosen = {}
   for seed in (1, 2):
     want = _seeded_rows(9, 4, seed)
@@ -174,7 +174,8 @@ def fake_inception(monkeypatch):
   builds (compiles) it."""
   builds = []
 
-  def apply_fn(mesh=None, spatial=False):
+  def apply_fn(mesh=None, spatial=False, input_kind="pytorch_fid"):
+    del input_kind  # the stand-in has no resize
     builds.append(spatial)
     w, wl, ws = (jnp.asarray(a, jnp.float32)
                  for a in (_W, _W_LOGITS, _W_SPATIAL))
@@ -318,6 +319,11 @@ def test_video_gfvd_is_the_frechet_distance_of_i3d_features(tmp_path):
   assert want > 1e-3 * np.trace(np.cov(feats[4:], rowvar=False))
   assert r["vid/gfvd"] == pytest.approx(want, rel=1e-4)
   assert "gFVD-4 " in ev.summary(r) and "RANDOM I3D" in ev.summary(r)
+  # The line names the clips, the reference set and the labels.
+  assert ("gFVD of 4 sampled clips of 10 frames against 3 real clips of 10 "
+          "frames at 8 fps, short side 32 (bicubic) + centre crop, 1 per video, "
+          "heldout") in ev.summary(r)
+  assert "(random labels)" in ev.summary(r)
   # Fewer than 9 frames fail at start, naming config.input.frames.
   data.frames = 8
   with pytest.raises(ValueError, match="config.input.frames=8"):
@@ -332,7 +338,7 @@ def test_reference_statistics_are_over_a_seeded_random_subset(
   ADM's spatial statistics and the precision/recall features are those of
   the seeded random rows (not the first 4), recomputed here with numpy from
   all 9 crops; with another SUBSET_SEED, of other rows."""
-  data = ml_collections.ConfigDict(dict(data="embedded", res=RES, frames=1))
+  data = input_pipeline.default_config(data="embedded", res=RES, frames=1)
   crops = np.concatenate([b["image"] for b in
                           input_pipeline.make_eval_dataset(data, 9)])
   pool, _, spatial = fake_features(
@@ -360,8 +366,8 @@ def test_gfvd_reference_is_over_a_seeded_random_subset_of_clips(monkeypatch):
   mean and covariance of the seeded random clips' features (a stand-in I3D,
   a fixed random map recomputed here in numpy), not the first 4's."""
   frames, res = 9, 8
-  data = ml_collections.ConfigDict(dict(data="embedded", res=res,
-                                        frames=frames, fps=8.0))
+  data = input_pipeline.default_config(data="embedded", res=res,
+                                       frames=frames, fps=8.0)
   w = np.random.default_rng(4).normal(size=(frames * res * res * 3, 400)) / 40
 
   def apply_fn(mesh=None):

@@ -205,8 +205,8 @@ def test_the_dit_step_passes_the_configured_logit_normal_on(monkeypatch):
   compiled: cheap)."""
   import inspect  # pylint: disable=g-import-not-at-top
   from configs.dit import dit_l_vitok_s_b16_256  # pylint: disable=g-import-not-at-top
-  from vitok_jax import latents as latents_lib  # pylint: disable=g-import-not-at-top
-  from vitok_jax import sharding as sh  # pylint: disable=g-import-not-at-top
+  from vitok_jax.diffusion import codec as codec_lib  # pylint: disable=g-import-not-at-top
+  from vitok_jax.parallel import sharding as sh  # pylint: disable=g-import-not-at-top
   from vitok_jax.models import vitok  # pylint: disable=g-import-not-at-top
   from vitok_jax.trainers import dit  # pylint: disable=g-import-not-at-top
   calls = []
@@ -224,7 +224,7 @@ def test_the_dit_step_passes_the_configured_logit_normal_on(monkeypatch):
   c.latents.source = "shards:unused"  # the step takes latents
   c.diffusion.update(kind="flow", t_sampling="logit_normal", logit_mean=0.8,
                      logit_std=0.4)
-  codec = latents_lib.Codec(vitok.create("mu-mu/16", 4), None, 16)
+  codec = codec_lib.Codec(vitok.create("mu-mu/16", 4), None, 16)
   setup = dit.make_setup(c, sh.make_mesh([("data", 1)], jax.devices()[:1]),
                          codec)
   jax.eval_shape(setup.step, setup.abstract_state,

@@ -22,9 +22,11 @@ from vitok_jax.models import i3d
 from vitok_jax.parallel import sharding as sh
 import vitok_jax.utils as u
 
-# The smallest clip I3D takes (time strided by 8 before a 2-frame pool,
-# space by 32 before a 7 x 7 one): the conversion check's, to stay fast.
-SMALL_CLIP = (9, 193, 193)
+# The fewest frames I3D takes (time strided by 8 before a 2-frame pool) at
+# FVD's 224 x 224: the conversion check's, to stay fast; the resize check
+# brings the same number of 128 x 128 frames to it.
+SMALL_CLIP = (9, 224, 224)
+RESIZE_CLIP = (9, 128, 128)
 
 
 def reference_i3d_module():
@@ -106,15 +108,28 @@ class Detector(torch.nn.Module):
   signature, videos [B, 3, T, H, W] in [-1, 1] -> the 400 logits averaged
   over time (return_features; else their softmax). Its parameters are named
   "i3d.net.<port name>", not the port's names, so that the converter has to
-  match them in order, as it must for the real file. rescale and resize are
-  accepted and unused: the converter's check passes False for both."""
+  match them in order, as it must for the real file. rescale is accepted and
+  unused (the converter passes False); resize=True resizes each frame to
+  224 x 224 bilinearly (align_corners=False), as the real detector does, or
+  by `mode` "nearest": a detector whose resize differs."""
 
-  def __init__(self, traced):
+  def __init__(self, traced, mode: str = "bilinear"):
     super().__init__()
     self.i3d = traced
+    self.mode = mode
 
   def forward(self, videos, rescale: bool = False, resize: bool = False,
               return_features: bool = False):
+    if resize:
+      b, c, t, h, w = videos.shape
+      frames = videos.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+      if self.mode == "nearest":
+        frames = torch.nn.functional.interpolate(frames, size=(224, 224),
+                                                 mode="nearest")
+      else:
+        frames = torch.nn.functional.interpolate(
+            frames, size=(224, 224), mode="bilinear", align_corners=False)
+      videos = frames.reshape(b, t, c, 224, 224).permute(0, 2, 1, 3, 4)
     logits = self.i3d(videos).squeeze(-1).squeeze(-1).mean(dim=2)
     return logits if return_features else torch.softmax(logits, dim=1)
 
@@ -128,7 +143,7 @@ class _Features(torch.nn.Module):
     return self.net.extract_features(videos)
 
 
-def save_detector(net, path: str) -> str:
+def save_detector(net, path: str, mode: str = "bilinear") -> str:
   """`net` (the port) as a saved TorchScript Detector. Traced (the port's
   padding is computed in numpy, so it does not script) at SMALL_CLIP, which
   fixes its padding to that size, then scripted for keyword arguments."""
@@ -136,7 +151,7 @@ def save_detector(net, path: str) -> str:
   with warnings.catch_warnings(), torch.no_grad():
     warnings.simplefilter("ignore")  # TracerWarnings: sizes become constants
     traced = torch.jit.trace(_Features(net), x, check_trace=False)
-  torch.jit.script(Detector(traced)).save(path)
+  torch.jit.script(Detector(traced, mode)).save(path)
   return path
 
 
@@ -166,7 +181,8 @@ class ReorderedBatchNorm(torch.nn.Module):
 
 def _convert(conv, src, out):
   conv.main(["--torchscript", src, "--out", out, "--check_clip",
-             ",".join(map(str, SMALL_CLIP))])
+             ",".join(map(str, SMALL_CLIP)), "--resize_clip",
+             ",".join(map(str, RESIZE_CLIP))])
 
 
 def test_torchscript_is_converted_verified_and_its_provenance_logged(
@@ -190,6 +206,7 @@ def test_torchscript_is_converted_verified_and_its_provenance_logged(
   assert record["sha256"] == digest and record["weights"] == "torchscript"
   assert record["converted"].startswith("20")
   assert 0 <= record["max_rel_diff"] < 1e-4 and record["tolerance"] == 1e-4
+  assert 0 <= record["resize_max_rel_diff"] < 1e-5
   assert json.loads(str(np.load(out)["provenance"])) == record
   # The evaluators' loader logs it in one line; a file from before the tool
   # stored provenance still loads, and says it has none.
@@ -264,3 +281,26 @@ def test_a_conversion_wrong_in_a_few_logits_only_is_refused(detector_file,
   figure = float(re.search(r"max relative difference (\S+) ", message)[1])
   assert figure == pytest.approx(5e-4, rel=2e-3), message
   assert not os.path.exists(out)
+
+
+def test_a_detector_whose_resize_differs_is_refused(reference, tmp_path):
+  """The same weights, but the detector resizes 128-pixel clips to 224 by
+  nearest neighbour: the logits at 224 agree, the features of a 128-pixel
+  clip differ (by ~2.5e-5 of the largest with these random weights; a
+  bilinear resize like ours by ~5e-7), and nothing is written."""
+  src = save_detector(reference[0], str(tmp_path / "nearest.pt"),
+                      mode="nearest")
+  out = str(tmp_path / "nearest.npz")
+  with pytest.raises(SystemExit) as e:
+    _convert(load_tool("convert_i3d"), src, out)
+  message = str(e.value.code)
+  assert "through the resize to 224" in message and "REFUSED" in message
+  assert not os.path.exists(out)
+
+
+def test_a_file_of_another_network_lists_its_tensors(tmp_path):
+  conv = load_tool("convert_i3d")
+  with pytest.raises(ValueError, match=r"(?s)has 2 tensors.*Its tensors:\n"
+                     r"  net\.a\.weight \(3, 4\)\n  net\.b\.bias \(5,\)"):
+    conv.convert_state_dict({"net.a.weight": np.zeros((3, 4)),
+                             "net.b.bias": np.zeros(5)})

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+from tests import helpers
+
 ROOT = pathlib.Path(__file__).parents[1]
 TOOL = ROOT / "tools" / "multihost_check.py"
 
@@ -19,7 +21,7 @@ def _free_port():
 
 def _env(devices):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=helpers.xla_flags(devices))
   return env
 
 

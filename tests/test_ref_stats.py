@@ -21,7 +21,8 @@ def counted_passes(monkeypatch):
   feats = np.random.default_rng(0).normal(size=(9, 4))
 
   def fake(data_config, inception_params, num_examples=None, batch_size=50,
-           random_subset=False):
+           random_subset=False, inception_input="pytorch_fid"):
+    del inception_input  # fixed features, whatever the input
     calls.append((data_config.data, data_config.res, num_examples,
                   random_subset))
     stats = metrics.GaussianStats(4)
@@ -129,8 +130,8 @@ def test_each_cache_is_another_file_for_another_subset_size_or_seed(
     return stats
 
   monkeypatch.setattr(ref_stats, "compute_fvd", fake_fvd)
-  video = ml_collections.ConfigDict(dict(data="embedded", res=32, frames=16,
-                                         fps=8.0))
+  video = input_pipeline.default_config(data="embedded", res=32, frames=16,
+                                        fps=8.0)
   i3d_weights = str(tmp_path / "i3d" / "i3d_kinetics400.npz")
 
   def both(n):

@@ -78,7 +78,7 @@ def test_per_example_ddim_noise_does_not_depend_on_the_batch(eta):
 
 
 # --------------------------------------------------------------------------
-# The sampler (sampling.make_sample_fn) with a stand-in DiT and tokenizer
+# The sampler (sampler.make_sample_fn) with a stand-in DiT and tokenizer
 # --------------------------------------------------------------------------
 NUM_CLASSES, TOKENS, CHANNELS = 5, 3, 2
 
@@ -110,11 +110,11 @@ STATS = (np.array([0.1, -0.2], np.float32), np.array([2.0, 0.5], np.float32))
 
 
 def _sampler(kind, cfg_scale, num_steps, eta=0.0, solver="euler"):
-  from vitok_jax import sampling  # pylint: disable=g-import-not-at-top
-  from vitok_jax import sharding as sh  # pylint: disable=g-import-not-at-top
+  from vitok_jax.diffusion import sampler  # pylint: disable=g-import-not-at-top
+  from vitok_jax.parallel import sharding as sh  # pylint: disable=g-import-not-at-top
   mesh = sh.make_mesh([("data", 1)], jax.devices()[:1])
-  fn = sampling.make_sample_fn(
-      _LinearDiT(), _Codec(), diffusion.linear_schedule(1000), mesh=mesh,
+  fn = sampler.make_sample_fn(
+      _LinearDiT(), _Codec(), ddpm.linear_schedule(1000), mesh=mesh,
       dit_params_sharding=sh.replicated(mesh), num_steps=num_steps, eta=eta,
       cfg_scale=cfg_scale, kind=kind, solver=solver)
   return lambda labels, index, seed=0: tuple(np.asarray(o, np.float64) for o in
@@ -130,7 +130,7 @@ def _numpy_model(x, t, y):
 
 
 def _x_T(index, seed=0):
-  """Sample i's starting noise, as sampling.py documents it: the first key
+  """Sample i's starting noise, as diffusion/sampler.py documents it: the first key
   of split(fold_in(key(seed), i))."""
   first = lambda i: jax.random.split(jax.random.fold_in(jax.random.key(seed),
                                                        i))[0]

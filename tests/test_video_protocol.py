@@ -367,7 +367,7 @@ def test_eval_job_names_the_protocol_and_the_clips(ucf_like, tmp_path):
   assert saved["val/num_clips"] == 6 and saved["val/num_examples"] == 60
   protocol = saved["protocols"]["val"]
   assert protocol.startswith("6 clips of 10 consecutive frames at the native "
-                             "rate, short side 32 + centre crop, 3 per video")
+                             "rate, short side 32 (bicubic) + centre crop, 3 per video")
   assert "trainlist01.txt" in protocol
   line = [l for l in outs[0].splitlines() if l.startswith("UCF-101 train:")]
   assert len(line) == 1 and line[0].endswith(f"[{protocol}]"), outs[0]

@@ -20,24 +20,25 @@ sums are added across processes; process 0 writes):
 import argparse
 
 import jax
-import ml_collections
 
 from vitok_jax.parallel import startup
 
 
 def compute(data: str, res: int, inception_path: str, batch_size: int = 50,
             num_examples=None, data_dir=None, frames: int = 1,
-            random_subset: bool = False):
+            random_subset: bool = False, inception_input: str = "pytorch_fid"):
   from vitok_jax.evaluators import ref_stats  # pylint: disable=g-import-not-at-top
   from vitok_jax.models import inception  # pylint: disable=g-import-not-at-top
   cfg = data_config(data, res, data_dir, frames)
   return ref_stats.compute(cfg, inception.load(inception_path), num_examples,
-                           batch_size, random_subset=random_subset)
+                           batch_size, random_subset=random_subset,
+                           inception_input=inception_input)
 
 
 def data_config(data, res, data_dir=None, frames=1):
-  return ml_collections.ConfigDict(dict(data=data, res=res, data_dir=data_dir,
-                                        frames=frames))
+  from vitok_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline.default_config(data=data, res=res,
+                                       data_dir=data_dir or "", frames=frames)
 
 
 def main(argv=None):
@@ -54,6 +55,10 @@ def main(argv=None):
                   help="which --num_examples: the first (a reconstruction "
                   "evaluator's examples) or a seeded random subset (gFID's "
                   "reference: never the first classes of a sorted folder)")
+  ap.add_argument("--inception_input", choices=("pytorch_fid", "adm"),
+                  default="pytorch_fid", help="Inception's input convention: "
+                  "'adm' for a generation evaluator's reference (its "
+                  "default), 'pytorch_fid' for a reconstruction evaluator's")
   ap.add_argument("--out", default=None, help="default: the cache file the "
                   "jobs look for (vitok_jax/evaluators/ref_stats.py)")
   startup.add_arguments(ap)
@@ -62,10 +67,11 @@ def main(argv=None):
   from vitok_jax.evaluators import ref_stats  # pylint: disable=g-import-not-at-top
   out = args.out or ref_stats.default_path(
       data_config(args.data, args.res, args.data_dir, args.frames),
-      args.inception, args.num_examples, args.subset == "random")
+      args.inception, args.num_examples, args.subset == "random",
+      args.inception_input)
   stats = compute(args.data, args.res, args.inception, args.batch_size,
                   args.num_examples, args.data_dir, args.frames,
-                  args.subset == "random")
+                  args.subset == "random", args.inception_input)
   if jax.process_index() == 0:
     ref_stats.save(stats, out)
     print(f"wrote statistics of {stats.n} images to {out}")

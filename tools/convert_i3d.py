@@ -26,6 +26,12 @@ over all logits (our logits averaged over time when the TorchScript returns
 exits non-zero naming it and writes nothing. A state dict has no forward
 pass to compare with: it is converted unverified, and its provenance says so.
 
+The resize is checked too: the video tokenizer's clips are 128 x 128 and
+both sides resize them to 224 before I3D (ours: vitok_jax.models.i3d.features;
+the TorchScript's: forward(..., resize=True), as LARP and StyleGAN-V call
+it). A seeded 16 x 128 x 128 clip (--resize_clip) goes through both, and the
+features must agree within --resize_tolerance (1e-5), or nothing is written.
+
 The .npz holds, next to the params, a JSON "provenance" record (source file
 name and sha256, which weights, conversion date, the check and its figure)
 that vitok_jax.evaluators.common.load_i3d logs when it loads the file.
@@ -43,7 +49,12 @@ from vitok_jax.models import i3d
 import vitok_jax.utils as u
 
 TOLERANCE = 1e-4
+# The resize check's: a resize of a 128-pixel clip that is not ours (nearest
+# neighbour, bicubic) moves I3D's time-averaged features by a few 1e-5 of
+# the largest, a bilinear one like ours by < 1e-6.
+RESIZE_TOLERANCE = 1e-5
 CHECK_CLIP = (16, 224, 224)  # T, H, W: one FVD clip
+RESIZE_CLIP = (16, 128, 128)  # the video tokenizer's clips, resized to 224
 CHECK_SEED = 0
 
 
@@ -99,8 +110,10 @@ def _match_in_order(values, shapes: dict) -> dict:
   first (the PyTorch port registers `logits` before the trunk) or last.
   Shapes are all it can check: `verify` is what proves the assignment."""
   if len(values) != len(shapes):
+    names = "\n  ".join(f"{k} {tuple(np.shape(v))}" for k, v in values)
     raise ValueError(f"The checkpoint has {len(values)} tensors, I3D has "
-                     f"{len(shapes)}: not the Inception-v1 I3D")
+                     f"{len(shapes)}: not the Inception-v1 I3D. Its tensors:"
+                     f"\n  {names}")
   trunk = sorted((n for n in shapes if not n.startswith("logits/")),
                  key=_port_rank)
   head = sorted((n for n in shapes if n.startswith("logits/")), key=_port_rank)
@@ -139,15 +152,17 @@ def check_clip(clip=CHECK_CLIP, seed: int = CHECK_SEED) -> np.ndarray:
   return rng.uniform(-1, 1, (1, *clip, 3)).astype(np.float32)
 
 
-def torchscript_logits(module, x: np.ndarray) -> np.ndarray:
-  """The detector's own logits of clips x [B, T, H, W, 3] in [-1, 1]."""
+def torchscript_logits(module, x: np.ndarray, resize: bool = False
+                       ) -> np.ndarray:
+  """The detector's own logits of clips x [B, T, H, W, 3] in [-1, 1] (with
+  resize, after its own resize to 224)."""
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_float32_matmul_precision("highest")  # no TF32 on GPUs either
   if hasattr(torch.backends, "cudnn"):
     torch.backends.cudnn.allow_tf32 = False
   videos = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()
   with torch.no_grad():
-    out = module(videos, rescale=False, resize=False, return_features=True)
+    out = module(videos, rescale=False, resize=resize, return_features=True)
   return out.float().cpu().numpy()
 
 
@@ -231,6 +246,27 @@ def _clip_arg(s: str):
   return t, h, w
 
 
+def verify_resize(module, params, clip=RESIZE_CLIP,
+                  seed: int = CHECK_SEED) -> float:
+  """The max relative difference between the TorchScript's features of a
+  check clip at `clip`'s size through its own resize (resize=True) and ours
+  (i3d.features, which resizes to 224 bilinearly)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  x = check_clip(clip, seed)
+  try:
+    theirs = torchscript_logits(module, x, resize=True)
+  except RuntimeError as e:
+    raise RuntimeError(
+        "the TorchScript's forward(videos [1, 3, {}, {}, {}], rescale=False, "
+        "resize=True, return_features=True) failed on the resize check clip "
+        "(--resize_clip sets T,H,W): {}".format(*clip, e)) from e
+  with jax.default_matmul_precision("highest"):
+    ours = np.asarray(jax.jit(i3d.features)(params, x), np.float32)
+  if theirs.ndim == 3:  # per time step: average as our features do
+    theirs = theirs.mean(axis=1)
+  return relative_difference(ours, theirs)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawTextHelpFormatter)
@@ -241,6 +277,13 @@ def main(argv=None):
   ap.add_argument("--check_clip", type=_clip_arg, default=CHECK_CLIP,
                   help="T,H,W of the verification clip (default %(default)s; "
                   "I3D needs T >= 9, H, W >= 193)")
+  ap.add_argument("--resize_clip", type=_clip_arg, default=RESIZE_CLIP,
+                  help="T,H,W of the clip whose resize to 224 is compared "
+                  "(default %(default)s: the video tokenizer's clips)")
+  ap.add_argument("--resize_tolerance", type=float, default=RESIZE_TOLERANCE,
+                  help="largest max relative difference of the features "
+                  "through the resize that is accepted (default "
+                  "%(default)s)")
   ap.add_argument("--tolerance", type=float, default=TOLERANCE,
                   help="largest max relative difference of the logits that "
                   "is accepted (default %(default)s)")
@@ -265,8 +308,24 @@ def main(argv=None):
             "bias, mean and variance all have shape [C]), or not this I3D")
       print(f"verified: max relative difference of the logits {rel:.3g} "
             f"<= {args.tolerance:g}")
+      rel_resize = verify_resize(module, params, args.resize_clip)
+      if not rel_resize <= args.resize_tolerance:
+        sys.exit(
+            f"convert_i3d: REFUSED, nothing written: through the resize to "
+            f"224 ({'x'.join(map(str, args.resize_clip))} clip), our "
+            f"features differ from {args.torchscript}'s forward(resize=True)"
+            f" by max relative difference {rel_resize:.3g} > "
+            f"{args.resize_tolerance:g}: the two resizes are not the same, so an "
+            "FVD of 128-pixel clips would not be the published one")
+      print(f"verified: through the resize to 224, max relative difference "
+            f"{rel_resize:.3g} <= {args.resize_tolerance:g}")
       record = provenance(args.torchscript, "torchscript", rel,
                           args.check_clip, args.tolerance)
+      record.update(resize_check=(
+          f"features of a seed-{CHECK_SEED} uniform [-1, 1] clip "
+          f"[1, {', '.join(map(str, args.resize_clip))}, 3] through "
+          "i3d.features against the TorchScript's forward(resize=True)"),
+          resize_max_rel_diff=rel_resize)
     else:
       print("not verified: a state dict has no forward pass to compare with "
             "(names and shapes only)")

@@ -33,6 +33,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 import numpy as np
 
+from vitok_jax.data import input_pipeline
 from vitok_jax.data import preprocess as ops
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import generation
@@ -51,13 +52,14 @@ def _generation_eval(config) -> dict:
     if config.evals[name].type == "generation":
       return dict(config.evals[name])
   return dict(inception_weights="", ref_stats="", i3d_weights="",
-              ref_examples=None)
+              ref_examples=None, inception_input="adm")
 
 
 def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
            steps=None, eta=None, seed: int = 0, batch_size: int = 64,
            checkpoint=None, inception_weights=None, ref_stats=None,
-           labels: str = "random", i3d_weights=None) -> dict:
+           labels: str = "random", i3d_weights=None,
+           inception_input=None) -> dict:
   """Writes the files above; returns {"png", "npz", "step", metrics...}.
 
   As a multi-process job each process samples its rows of every global batch
@@ -80,8 +82,10 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
                        "unconditional)")
     labels = pool[generation.sample_labels(num, len(pool), label_kind, seed)]
   else:
-    labels = generation.sample_labels(num, config.num_classes, label_kind,
-                                      seed)
+    labels = generation.sample_labels(
+        num, config.num_classes, label_kind, seed,
+        input_pipeline.source_labels(config.input)
+        if label_kind == "data" else None)
   batch = -(-min(batch_size, num) // mesh.size) * mesh.size
   # The scoring networks and references load before sampling: a missing file
   # fails now, not after hours of sampling.
@@ -92,7 +96,8 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
       inception_weights=inception_weights or ev["inception_weights"],
       ref_stats=ref_stats or ev["ref_stats"],
       i3d_weights=i3d_weights or ev["i3d_weights"],
-      ref_examples=ev["ref_examples"])
+      ref_examples=ev["ref_examples"],
+      inception_input=inception_input or ev["inception_input"])
 
   out_dir = fileio.join(workdir, "samples")
   name = f"{step}_cfg{cfg:g}"
@@ -144,10 +149,14 @@ def sample(config, workdir: str, num: int, *, cfg=None, classes=None,
                       common.grid_picture(ops.value_range(first)))
     fileio.write_json(fileio.join(out_dir, f"results_{name}.json"),
                       dict(step=step, cfg=cfg, seed=seed, labels=label_kind,
+                           protocol=scoring.protocol("sample", results, nets,
+                                                     config.input),
                            **results))
   multihost_utils.sync_global_devices("vitok_jax.sample: merged")
-  line = (scoring.summary("sample", results, label_kind, cfg) +
-          f" of step {step} ({new} new on this process) -> {paths['png']}")
+  line = scoring.summary("sample", results, label_kind, cfg)
+  if config.input.frames > 1 or "sample/gfid" in results:
+    line += f" [{scoring.protocol('sample', results, nets, config.input)}]"
+  line += f"; step {step}, {new} new on this process -> {paths['png']}"
   if multihost.is_main():
     print(line, flush=True)
   return dict(paths, step=step, labels=labels, **results)
@@ -165,9 +174,12 @@ def define_flags() -> dict:
                             "config.sampling.cfg_scale); 1 = no guidance.")
   _CLASSES = flags.DEFINE_list("classes", None, "Class labels to draw from "
                                "(default: all classes).")
-  _LABELS = flags.DEFINE_enum("labels", "random", ["random", "balanced"],
+  _LABELS = flags.DEFINE_enum("labels", "random", ["random", "balanced",
+                                                   "data"],
                               "random: uniform, seeded by --seed (DiT's "
-                              "protocol); balanced: the classes in turn.")
+                              "protocol); balanced: the classes in turn; "
+                              "data: the labels of seeded random training "
+                              "examples (LARP's gFVD protocol).")
   _STEPS = flags.DEFINE_integer("steps", None, "DDIM steps (default: "
                                 "config.sampling.num_steps).")
   _ETA = flags.DEFINE_float("eta", None, "DDIM eta (default: config.sampling.eta).")
@@ -178,13 +190,17 @@ def define_flags() -> dict:
                                    "gFID/gIS (tools/convert_inception.py).")
   _REF_STATS = flags.DEFINE_string("ref_stats", None, "Reference statistics "
                                    "(tools/compute_ref_stats.py).")
+  _INCEPTION_INPUT = flags.DEFINE_enum(
+      "inception_input", None, ["adm", "pytorch_fid"], "Inception's input "
+      "convention (default: the config's generation evaluator's, ADM's).")
   _I3D = flags.DEFINE_string("i3d", None, "Video DiTs: I3D .npz for gFVD "
                              "(tools/convert_i3d.py; default the config's "
                              "generation evaluator's i3d_weights).")
   return dict(config=_CONFIG, workdir=_WORKDIR, num=_NUM, cfg=_CFG,
               classes=_CLASSES, steps=_STEPS, eta=_ETA, seed=_SEED,
               batch=_BATCH, checkpoint=_CHECKPOINT, inception=_INCEPTION,
-              ref_stats=_REF_STATS, labels=_LABELS, i3d=_I3D)
+              ref_stats=_REF_STATS, labels=_LABELS, i3d=_I3D,
+              inception_input=_INCEPTION_INPUT)
 
 
 def main(argv, f: dict):
@@ -198,7 +214,8 @@ def main(argv, f: dict):
          classes=v["classes"], steps=v["steps"], eta=v["eta"], seed=v["seed"],
          batch_size=v["batch"], checkpoint=v["checkpoint"],
          inception_weights=v["inception"], ref_stats=v["ref_stats"],
-         labels=v["labels"], i3d_weights=v["i3d"])
+         labels=v["labels"], i3d_weights=v["i3d"],
+         inception_input=v["inception_input"])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ r"""DiT-L on ViTok S-B/16 latents at 256p: the generation sweep model
 Arguments: tokenizer (a ViTok run's workdir), shards (latents written by
 tools/encode_dataset.py; default: encode on the fly), size (mu|S|B|L|XL),
 res, tokens, c, batch, steps, classes, data, cfg, inception_weights,
-ref_stats (tools/compute_ref_stats.py over the training set), runlocal.
+ref_stats (tools/compute_ref_stats.py over the training set), labels
+(random | balanced | data), runlocal; for video DiTs frames, fps and
+i3d_weights (gFVD).
 Fig. 5 (a DiT per Fig. 2 tokenizer, p=8, c=4 at 256p -> 1024 tokens):
   --config=configs/dit/dit_l_vitok_s_b16_256.py:tokenizer=VITOK_DIR,tokens=1024,c=4
 
@@ -27,7 +29,8 @@ ARGS = dict(size="L", tokenizer="", shards="", res=256, tokens=256, c=16,
             batch=256, steps=500_000, classes=1000,
             data="tfds:imagenet2012:train", cfg=1.5,
             inception_weights="weights/fid_inception_v3.npz", ref_stats="",
-            frames=1, fps=8.0, runlocal=False)
+            frames=1, fps=8.0, i3d_weights="", labels="random",
+            runlocal=False)
 # The README's chain on 2 cores: the demo ViTok's 64 tokens, a tiny DiT.
 RUNLOCAL = dict(size="mu", tokens=64, res=64, batch=16, steps=1000, classes=9,
                 data="embedded", cfg=3.0)
@@ -60,7 +63,8 @@ def make(**args):
   # of the run and in the eval job; uniform random labels.
   gen = dict(num_samples=10_000, final_num_samples=50_000, batch_size=256,
              num_steps=250,
-             inception_weights=a.inception_weights, ref_stats=a.ref_stats)
+             inception_weights=a.inception_weights, ref_stats=a.ref_stats,
+             i3d_weights=a.i3d_weights, labels=a.labels)
   config.evals = {
       "gen_cfg15": evaluators.config("generation", cfg_scale=1.5,
                                      log_steps=50_000, **gen),
@@ -82,5 +86,5 @@ def make(**args):
         "generation", num_samples=18, final_num_samples=18, batch_size=8,
         cfg_scale=a.cfg,
         num_steps=50, nearest=True, inception_weights=a.inception_weights,
-        data=dict(data="embedded"))}
+        i3d_weights=a.i3d_weights, data=dict(data="embedded"))}
   return config

@@ -202,7 +202,8 @@ def _video_clip(source, rec, config, rng, train: bool, where: float = 0.5):
     clip = source.clip(rec["video"], config.frames, clip_fps(config),
                        rng if train else None, where=where)
     clip = video.resize_and_crop(clip, config.res, rng if train else None,
-                                 flip=train and config.flip)
+                                 flip=train and config.flip,
+                                 filter=config.video_filter)
   except Exception as e:  # pylint: disable=broad-except
     return BadRecord(rec["where"], f"{type(e).__name__}: {e}")
   return {"image": ops.value_range(clip), "label": rec["label"]}
@@ -294,6 +295,9 @@ def default_config(**overrides):
       fps=8.0, src_fps=25.0, video_key="video", file_list="",
       # Evaluation: clips per video, at evenly spaced positions (1: centred).
       clips_per_video=1,
+      # The clips' resize filter (PIL, antialiased): "bicubic" or LARP's
+      # "bilinear" (docs/protocols.md).
+      video_filter="bicubic",
       # Unreadable records are skipped and counted; above this fraction of
       # the records read the run stops.
       max_bad_fraction=0.01))
@@ -327,6 +331,24 @@ def clips_per_video(config) -> int:
   if r < 1:
     raise ValueError(f"clips_per_video={r}: expected at least 1")
   return int(r)
+
+
+def describe_clips(config) -> str:
+  """How evaluation clips are taken, in words (outputs name it): "16
+  consecutive frames at the native rate, short side 128 (bicubic) + centre
+  crop, 1 per video"."""
+  fps = clip_fps(config)
+  return (f"{config.frames} " + ("consecutive frames at the native rate"
+                                 if not fps else f"frames at {fps:g} fps")
+          + f", short side {config.res} ({config.video_filter}) + centre "
+          f"crop, {clips_per_video(config)} per video")
+
+
+def source_labels(config) -> np.ndarray:
+  """The label of every record of config's source (videos: no frame is
+  decoded), in source order."""
+  source = source_of(config)
+  return np.asarray([source.label(i) for i in range(len(source))], np.int32)
 
 
 def eval_num_examples(config, num_examples=None) -> int:

@@ -198,11 +198,20 @@ def _to_array(frame) -> np.ndarray:
   return x if off or not k % 4 else np.rot90(x, k)
 
 
+# The resize filters of the clip crop (PIL's, antialiased): bicubic (ours,
+# as for images) or bilinear (LARP's; docs/protocols.md).
+FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+
+
 def resize_and_crop(clip: np.ndarray, res: int,
                     rng: Optional[np.random.Generator],
-                    flip: bool = False) -> np.ndarray:
-  """Shorter side to `res`, then a res x res crop (random if rng, else
-  centred) and, in training, a random horizontal flip; same for all frames."""
+                    flip: bool = False, filter: str = "bicubic") -> np.ndarray:  # pylint: disable=redefined-builtin
+  """Shorter side to `res` (PIL `filter`, antialiased), then a res x res
+  crop (random if rng, else centred) and, in training, a random horizontal
+  flip; same for all frames."""
+  if filter not in FILTERS:
+    raise ValueError(f"config.input.video_filter={filter!r}: expected one "
+                     f"of {sorted(FILTERS)}")
   _, h, w, _ = clip.shape
   s = res / min(h, w)
   nh, nw = max(res, int(math.ceil(h * s - 1e-6))), max(res, int(math.ceil(
@@ -213,7 +222,7 @@ def resize_and_crop(clip: np.ndarray, res: int,
   else:
     top, left = (nh - res) // 2, (nw - res) // 2
   out = np.stack([np.asarray(Image.fromarray(f).resize(
-      (nw, nh), Image.BICUBIC, reducing_gap=3.0))[top:top + res,
+      (nw, nh), FILTERS[filter], reducing_gap=3.0))[top:top + res,
                                                   left:left + res]
                   for f in clip])
   if flip and rng is not None and rng.random() < 0.5:

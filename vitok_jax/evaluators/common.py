@@ -92,7 +92,8 @@ def data_fields() -> ml_collections.ConfigDict:
       data="", data_dir="", image_key="", res=placeholder(int),
       frames=placeholder(int), fps=placeholder(float),
       src_fps=placeholder(float), video_key="", file_list="",
-      clips_per_video=placeholder(int), num_workers=placeholder(int)))
+      clips_per_video=placeholder(int), num_workers=placeholder(int),
+      video_filter=""))
 
 
 def config(kind: str, **fields) -> ml_collections.ConfigDict:

@@ -21,6 +21,10 @@ config.evals.<name> fields (type="generation"):
   log_steps:         every how many training steps (training loop only)
   inception_weights: .npz from tools/convert_inception.py; missing -> gFID
                      and gIS are skipped with a warning
+  inception_input:   "adm" (default: TF1's bilinear resize and (x - 128) /
+                     128, as ADM's evaluator, whose numbers DiT and the
+                     paper report) or "pytorch_fid" (models/inception.py);
+                     named in every output. gIS uses ADM's splits of 5,000.
   ref_stats:         .npz of tools/compute_ref_stats.py over the training set
                      (its evaluation crops); default: the cache file
                      evaluators/ref_stats.py names for `data` (default the
@@ -28,7 +32,9 @@ config.evals.<name> fields (type="generation"):
                      (default all), computed at the first start (refused
                      above 50k examples: the error names the tool command)
                      and reused after
-  i3d_weights:       videos: .npz from tools/convert_i3d.py for gFVD; its
+  i3d_weights:       videos (required: gFVD is their metric; "none" scores
+                     without it, and every output says so): .npz from
+                     tools/convert_i3d.py for gFVD; its
                      reference statistics come from a seeded random
                      ref_examples (default all) of the training clips,
                      computed once and cached next to the weights; "random"
@@ -62,18 +68,28 @@ from vitok_jax.parallel import multihost
 from vitok_jax.parallel import sharding as sh
 
 
-LABELS = ("random", "balanced")
+LABELS = ("random", "balanced", "data")
 
 
 def sample_labels(num_samples: int, num_classes: int, kind: str = "random",
-                  seed: int = 0) -> np.ndarray:
+                  seed: int = 0, data_labels=None) -> np.ndarray:
   """The classes of samples 0 .. num_samples - 1: uniform random (seeded;
-  DiT's protocol) or balanced (the classes in turn)."""
+  DiT's protocol), balanced (the classes in turn), or "data": the labels of
+  seeded random real examples (`data_labels`, every example's label: the
+  data's class frequencies, as LARP's gFVD protocol samples UCF-101)."""
   if kind == "balanced":
     return (np.arange(num_samples) % num_classes).astype(np.int32)
   if kind == "random":
     return np.random.default_rng(seed).integers(
         0, num_classes, num_samples).astype(np.int32)
+  if kind == "data":
+    data_labels = np.asarray(data_labels if data_labels is not None else [])
+    if not data_labels.size or data_labels.min() < 0:
+      raise ValueError("labels='data' needs a labelled data set (every "
+                       "example with a class)")
+    pick = np.random.default_rng(seed).integers(0, len(data_labels),
+                                                num_samples)
+    return data_labels[pick].astype(np.int32)
   raise ValueError(f"labels={kind!r}: expected one of {LABELS}")
 
 
@@ -136,7 +152,8 @@ def default_config() -> ml_collections.ConfigDict:
       type="generation", log_steps=0, num_samples=10_000,
       final_num_samples=50_000, labels="random", batch_size=64,
       seed=0, cfg_scale=placeholder(float), num_steps=placeholder(int),
-      inception_weights="", ref_stats="", ref_examples=placeholder(int),
+      inception_weights="", inception_input="adm", ref_stats="",
+      ref_examples=placeholder(int),
       i3d_weights="",
       nearest=False, data=common.data_fields()))
 
@@ -164,16 +181,20 @@ class Evaluator:
         self.data_config, mesh, f"evals.{name}",
         inception_weights=config.inception_weights,
         ref_stats=config.ref_stats, i3d_weights=config.i3d_weights,
-        ref_examples=config.ref_examples)
+        ref_examples=config.ref_examples,
+        inception_input=config.inception_input)
     self.references = (reference_photos(self.data_config)
                        if config.nearest else None)
+    self.data_labels = (input_pipeline.source_labels(self.data_config)
+                        if config.labels == "data" else None)
 
   def run(self, params, final: bool = False) -> common.Results:
     """A periodic evaluation (num_samples) or the final one
     (final_num_samples: the run's last step, the eval job)."""
     c = self.config
     num = c.final_num_samples if final else c.num_samples
-    labels = sample_labels(num, self.num_classes, c.labels, c.seed)
+    labels = sample_labels(num, self.num_classes, c.labels, c.seed,
+                           self.data_labels)
     samples = generate(self.sample, params, labels, c.batch_size, self.mesh,
                        c.seed)
     yield from scoring.score(
@@ -181,6 +202,12 @@ class Evaluator:
         mesh=self.mesh, local_batch=c.batch_size // jax.process_count(),
         references=self.references).items()
 
+  def protocol(self, results: dict) -> str:
+    return scoring.protocol(self.name, results, self.nets, self.data_config)
+
   def summary(self, results: dict) -> str:
-    return scoring.summary(self.name, results, self.config.labels,
+    line = scoring.summary(self.name, results, self.config.labels,
                            self.config.cfg_scale)
+    if self.data_config.frames > 1:  # gFVD's clips and reference set
+      line += f" [{self.protocol(results)}]"
+    return line

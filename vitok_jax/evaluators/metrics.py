@@ -146,7 +146,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 
 
 class InceptionScore:
-  """IS over `splits` contiguous chunks of a stream of known length n.
+  """IS over `splits` contiguous chunks of a stream of known length n (as
+  np.array_split places them: torch-fidelity's and pytorch-fid's 10), or,
+  with `split_size`, over chunks of that many (ADM's evaluator: 5,000, the
+  last chunk shorter; 10k samples give 2 splits, 50k give 10).
 
   Each example belongs to the split of its index in the stream: by default
   the order of `update` calls; on N processes, pass each example's global
@@ -154,11 +157,16 @@ class InceptionScore:
   many processes computed them, then call `sum_over_processes`.
   """
 
-  def __init__(self, n: int, splits: int = 10, classes: int = 1008):
-    self.n, self.splits = int(n), int(splits)
-    # Chunk boundaries as np.array_split places them.
-    self.bounds = np.cumsum([0] + [len(c) for c in np.array_split(
-        np.arange(self.n), self.splits)])
+  def __init__(self, n: int, splits: int = 10, classes: int = 1008,
+               split_size: int = 0):
+    self.n = int(n)
+    if split_size:
+      self.bounds = np.append(np.arange(0, self.n, int(split_size)), self.n)
+      self.splits = len(self.bounds) - 1
+    else:  # chunk boundaries as np.array_split places them
+      self.splits = int(splits)
+      self.bounds = np.cumsum([0] + [len(c) for c in np.array_split(
+          np.arange(self.n), self.splits)])
     self.p_sum = np.zeros((self.splits, classes), np.float64)
     self.plogp = np.zeros(self.splits, np.float64)
     self.count = np.zeros(self.splits, np.int64)

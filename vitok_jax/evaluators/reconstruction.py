@@ -155,13 +155,9 @@ class Evaluator:
     if d.data in ("embedded", "heldout"):  # camera paths: no rate, one each
       return (f"{int(r('num_clips') or 0)} clips of {frames} frames: pans "
               f"over the {d.data} photos at {d.res}px")
-    fps = input_pipeline.clip_fps(d)
-    per_video = input_pipeline.clips_per_video(d)
-    return (f"{int(r('num_clips') or 0)} clips of {frames} "
-            + ("consecutive frames at the native rate" if not fps
-               else f"frames at {fps:g} fps")
-            + f", short side {d.res} + centre crop, {per_video} per video, "
-            + str(d.data) + (f" ({d.file_list})" if d.file_list else ""))
+    return (f"{int(r('num_clips') or 0)} clips of "
+            f"{input_pipeline.describe_clips(d)}, " + str(d.data) +
+            (f" ({d.file_list})" if d.file_list else ""))
 
   def summary(self, results: dict) -> str:
     """One line for people: rPSNR/rSSIM (and rFID) beside the bicubic

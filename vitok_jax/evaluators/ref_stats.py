@@ -41,7 +41,8 @@ SUBSET_SEED = 0  # which num_examples of a data set (a seeded random subset)
 
 
 def cache_name(data_config, num_examples: Optional[int] = None,
-               random_subset: bool = False) -> str:
+               random_subset: bool = False,
+               inception_input: str = "pytorch_fid") -> str:
   data = str(data_config.data)
   slug = re.sub(r"[^A-Za-z0-9._-]+", "-", data).strip("-")
   if len(slug) > 80:  # long folder paths: keep them apart by a hash
@@ -59,20 +60,27 @@ def cache_name(data_config, num_examples: Optional[int] = None,
   if frames > 1:  # videos: the clip protocol is part of the statistics
     fps = input_pipeline.clip_fps(data_config)
     clips = f"_{frames}f" + (f"{fps:g}fps" if fps else "native")
+    if data_config.video_filter != "bicubic":
+      clips += f"_{data_config.video_filter}"
     repeats = input_pipeline.clips_per_video(data_config)
     clips += f"x{repeats}" if repeats > 1 else ""
     if data_config.file_list:
       clips += "_list" + hashlib.sha1(
           str(data_config.file_list).encode()).hexdigest()[:8]
-  return f"{slug}_{data_config.res}px{clips}_{count}_v2.npz"
+  # ADM's Inception input gives other features than pytorch-fid's (the
+  # names of pytorch-fid's statistics are those of before the choice).
+  kind = "_adm" if inception_input == "adm" else ""
+  return f"{slug}_{data_config.res}px{clips}_{count}{kind}_v2.npz"
 
 
 def default_path(data_config, inception_weights: str,
                  num_examples: Optional[int] = None,
-                 random_subset: bool = False) -> str:
+                 random_subset: bool = False,
+                 inception_input: str = "pytorch_fid") -> str:
   weights_dir = fileio.dirname(fileio.abspath(inception_weights))
   return fileio.join(weights_dir, "ref_stats",
-                     cache_name(data_config, num_examples, random_subset))
+                     cache_name(data_config, num_examples, random_subset,
+                                inception_input))
 
 
 class RefStats(NamedTuple):
@@ -83,6 +91,23 @@ class RefStats(NamedTuple):
   spatial: Optional[Tuple[np.ndarray, np.ndarray]] = None  # sFID (ADM)
   features: Optional[np.ndarray] = None  # pool features of a seeded random
   #                                        subset [K, 2048]: precision/recall
+  inception_input: str = ""  # inception.INPUT_KINDS; "" = not recorded
+
+
+def check_input(ref: RefStats, inception_input: str, path: str) -> None:
+  """Statistics of one Inception input compare only with samples seen
+  through the same one."""
+  if ref.inception_input and ref.inception_input != inception_input:
+    raise ValueError(
+        f"{path} holds statistics of {inception.INPUT_NAMES[ref.inception_input]}"
+        f", but the samples are scored with "
+        f"{inception.INPUT_NAMES[inception_input]}: recompute them with "
+        f"tools/compute_ref_stats.py --inception_input={inception_input}, or "
+        "set the evaluator's inception_input to match")
+  if not ref.inception_input:
+    logging.warning("%s does not record its Inception input (written before "
+                    "the choice existed, so pytorch-fid's); the samples use "
+                    "%s", path, inception.INPUT_NAMES[inception_input])
 
 
 def load(path: str) -> RefStats:
@@ -94,8 +119,9 @@ def load(path: str) -> RefStats:
     raise ValueError(f"{path} holds {sorted(f)}, not reference statistics "
                      "(mu, sigma): write it with tools/compute_ref_stats.py")
   spatial = (f["mu_s"], f["sigma_s"]) if "mu_s" in f else None
+  kind = str(f["inception_input"]) if "inception_input" in f else ""
   return RefStats(f["mu"], f["sigma"], int(f.get("n", 0)), spatial,
-                  f.get("pr_features"))
+                  f.get("pr_features"), kind)
 
 
 def save(ref: RefStats, path: str) -> None:
@@ -105,6 +131,8 @@ def save(ref: RefStats, path: str) -> None:
     arrays.update(mu_s=ref.spatial[0], sigma_s=ref.spatial[1])
   if ref.features is not None:
     arrays["pr_features"] = ref.features
+  if ref.inception_input:
+    arrays["inception_input"] = np.array(ref.inception_input)
   fileio.save_npz(path, **arrays)
 
 
@@ -153,7 +181,8 @@ class Accumulator:
 
 
 def tool_command(data_config, inception_weights, num_examples, path,
-                 random_subset: bool = False) -> str:
+                 random_subset: bool = False,
+                 inception_input: str = "pytorch_fid") -> str:
   cmd = (f"python tools/compute_ref_stats.py --data={data_config.data} "
          f"--res={data_config.res} --inception={inception_weights}")
   if data_config.frames > 1:
@@ -164,16 +193,19 @@ def tool_command(data_config, inception_weights, num_examples, path,
     cmd += f" --num_examples={num_examples}"
     if random_subset:
       cmd += " --subset=random"
+  if inception_input != "pytorch_fid":
+    cmd += f" --inception_input={inception_input}"
   return cmd + f" --out={path}"
 
 
 def compute(data_config, inception_params, num_examples=None,
             batch_size: int = 50, pr_examples: int = PR_EXAMPLES,
-            random_subset: bool = False) -> RefStats:
+            random_subset: bool = False,
+            inception_input: str = "pytorch_fid") -> RefStats:
   """Inception statistics of a data set's evaluation crops (frame-wise for
   videos) -- all of them, the first num_examples, or a seeded random subset
   of num_examples; tools/compute_ref_stats.py saves them."""
-  fn = inception.apply_fn(spatial=True)
+  fn = inception.apply_fn(spatial=True, input_kind=inception_input)
   n = input_pipeline.eval_num_examples(data_config, num_examples)
   frames = data_config.frames
   acc = Accumulator(n * frames, pr_examples)
@@ -189,20 +221,22 @@ def compute(data_config, inception_params, num_examples=None,
       index = (b["index"][b["mask"]][:, None] * frames +
                np.arange(frames)[None]).reshape(-1)
       acc.update(np.asarray(pool), np.asarray(spatial), index)
-  return acc.result()
+  return acc.result()._replace(inception_input=inception_input)
 
 
 def load_or_compute(data_config, inception_params, inception_weights: str, *,
                     num_examples: Optional[int] = None,
                     path: Optional[str] = None,
                     max_examples: Optional[int] = None,
-                    random_subset: bool = False) -> RefStats:
+                    random_subset: bool = False,
+                    inception_input: str = "pytorch_fid") -> RefStats:
   """RefStats of data_config's evaluation crops: from `path` (default:
   default_path), else computed (sharded over processes) and saved there."""
   path = path or default_path(data_config, inception_weights, num_examples,
-                              random_subset)
+                              random_subset, inception_input)
   if fileio.exists(path):
     ref = load(path)
+    check_input(ref, inception_input, path)
     if ref.spatial is not None and ref.features is not None:
       logging.info("Reference statistics from %s", path)
       return ref
@@ -214,9 +248,9 @@ def load_or_compute(data_config, inception_params, inception_weights: str, *,
     raise ValueError(
         f"No reference statistics at {path}, and computing them would read "
         f"{n} examples at every start (more than {limit}). Compute them once:"
-        f"\n  {tool_command(data_config, inception_weights, num_examples, path, random_subset)}")
+        f"\n  {tool_command(data_config, inception_weights, num_examples, path, random_subset, inception_input)}")
   ref = compute(data_config, inception_params, num_examples,
-                random_subset=random_subset)
+                random_subset=random_subset, inception_input=inception_input)
   if multihost.is_main():
     save(ref, path)
   logging.info("Reference statistics of %d examples saved to %s", ref.n,

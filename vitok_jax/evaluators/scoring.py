@@ -16,6 +16,7 @@ from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 
+from vitok_jax.data import input_pipeline
 from vitok_jax.evaluators import common
 from vitok_jax.evaluators import metrics
 from vitok_jax.evaluators import precision_recall
@@ -35,11 +36,20 @@ class Nets(NamedTuple):
   i3d_net: object = None
   fvd_ref: object = None          # (mu, sigma) of the training clips' I3D
   i3d_random: bool = False        # tests' random I3D: flagged in outputs
+  inception_input: str = "adm"    # inception.INPUT_KINDS
+  fvd_ref_clips: int = 0          # the gFVD reference's clip count
+  no_fvd_reason: str = ""         # videos without gFVD: why (outputs say it)
+
+
+# The Inception Score's split size: ADM's evaluator's (contiguous chunks of
+# 5,000 samples; frames, for videos).
+IS_SPLIT_SIZE = 5000
 
 
 def load_nets(data_config, mesh, who: str, *, inception_weights: str = "",
               ref_stats: str = "", i3d_weights: str = "",
-              ref_examples: Optional[int] = None) -> Nets:
+              ref_examples: Optional[int] = None,
+              inception_input: str = "adm") -> Nets:
   """Loads what scoring needs, failing now rather than after sampling.
 
   data_config: the (resolved) input config of the reference data; its
@@ -47,23 +57,41 @@ def load_nets(data_config, mesh, who: str, *, inception_weights: str = "",
   ref_stats: a .npz of tools/compute_ref_stats.py, else the training set's
   statistics over a seeded random ref_examples (default all), cached.
   who: the job or evaluator, named in warnings and errors.
+  inception_input: "adm" (ADM's evaluator, the default: the numbers DiT and
+  the paper report) or "pytorch_fid" (models/inception.py).
   """
+  inception.check_input_kind(inception_input, f"{who}: inception_input")
   inc = common.load_inception(inception_weights, mesh,
                               f"{who}: gFID and gIS")
-  nets = {}
+  nets = dict(inception_input=inception_input)
   if inc is not None:
-    nets.update(
-        inception_params=inc,
-        inception_net=inception.apply_fn(mesh, spatial=True),
-        ref_stats=(ref_stats_lib.load(ref_stats) if ref_stats else
-                   ref_stats_lib.load_or_compute(
-                       data_config, inc, inception_weights,
-                       num_examples=ref_examples, random_subset=True)))
-  if data_config.frames > 1 and i3d_weights:
+    if ref_stats:
+      ref = ref_stats_lib.load(ref_stats)
+      ref_stats_lib.check_input(ref, inception_input, ref_stats)
+    else:
+      ref = ref_stats_lib.load_or_compute(
+          data_config, inc, inception_weights, num_examples=ref_examples,
+          random_subset=True, inception_input=inception_input)
+    nets.update(inception_params=inc, ref_stats=ref,
+                inception_net=inception.apply_fn(
+                    mesh, spatial=True, input_kind=inception_input))
+  if data_config.frames > 1 and not i3d_weights:
+    raise ValueError(
+        f"{who}: i3d_weights is not set, but the samples are clips, whose "
+        "metric is gFVD (Table 7): set it to tools/convert_i3d.py's .npz "
+        "(e.g. weights/i3d_kinetics400.npz), or to 'none' to score without "
+        "gFVD (every output then says so)")
+  if data_config.frames > 1 and i3d_weights == "none":
+    nets["no_fvd_reason"] = "i3d_weights='none'"
+  elif data_config.frames > 1:
     ref_stats_lib.check_fvd_frames(data_config.frames, f"{who} (gFVD)")
     i3d_params = common.load_i3d(i3d_weights, mesh, f"{who}: gFVD")
+    nets["no_fvd_reason"] = f"no I3D weights at {i3d_weights}"
     if i3d_params is not None:
       nets.update(
+          no_fvd_reason="",
+          fvd_ref_clips=input_pipeline.eval_num_examples(data_config,
+                                                         ref_examples),
           i3d_params=i3d_params, i3d_net=ref_stats_lib.i3d_apply_fn(mesh),
           fvd_ref=ref_stats_lib.load_or_compute_fvd(
               data_config, i3d_params, i3d_weights,
@@ -79,11 +107,39 @@ def score(samples: Iterable, num: int, nets: Nets, prefix: str, *,
   every process makes the same number of calls (a collective each)."""
   scorer = Scorer(num, nets.inception_params, references, frames, mesh=mesh,
                   local_batch=local_batch, net=nets.inception_net,
-                  i3d_params=nets.i3d_params, i3d_net=nets.i3d_net)
+                  i3d_params=nets.i3d_params, i3d_net=nets.i3d_net,
+                  is_split_size=IS_SPLIT_SIZE)
   for images, labels, index in samples:
     scorer.update(images, labels, index)
   scorer.sum_over_processes()
-  return scorer.results(prefix, nets.ref_stats, nets.fvd_ref, nets.i3d_random)
+  out = scorer.results(prefix, nets.ref_stats, nets.fvd_ref, nets.i3d_random)
+  if f"{prefix}/gfid" in out:  # what the Inception numbers were measured with
+    out[f"{prefix}/gis_splits"] = float(scorer.score.splits)
+    out[f"{prefix}/inception_input_adm"] = float(
+        nets.inception_input == "adm")
+  return out
+
+
+def protocol(prefix: str, results: dict, nets: Nets, data_config) -> str:
+  """What the numbers were measured on: for clips, how they are taken and
+  the gFVD reference set (or why there is no gFVD); the Inception input and
+  the IS splits."""
+  n = int(results.get(f"{prefix}/num_samples") or 0)
+  parts = []
+  if data_config.frames > 1:
+    clips = input_pipeline.describe_clips(data_config)
+    if nets.no_fvd_reason:
+      parts.append(f"gFVD NOT computed ({nets.no_fvd_reason})")
+    else:
+      parts.append(f"gFVD of {n} sampled clips of {data_config.frames} frames "
+                   f"against {nets.fvd_ref_clips} real clips of {clips}, "
+                   f"{data_config.data}" + (f" ({data_config.file_list})"
+                                            if data_config.file_list else ""))
+  if f"{prefix}/gfid" in results:
+    splits = int(results.get(f"{prefix}/gis_splits") or 0)
+    parts.append(f"{inception.INPUT_NAMES[nets.inception_input]}, gIS over "
+                 f"{splits} split(s) of up to {IS_SPLIT_SIZE}")
+  return "; ".join(parts) or f"{n} samples"
 
 
 def count_name(n: int) -> str:
@@ -101,7 +157,13 @@ def summary(prefix: str, results: dict, label_kind: str,
   if cfg_scale is not None:
     line += f" at CFG {cfg_scale}"
   if r("gfid") is not None:
-    line += f", gFID-{count} {r('gfid'):.2f}, gIS {r('gis'):.2f}"
+    adm = r("inception_input_adm") in (None, 1.0)
+    splits = int(r("gis_splits") or 0)
+    line += (f", gFID-{count} {r('gfid'):.2f}, gIS {r('gis'):.2f}" +
+             (f" ({splits} split{'s' if splits > 1 else ''} of up to "
+              f"{IS_SPLIT_SIZE})" if splits else "") +
+             (" [ADM's Inception input]" if adm else
+              " [pytorch-fid's Inception input]"))
   if r("sfid") is not None:
     line += f", sFID {r('sfid'):.2f}"
   if r("gfvd") is not None:
@@ -132,7 +194,8 @@ class Scorer:
 
   def __init__(self, num_samples: int, inception_params=None,
                references=None, frames: int = 1, mesh=None,
-               local_batch: int = 0, net=None, i3d_params=None, i3d_net=None):
+               local_batch: int = 0, net=None, i3d_params=None, i3d_net=None,
+               is_split_size: int = 0):
     self.inception_params = inception_params
     self.i3d_params = i3d_params  # videos: gFVD over whole clips
     if i3d_params is not None:
@@ -143,7 +206,8 @@ class Scorer:
     if inception_params is not None:  # videos: frame-wise gFID/gIS/sFID
       self.stats = metrics.GaussianStats()
       self.spatial = metrics.GaussianStats(inception.SPATIAL_DIM)
-      self.score = metrics.InceptionScore(num_samples * frames)
+      self.score = metrics.InceptionScore(num_samples * frames,
+                                          split_size=is_split_size)
       self._net = net or inception.apply_fn(mesh, spatial=True)
       # Precision/recall need every sample's features at once: images only
       # (50k x 2048 float32 = 400 MB; a video's frames would be 16x that).

@@ -7,6 +7,19 @@ bilinearly (align_corners=False, no antialiasing), 2048-d pool features and
 the 1008-way unbiased logits pool . W of its fc layer (for the Inception
 Score; the standard IS leaves out the fc bias).
 
+Two input conventions (`input_kind`), the same network after them:
+  * "pytorch_fid": images in [0, 1], resized with half-pixel centres
+    (torch's F.interpolate(bilinear, align_corners=False)), then 2x - 1 --
+    pytorch-fid's and torch-fidelity's input; the reconstruction metrics use
+    it;
+  * "adm": images on [0, 255], resized by TF1's legacy ResizeBilinear (no
+    half-pixel centres: source pixel = output pixel x in/out), then
+    (x - 128) / 128 -- the graph ADM's evaluator runs, whose numbers DiT and
+    the paper's generation tables report; the generation metrics use it.
+At 256 pixels the two sampling grids differ by 0.07 pixels, at 512 by 0.36
+(and the legacy resize aliases a downsample), so the conventions give
+different FIDs.
+
 Weights: `tools/convert_inception.py` converts pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth. Module names mirror torchvision's, so
 "Mixed_5b.branch1x1.conv.weight" becomes params["Mixed_5b"]["branch1x1"]["kernel"].
@@ -17,6 +30,7 @@ from typing import Optional, Tuple, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vitok_jax.parallel import sharding as sh
 import vitok_jax.utils as u
@@ -156,6 +170,54 @@ def resize_bilinear(x, size: int = 299):
   return jax.image.resize(x, (n, size, size, c), "bilinear", antialias=False)
 
 
+INPUT_KINDS = ("adm", "pytorch_fid")
+INPUT_NAMES = {"adm": "ADM's Inception input (TF1 bilinear, (x - 128) / 128)",
+               "pytorch_fid": "pytorch-fid's Inception input (half-pixel "
+                              "bilinear, 2x - 1)"}
+
+
+def check_input_kind(kind: str, key: str) -> str:
+  if kind not in INPUT_KINDS:
+    raise ValueError(f"{key}={kind!r}: expected one of {INPUT_KINDS}")
+  return kind
+
+
+@functools.lru_cache(maxsize=None)
+def legacy_bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] weights of TF1's ResizeBilinear along one axis
+  (align_corners=False, half_pixel_centers=False): output i reads source
+  position i * n_in / n_out, between its floor and the next pixel (clamped
+  at the last)."""
+  src = np.arange(n_out, dtype=np.float64) * (n_in / n_out)
+  lo = np.floor(src).astype(np.int64)
+  hi = np.minimum(lo + 1, n_in - 1)
+  frac = src - lo
+  m = np.zeros((n_out, n_in), np.float64)
+  np.add.at(m, (np.arange(n_out), lo), 1.0 - frac)
+  np.add.at(m, (np.arange(n_out), hi), frac)
+  return m.astype(np.float32)
+
+
+def preprocess(x, input_kind: str = "pytorch_fid"):
+  """Images [N, H, W, 3] in [0, 1] -> the network's input [N, 299, 299, 3]
+  by one of the two conventions (the module docstring)."""
+  x = x.astype(jnp.float32)
+  if input_kind == "adm":
+    return (resize_bilinear_legacy(255.0 * x, 299) - 128.0) / 128.0
+  return 2.0 * resize_bilinear(x, 299) - 1.0
+
+
+def resize_bilinear_legacy(x, size: int = 299):
+  """TF1's tf.image.resize_bilinear(x, [size, size]) (ADM's evaluator), as
+  two matrix products (separable; exact in float32 up to rounding)."""
+  _, h, w, _ = x.shape
+  hp = jax.lax.Precision.HIGHEST
+  x = jnp.einsum("oh,nhwc->nowc", legacy_bilinear_matrix(h, size), x,
+                 precision=hp)
+  return jnp.einsum("pw,nowc->nopc", legacy_bilinear_matrix(w, size), x,
+                    precision=hp)
+
+
 # ADM's sFID features: the first 7 channels of `mixed_6/conv`, the 1x1
 # branch (after its ReLU) of the TF graph's 7th mixed block -- Mixed_6d in
 # torchvision's names (mixed = 5b, mixed_1 = 5c, mixed_2 = 5d, mixed_3 = 6a,
@@ -166,15 +228,16 @@ SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
 
 class FIDInceptionV3(nn.Module):
   """images [N, H, W, 3] in [0, 1] -> (pool features [N, 2048], logits
-  [N, 1008]), and with spatial=True also ADM's sFID features [N, 2023]."""
+  [N, 1008]), and with spatial=True also ADM's sFID features [N, 2023].
+  input_kind: "pytorch_fid" or "adm" (the module docstring)."""
   spatial: bool = False
+  input_kind: str = "pytorch_fid"
 
   @nn.compact
   def __call__(self, x):
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"FIDInceptionV3 expects [N, H, W, 3], got {x.shape}")
-    x = resize_bilinear(x.astype(jnp.float32), 299)
-    x = 2.0 * x - 1.0
+    x = preprocess(x, self.input_kind)
     x = BasicConv(32, 3, stride=2, name="Conv2d_1a_3x3")(x)
     x = BasicConv(32, 3, name="Conv2d_2a_3x3")(x)
     x = BasicConv(64, 3, padding=1, name="Conv2d_2b_3x3")(x)
@@ -227,11 +290,13 @@ def load(path: Optional[str]) -> dict:
       f"--out {path or 'weights/fid_inception_v3.npz'}")
 
 
-def apply_fn(mesh=None, spatial: bool = False):
+def apply_fn(mesh=None, spatial: bool = False,
+             input_kind: str = "pytorch_fid"):
   """Jitted (params, images in [0, 1]) -> (pool, logits[, spatial]); with a
   mesh, the batch is sharded over it (pass global arrays) and so are the
   outputs. Build it once per job: every call of apply_fn compiles anew."""
-  net = FIDInceptionV3(spatial=spatial)
+  net = FIDInceptionV3(spatial=spatial,
+                       input_kind=check_input_kind(input_kind, "input_kind"))
   fn = lambda p, x: net.apply({"params": p}, x)
   if mesh is None:
     return jax.jit(fn)
