@@ -32,6 +32,7 @@ SLOW_FILES = {
     "test_multihost_jobs.py", "test_multihost.py", "test_dit_train.py",
     "test_train.py", "test_stage2.py", "test_loss_gradients.py",
     "test_torch_export.py", "test_eval.py", "test_cloud_storage.py",
+    "test_install.py",  # a fresh venv and a plain `pip install .`
 }
 SLOW_TESTS = {
     "test_aot_tpu.py": {"test_paper_stage1_batch_fits_v5p_hbm"},

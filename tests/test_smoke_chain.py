@@ -14,6 +14,7 @@ import pytest
 from configs.dit import dit_l_vitok_s_b16_256 as dit_config
 from configs.vitok import s_b16_256
 from tests import helpers
+from vitok_jax import cli
 from vitok_jax import eval as eval_job
 from vitok_jax.evaluators import generation
 from vitok_jax.io import checkpoint as ckpt_lib
@@ -51,7 +52,8 @@ def test_tokenizer_trains_evaluates_and_the_eval_job_agrees(tokenizer_run):
   assert [r["step"] for r in final] == [2] and final[0][
       "heldout/num_examples"] == 16
   assert os.path.exists(os.path.join(wd, "reconstruction.png"))
-  r = eval_job.evaluate(c, wd)
+  # The eval job without --config: the config the run saved.
+  r = eval_job.evaluate(cli.run_config(wd), wd)
   for k in ("heldout/rpsnr", "heldout/rssim", "heldout/bicubic_rpsnr"):
     assert r[k] == pytest.approx(final[0][k], rel=1e-5), k
 
@@ -83,7 +85,10 @@ def test_dit_trains_samples_and_evaluates(dit_run):
   assert final[-1]["classes/num_samples"] == 4 and final[-1]["step"] == 2
   stats = dit.load_run_stats(wd)
   assert stats.mean.shape == (16,) and np.all(stats.std > 0)
-  out = sample_lib.sample(c, wd, 5, cfg=2.0, steps=2, batch_size=8)
+  # vitok_jax.sample without --config: the run's saved config and the
+  # tokenizer it is pinned to.
+  out = sample_lib.sample(cli.run_config(wd), wd, 5, cfg=2.0, steps=2,
+                          batch_size=8)
   with np.load(out["npz"]) as f:
     assert f["arr_0"].shape == (5, 32, 32, 3) and f["arr_0"].dtype == np.uint8
     np.testing.assert_array_equal(f["labels"], generation.sample_labels(
