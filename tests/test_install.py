@@ -31,7 +31,7 @@ def test_plain_install_runs_the_demo_and_every_console_script(tmp_path):
   py = str(bin_dir / "python")
   missing = _run([py, "-c", (
       "import importlib.util as u; print([m for m in ('torch', 'libtpu', "
-      "'pytest', 'einops') if u.find_spec(m)])")], env=env, cwd=tmp_path)
+      "'pytest') if u.find_spec(m)])")], env=env, cwd=tmp_path)
   assert missing.stdout.strip() == "[]", missing.stdout
   where = _run([py, "-c", "import vitok_jax, configs; print(vitok_jax.__file__)"],
                env=env, cwd=tmp_path).stdout
