@@ -50,3 +50,9 @@ def test_plain_install_runs_the_demo_and_every_console_script(tmp_path):
   r = _run([str(bin_dir / "vitok-eval"), f"--workdir={wd}"], env=env,
            cwd=tmp_path, timeout=1800)
   assert "held-out photos: rPSNR" in r.stdout + r.stderr
+  # The export needs no torch (only --verify and loading do: the [torch] extra).
+  r = _run([str(bin_dir / "vitok-export"), f"--workdir={wd}",
+            f"--out={tmp_path / 'demo.safetensors'}"], env=env, cwd=tmp_path,
+           timeout=1800)
+  assert (tmp_path / "demo.safetensors").exists()
+  assert (tmp_path / "demo.json").exists()
