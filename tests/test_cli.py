@@ -133,3 +133,21 @@ def test_one_mesh_syntax_in_two_spellings():
   assert argv[1] == "--config.mesh=(('data', 2), ('fsdp', -1))"
   kept = "--config.mesh=(('data', 2), ('fsdp', -1))"
   assert cli.resolve_config_args(["x", kept])[1] == kept
+
+
+def test_a_saved_config_without_newer_keys_takes_their_defaults(tmp_path):
+  """A run saved before a key existed still evaluates without --config."""
+  from vitok_jax.io import fileio  # pylint: disable=g-import-not-at-top
+  from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
+  saved = tokenizer.default_config().to_dict()
+  del saved["profile_steps"], saved["input"]["max_bad_fraction"]
+  saved["total_steps"] = 7
+  folder = tmp_path / "checkpoints" / "5" / "config"
+  folder.mkdir(parents=True)
+  fileio.write_json(str(folder / "metadata"), saved)
+  config = cli.run_config(str(tmp_path), None,
+                          lambda name: tokenizer.default_config())
+  assert config.profile_steps == 0 and config.total_steps == 7
+  assert config.input.max_bad_fraction == 0.01
+  with pytest.raises(FileNotFoundError, match="No checkpoint for step 4"):
+    cli.run_config(str(tmp_path), 4)

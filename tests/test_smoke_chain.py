@@ -7,6 +7,7 @@ through vitok_jax.sample; both runs export to PyTorch and verify. The slow
 tier checks each link against independent calculations."""
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -31,7 +32,10 @@ def tokenizer_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("smoke") / "vitok")
   out = helpers.launch("vitok_jax.train", [
       f"--config=configs/vitok/s_b16_256.py:{ARG}", f"--workdir={wd}",
-      "--config.log_every=1", "--config.ckpt_every=1"], processes=1,
+      "--config.log_every=1", "--config.ckpt_every=1",
+      # A CPU has no known peak: one is given, so MFU is logged; and a
+      # profiler trace of one step.
+      "--config.peak_tflops=0.05", "--config.profile_steps=1"], processes=1,
                        devices=2)[0]
   c = s_b16_256.get_config(ARG)
   c.log_every = c.ckpt_every = 1
@@ -47,6 +51,9 @@ def test_tokenizer_trains_evaluates_and_the_eval_job_agrees(tokenizer_run):
   c, wd, out = tokenizer_run
   assert "held-out photos: rPSNR" in out and "[16 images]" in out
   assert all(np.isfinite(r["loss"]) for r in _rows(wd) if "loss" in r)
+  assert all(0 < r["perf/mfu"] < 1 for r in _rows(wd) if "loss" in r)
+  assert not any("perf/device_memory_gib" in r for r in _rows(wd))  # CPU
+  assert list((pathlib.Path(wd) / "profile").rglob("*.xplane.pb"))
   assert ckpt_lib.Checkpointer(wd).all_steps() == [1, 2]
   final = [r for r in _rows(wd) if "heldout/rpsnr" in r]
   assert [r["step"] for r in final] == [2] and final[0][

@@ -180,10 +180,13 @@ def check_config(job: str, resolve: Callable, config):
     config_error(job, e)
 
 
-def run_config(workdir: str, step: Optional[int] = None
+def run_config(workdir: str, step: Optional[int] = None,
+               defaults: Optional[Callable] = None
                ) -> ml_collections.ConfigDict:
   """The config the run at `workdir` saved with its checkpoint `step` (or the
-  latest): what the eval, sample and export jobs use without --config."""
+  latest): what the eval, sample and export jobs use without --config.
+  defaults(trainer name) -> that trainer's default_config(): keys added to
+  it since the run was saved take their defaults (older runs still load)."""
   from vitok_jax.io import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from vitok_jax.io import fileio  # pylint: disable=g-import-not-at-top
   folder, _ = ckpt_lib.step_dir(workdir, step)
@@ -191,7 +194,21 @@ def run_config(workdir: str, step: Optional[int] = None
   if not fileio.exists(path):
     raise FileNotFoundError(f"{folder} holds no saved config ({path}): pass "
                             "the run's --config")
-  return ml_collections.ConfigDict(fileio.read_json(path))
+  config = ml_collections.ConfigDict(fileio.read_json(path))
+  if defaults is not None:
+    _add_missing(config, defaults(config.get("trainer", "tokenizer")))
+  return config
+
+
+def _add_missing(config, defaults) -> None:
+  """Sets the keys of `defaults` that `config` lacks, recursively (a dict
+  that is empty in `defaults`, such as evals, is free-form)."""
+  for key in defaults.keys():
+    if key not in config:  # a saved config is not locked
+      config[key] = defaults[key]
+    elif isinstance(defaults[key], ml_collections.ConfigDict) and isinstance(
+        config[key], ml_collections.ConfigDict) and len(defaults[key].keys()):
+      _add_missing(config[key], defaults[key])
 
 
 def run_job(job: str, fn: Callable[[], object]) -> None:

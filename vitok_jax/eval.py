@@ -89,7 +89,8 @@ def main(argv):
 def _job():
   config = _CONFIG.value
   if config is None:
-    config = cli.run_config(_WORKDIR.value, _CHECKPOINT.value)
+    config = cli.run_config(_WORKDIR.value, _CHECKPOINT.value,
+                            lambda name: trainers.get(name).default_config())
   trainer = trainers.get(config.get("trainer", "tokenizer"))
   cli.check_config(JOB, trainer.resolve_config, config)
   u.quiet_library_logs()

@@ -118,7 +118,8 @@ def read_run(workdir: str, step=None, ema: bool = False, config=None):
     raise ValueError(f"Checkpoint {step} of {workdir} has no {key!r} (the run "
                      "had no EMA)" if ema else f"Checkpoint has no {key!r}")
   if config is None:
-    config = cli.run_config(workdir, step)
+    config = cli.run_config(workdir, step, lambda name: (
+        dit if name == "dit" else tokenizer).default_config())
   if config.get("trainer") == "dit":
     return state[key], dit.resolve_config(config), step
   return state[key], tokenizer.resolve_config(config), step

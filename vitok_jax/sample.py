@@ -201,7 +201,8 @@ def main(argv, f: dict):
 def _job(v: dict):
   config = v["config"]
   if config is None:
-    config = cli.run_config(v["workdir"], v["checkpoint"])
+    config = cli.run_config(v["workdir"], v["checkpoint"],
+                            lambda name: dit.default_config())
   if config.get("trainer") != "dit":
     raise ValueError(f"--workdir={v['workdir']}: {JOB} samples a DiT run "
                      "(config.trainer 'dit'), not a "

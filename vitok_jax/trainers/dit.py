@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from vitok_jax import config_utils
+from vitok_jax import flops
 from vitok_jax.data import input_pipeline
 from vitok_jax.diffusion import codec as codec_lib
 from vitok_jax.diffusion import ddpm
@@ -409,6 +410,9 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
       log_line=lambda m: f"loss {m['loss']:.4f}", evaluators=evals,
       pictures=pictures, eval_params=eval_params,
       max_bad_fraction=config.input.max_bad_fraction,
+      # The DiT's model FLOPs (MFU); encoding on the fly is not counted.
+      flops_per_step=flops.dit_train_step_flops(
+          setup.model, codec.num_tokens, config.input.batch_size),
       description=f"DiT-{config.model.size} with "
       f"{u.count_params(setup.abstract_state['params']) / 1e6:.1f}M params on "
       f"{codec.describe()}")
