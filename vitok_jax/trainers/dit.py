@@ -126,6 +126,9 @@ def resolve_config(config) -> ml_collections.ConfigDict:
   if source != "encode" and not source.startswith("shards:"):
     raise ValueError(f"config.latents.source={source!r}: expected 'encode' or "
                      "'shards:<dir>' (tools/encode_dataset.py)")
+  if config.model.size not in dit_lib.SIZES:  # a config error, caught at start
+    raise ValueError(f"config.model.size={config.model.size!r}: expected one "
+                     f"of {sorted(dit_lib.SIZES)}")
   return config
 
 

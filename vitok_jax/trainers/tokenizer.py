@@ -103,7 +103,12 @@ def resolve_config(config) -> ml_collections.ConfigDict:
   """The config as the trainer runs it: checked against default_config()
   (unknown or missing keys fail), evaluator entries completed with their
   type's defaults, every value checked against VALIDATORS."""
-  return common.resolve_config(config, default_config(), VALIDATORS)
+  config = common.resolve_config(config, default_config(), VALIDATORS)
+  try:  # a config error, caught at start rather than when the model builds
+    vitok.decode_variant(config.model.variant)
+  except ValueError as e:
+    raise ValueError(f"config.model.variant: {e}") from e
+  return config
 
 
 # ==========================================================================
