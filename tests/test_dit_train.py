@@ -14,6 +14,7 @@ from vitok_jax.data import input_pipeline
 from vitok_jax.data import latent_shards
 from vitok_jax.diffusion import codec as codec_lib
 from vitok_jax.evaluators import generation
+from vitok_jax.evaluators import scoring
 from vitok_jax.parallel import sharding as sh
 from vitok_jax import sample as sample_lib
 from vitok_jax.trainers import dit
@@ -116,7 +117,7 @@ def test_sample_writes_grid_npz_and_scores_classes(dit_run, vitok_run):
   assert np.asarray(Image.open(out["png"])).shape == (2 * 64, 8 * 64, 3)
   # The same samples scored against the photos (class k = photo k).
   refs = generation.reference_photos(c.input)
-  scorer = generation.Scorer(9, references=refs)
+  scorer = scoring.Scorer(9, references=refs)
   scorer.update(images.astype(np.float32) / 127.5 - 1.0, out["labels"])
   r = scorer.results("s")
   assert r["s/own_class_psnr"] > r["s/other_class_psnr"], r

@@ -4,6 +4,7 @@ from a directory that is not the repository (configs resolve against the
 installed package), with no torch, libtpu or test tooling installed."""
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -22,9 +23,18 @@ def test_plain_install_runs_the_demo_and_every_console_script(tmp_path):
   _run([sys.executable, "-m", "venv", str(venv)])
   bin_dir = venv / "bin"
   # A non-editable install: what a user of a release gets (the package and
-  # configs/ copied into site-packages, nothing read from this checkout).
+  # configs/ copied into site-packages, nothing read from this checkout),
+  # built from a clean copy (pip builds in the source tree: a stale build/
+  # there could bring files the checkout no longer has).
+  src = tmp_path / "src"
+  shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+      ".git", "build", "dist", "*.egg-info", "workdirs", "weights",
+      "__pycache__", ".pytest_cache"))
   _run([str(bin_dir / "pip"), "install", "-q",
-        "--disable-pip-version-check", str(ROOT)], timeout=1800)
+        "--disable-pip-version-check", str(src)], timeout=1800)
+  size = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file()
+             and not f.is_symlink())
+  print(f"plain install: {size / 2**30:.2f} GiB in {venv}")  # pytest -s
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("PYTHON", "JAX_COMPILATION", "XLA_FLAGS"))}
   env.update(JAX_PLATFORMS="cpu", PATH=f"{bin_dir}:{env.get('PATH', '')}")
@@ -35,7 +45,7 @@ def test_plain_install_runs_the_demo_and_every_console_script(tmp_path):
   assert missing.stdout.strip() == "[]", missing.stdout
   where = _run([py, "-c", "import vitok_jax, configs; print(vitok_jax.__file__)"],
                env=env, cwd=tmp_path).stdout
-  assert str(venv) in where and str(ROOT) not in where
+  assert str(venv) in where and str(ROOT) not in where and str(src) not in where
   for script in SCRIPTS:
     r = _run([str(bin_dir / script), "--help"], env=env, cwd=tmp_path)
     assert "--workdir" in r.stdout, (script, r.stdout)
