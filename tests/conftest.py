@@ -39,6 +39,7 @@ SLOW_FILES = {
     "test_multihost_jobs.py", "test_multihost.py", "test_dit_train.py",
     "test_train.py", "test_stage2.py", "test_loss_gradients.py",
     "test_torch_export.py", "test_eval.py", "test_cloud_storage.py",
+    "test_install.py",  # a fresh venv and a plain `pip install .`
 }
 SLOW_TESTS = {
     "test_i3d.py": {"test_a_detector_whose_resize_differs_is_refused"},

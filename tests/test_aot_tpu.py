@@ -32,7 +32,6 @@ from vitok_jax.models import attention
 from vitok_jax.models import dit as dit_lib
 from vitok_jax.models import vitok
 from vitok_jax.parallel import sharding as sh
-from vitok_jax.trainers import common
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 aot = load_tool("aot_compile")
@@ -212,15 +211,12 @@ def test_multi_slice_mesh_and_step():
     aot.compile_step(stage1(), "v5e:2x2", num_slices=2)
 
 
-def test_splash_attention_inside_the_sharded_stage1_step(monkeypatch):
-  """With the step traced under its mesh (sharding.traced_under, the edit
-  trainers/common.jit_step takes), attn_impl="splash" runs the Pallas
+def test_splash_attention_inside_the_sharded_stage1_step():
+  """The trainers trace their step under its mesh (trainers/common.jit_step
+  through sharding.traced_under), so attn_impl="splash" runs the Pallas
   kernel per device under shard_map: its custom calls in the compiled
   step, no gathered activations. "auto" resolves for the topology's TPU
   (XLA), not for this CPU host."""
-  jit_step = common.jit_step
-  monkeypatch.setattr(common, "jit_step", lambda step, *a: jit_step(
-      sh.traced_under(a[-1], step), *a))
   cfg = s_b16_256.get_config("runlocal,variant=mu-mu/4,dtype=bfloat16")
   cfg.model.attn_impl = "splash"  # 64^2 / 4^2 = 256 tokens
   r = aot.compile_step(cfg, "v5e:2x2")

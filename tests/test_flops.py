@@ -87,3 +87,21 @@ def test_xla_counts_of_the_stage1_step_stay_near_the_analytic_count():
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   analytic = flops.train_step_flops(setup.model, (4, 64, 64, 3))
   assert analytic <= cost["flops"] <= 1.10 * analytic, (cost["flops"] / analytic)
+
+
+def test_mfu_and_device_memory_for_the_progress_line():
+  from vitok_jax.trainers import host_loop  # pylint: disable=g-import-not-at-top
+  assert flops.peak_flops("TPU v5 lite") == 197e12
+  assert flops.peak_flops("TPU v5p") == 459e12
+  assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+  assert flops.peak_flops("cpu") is None
+  n = jax.device_count()
+  stats = dict(bytes_in_use=3 * 2**30, peak_bytes_in_use=5 * 2**30,
+               bytes_limit=80 * 2**30)
+  perf = host_loop.performance(4e12 * n, 0.1, 100e12, memory_stats=stats)
+  assert perf["perf/mfu"] == pytest.approx(0.4)
+  assert perf["perf/device_peak_memory_gib"] == 5.0
+  assert host_loop.progress_text(perf) == " | MFU 40.0% | mem 5.0/80.0 GiB"
+  # CPU: no peak known, no memory statistics: nothing claimed.
+  assert host_loop.performance(4e12, 0.1, None) == {}
+  assert host_loop.progress_text({}) == ""

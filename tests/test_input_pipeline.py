@@ -88,6 +88,29 @@ def test_tfds_source_through_data_source():
   assert x.shape == (2, 32, 32, 3)  # grey images become RGB
 
 
+@pytest.mark.parametrize("name,says", [
+    ("imagenet2012", "--manual_dir="), ("mnist", "tfds build mnist")])
+def test_a_missing_tfds_set_says_how_to_prepare_it(name, says, tmp_path,
+                                                  monkeypatch):
+  """Never a download (tfds.data_source(download=False)): the error names the
+  tfds build command, and ImageNet's manual download folder."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  called = {}
+  real = tfds.data_source
+
+  def spy(*a, **kw):
+    called.update(kw)
+    return real(*a, **kw)
+  monkeypatch.setattr(tfds, "data_source", spy)
+  with pytest.raises(FileNotFoundError) as e:
+    input_pipeline.get_source(f"tfds:{name}:train",
+                              data_dir=str(tmp_path / "tfds"))
+  assert called["download"] is False
+  assert "--file_format=array_record" in str(e.value)
+  assert says in str(e.value)
+  assert "importlib_resources" not in str(e.value)
+
+
 def test_unknown_source_string():
   with pytest.raises(ValueError, match="config.input.data='s3://x'"):
     input_pipeline.get_source("s3://x")

@@ -7,6 +7,7 @@ through vitok_jax.sample; both runs export to PyTorch and verify. The slow
 tier checks each link against independent calculations."""
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from configs.dit import dit_l_vitok_s_b16_256 as dit_config
 from configs.vitok import s_b16_256
 from tests import helpers
+from vitok_jax import cli
 from vitok_jax import eval as eval_job
 from vitok_jax.evaluators import generation
 from vitok_jax.io import checkpoint as ckpt_lib
@@ -30,7 +32,10 @@ def tokenizer_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("smoke") / "vitok")
   out = helpers.launch("vitok_jax.train", [
       f"--config=configs/vitok/s_b16_256.py:{ARG}", f"--workdir={wd}",
-      "--config.log_every=1", "--config.ckpt_every=1"], processes=1,
+      "--config.log_every=1", "--config.ckpt_every=1",
+      # A CPU has no known peak: one is given, so MFU is logged; and a
+      # profiler trace of one step.
+      "--config.peak_tflops=0.05", "--config.profile_steps=1"], processes=1,
                        devices=2)[0]
   c = s_b16_256.get_config(ARG)
   c.log_every = c.ckpt_every = 1
@@ -46,12 +51,16 @@ def test_tokenizer_trains_evaluates_and_the_eval_job_agrees(tokenizer_run):
   c, wd, out = tokenizer_run
   assert "held-out photos: rPSNR" in out and "[16 images]" in out
   assert all(np.isfinite(r["loss"]) for r in _rows(wd) if "loss" in r)
+  assert all(0 < r["perf/mfu"] < 1 for r in _rows(wd) if "loss" in r)
+  assert not any("perf/device_memory_gib" in r for r in _rows(wd))  # CPU
+  assert list((pathlib.Path(wd) / "profile").rglob("*.xplane.pb"))
   assert ckpt_lib.Checkpointer(wd).all_steps() == [1, 2]
   final = [r for r in _rows(wd) if "heldout/rpsnr" in r]
   assert [r["step"] for r in final] == [2] and final[0][
       "heldout/num_examples"] == 16
   assert os.path.exists(os.path.join(wd, "reconstruction.png"))
-  r = eval_job.evaluate(c, wd)
+  # The eval job without --config: the config the run saved.
+  r = eval_job.evaluate(cli.run_config(wd), wd)
   for k in ("heldout/rpsnr", "heldout/rssim", "heldout/bicubic_rpsnr"):
     assert r[k] == pytest.approx(final[0][k], rel=1e-5), k
 
@@ -83,7 +92,10 @@ def test_dit_trains_samples_and_evaluates(dit_run):
   assert final[-1]["classes/num_samples"] == 4 and final[-1]["step"] == 2
   stats = dit.load_run_stats(wd)
   assert stats.mean.shape == (16,) and np.all(stats.std > 0)
-  out = sample_lib.sample(c, wd, 5, cfg=2.0, steps=2, batch_size=8)
+  # vitok_jax.sample without --config: the run's saved config and the
+  # tokenizer it is pinned to.
+  out = sample_lib.sample(cli.run_config(wd), wd, 5, cfg=2.0, steps=2,
+                          batch_size=8)
   with np.load(out["npz"]) as f:
     assert f["arr_0"].shape == (5, 32, 32, 3) and f["arr_0"].dtype == np.uint8
     np.testing.assert_array_equal(f["labels"], generation.sample_labels(

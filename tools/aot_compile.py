@@ -153,13 +153,7 @@ def describe_devices(devices) -> dict:
               slices=sh.num_slices(devices), **CHIPS[chip])
 
 
-def parse_mesh(text: str):
-  """"slice:2,data:-1,fsdp:1" -> (("slice", 2), ("data", -1), ("fsdp", 1))."""
-  axes = []
-  for part in text.split(","):
-    name, _, size = part.partition(":")
-    axes.append((name.strip(), int(size or -1)))
-  return tuple(axes)
+parse_mesh = sh.parse_mesh  # either spelling (vitok_jax/parallel/sharding.py)
 
 
 # --------------------------------------------------------------------------
@@ -413,12 +407,17 @@ def main(argv=None) -> dict:
   batch_per_chip = flags.DEFINE_integer(
       "batch_per_chip", None, "Global batch = this x chips (default: the "
       "config's)", flag_values=fv)
-  mesh = flags.DEFINE_string("mesh", None, "config.mesh as name:size,... "
-                             "e.g. slice:2,data:-1,fsdp:1", flag_values=fv)
+  mesh = flags.DEFINE_string("mesh", None, "Overrides config.mesh: "
+                             "slice:2,data:-1,fsdp:1 or the config's "
+                             "(('data', -1), ('fsdp', 1))", flag_values=fv)
   out_json = flags.DEFINE_string("json", None, "Also write the figures here.",
                                  flag_values=fv)
   variant = flags.DEFINE_string("tokenizer_variant", None, "A DiT's (faked) "
                                 "tokenizer, e.g. S-B/16", flag_values=fv)
+  if any(a in ("--help", "-h", "--helpfull") for a in argv):
+    # This FlagValues is its own: absl's --help is not defined on it.
+    print(__doc__.strip() + "\n\nflags:\n" + fv.get_help())
+    raise SystemExit(0)
   fv(["aot_compile"] + argv)
   if config.value is None:
     raise ValueError("--config is required")

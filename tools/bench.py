@@ -41,12 +41,7 @@ from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import tokenizer
 
 
-def parse_mesh(text: str):
-  axes = []
-  for part in text.split(","):
-    name, _, size = part.partition(":")
-    axes.append((name, int(size or -1)))
-  return axes
+parse_mesh = sh.parse_mesh  # either spelling (vitok_jax/parallel/sharding.py)
 
 
 def main(argv=None):
@@ -57,7 +52,9 @@ def main(argv=None):
   ap.add_argument("--res", type=int, default=256)
   ap.add_argument("--frames", type=int, default=1)
   ap.add_argument("--batch", type=int, default=64, help="global batch")
-  ap.add_argument("--mesh", default="data:-1,fsdp:1")
+  ap.add_argument("--mesh", default="data:-1,fsdp:1",
+                  help="data:-1,fsdp:1 or the config's "
+                  "\"(('data', -1), ('fsdp', 1))\"")
   ap.add_argument("--dtype", default="bfloat16", help="matmul dtype")
   ap.add_argument("--stream_dtype", default="float32",
                   help="residual stream and norms: float32 = the paper's "

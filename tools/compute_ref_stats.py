@@ -21,6 +21,7 @@ import argparse
 
 import jax
 
+from vitok_jax import cli
 from vitok_jax.parallel import startup
 
 
@@ -79,4 +80,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  # A failure is one line naming the job, and the process leaves at once
+  # (the other processes of a multi-process job then fail, not hang).
+  cli.run_job("tools/compute_ref_stats.py", main)

@@ -30,6 +30,7 @@ import time
 import jax
 import numpy as np
 
+from vitok_jax import cli
 from vitok_jax.data import input_pipeline
 from vitok_jax.data import latent_shards
 from vitok_jax.data import preprocess as ops
@@ -165,4 +166,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  # A failure is one line naming the job, and the process leaves at once
+  # (the other processes of a multi-process job then fail, not hang).
+  cli.run_job("tools/encode_dataset.py", main)

@@ -25,6 +25,12 @@ def _coerce(value: str, default: Any) -> Any:
   return type(default)(value)
 
 
+def _did_you_mean(word: str, choices) -> str:
+  import difflib  # pylint: disable=g-import-not-at-top
+  close = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
+  return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def parse_arg(arg, lazy: bool = False, local_defaults: Optional[dict] = None,
               **spec) -> ml_collections.ConfigDict:
   """big_vision's parser: "variant=S-B/16,res=256,runlocal" -> ConfigDict.
@@ -42,8 +48,8 @@ def parse_arg(arg, lazy: bool = False, local_defaults: Optional[dict] = None,
     key, _, value = item.partition("=")
     if key not in spec:
       if not lazy:
-        raise ValueError(f"Unknown config argument {key!r}; known: "
-                         f"{sorted(spec)}")
+        raise ValueError(f"Unknown config argument {key!r}"
+                         f"{_did_you_mean(key, spec)}; known: {sorted(spec)}")
       given[key] = value
       continue
     given[key] = _coerce(value if "=" in item else "true", spec[key])
@@ -66,11 +72,9 @@ def arguments(spec: dict, given: dict, who: str = "config"
   make(**args) reads them from this (`a.res`)."""
   unknown = sorted(set(given) - set(spec))
   if unknown:
-    import difflib  # pylint: disable=g-import-not-at-top
-    close = difflib.get_close_matches(unknown[0], list(spec), n=1)
-    raise ValueError(f"{who}: unknown argument {unknown[0]!r}" +
-                     (f" (did you mean {close[0]!r}?)" if close else "") +
-                     f"; known: {sorted(spec)}")
+    raise ValueError(f"{who}: unknown argument {unknown[0]!r}"
+                     f"{_did_you_mean(unknown[0], spec)}; known: "
+                     f"{sorted(spec)}")
   return ml_collections.ConfigDict(dict(spec, **given))
 
 
@@ -86,8 +90,9 @@ def check_keys(config, defaults, prefix="config") -> None:
   for key in config.keys():
     path = f"{prefix}.{key}"
     if key not in defaults:
-      raise ValueError(f"Unknown config key {path!r}; valid keys here: "
-                       f"{sorted(defaults.keys())}")
+      raise ValueError(f"Unknown config key {path!r}"
+                       f"{_did_you_mean(key, defaults.keys())}; valid keys "
+                       f"here: {sorted(defaults.keys())}")
     sub, ref = config[key], defaults[key]
     if isinstance(sub, (dict, ml_collections.ConfigDict)) and isinstance(
         ref, (dict, ml_collections.ConfigDict)):

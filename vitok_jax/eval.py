@@ -1,12 +1,16 @@
-r"""Evaluation job: `python -m vitok_jax.eval --config=... --workdir=DIR [--checkpoint=STEP]`.
+r"""Evaluation job: `python -m vitok_jax.eval --workdir=DIR [--checkpoint=STEP] [--config=...]`
+(or `vitok-eval`).
 
+Without --config the job uses the config the run saved with that checkpoint
+(a DiT run also its pinned tokenizer, <workdir>/tokenizer.json); --config
+(with --config.x.y=... overrides) replaces it, e.g. to add evaluators.
 Restores a checkpoint of a training run (its EMA params when present) onto
 the current mesh, runs every evaluator of `config.evals` (a default
 reconstruction evaluator on the training data when there is none), and writes
-under DIR/eval/: TensorBoard scalars, results_<step>.json and
-reconstruction_<step>.png (originals on top, reconstructions below, like the
+under DIR/eval/: TensorBoard scalars, results_<step>.json and, per
+evaluator, <name>_reconstruction_<step>.png (originals on top, reconstructions below, like the
 paper's Fig. 3; for videos each clip's frames side by side, and an animated
-reconstruction_<step>.gif). For a DiT run (config.trainer "dit") the evaluators are its
+<name>_reconstruction_<step>.gif). For a DiT run (config.trainer "dit") the evaluators are its
 generation evaluators (gFID/gIS). Both trainers go through the same code:
 the trainer restores its run (restore_for_eval) and hands its predict
 functions to the evaluators of the registry (evaluators/common.py).
@@ -18,6 +22,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vitok_jax import cli
 from vitok_jax.evaluators import common as evaluators
 from vitok_jax.io import fileio
 from vitok_jax.io import metrics_writer
@@ -26,7 +31,8 @@ from vitok_jax import trainers
 import vitok_jax.utils as u
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The training config of the run (optionally ':args').",
+    "config", None, "Overrides the config the run saved with its checkpoint "
+    "(optionally ':args'); default: that saved config.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None,
@@ -70,15 +76,32 @@ def evaluate(config, workdir: str, step=None) -> dict:
   return results
 
 
+JOB = "vitok_jax.eval"
+
+
 def main(argv):
   del argv
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required")
+  cli.run_job(JOB, _job)
+
+
+def _job():
+  config = _CONFIG.value
+  if config is None:
+    config = cli.run_config(_WORKDIR.value, _CHECKPOINT.value,
+                            lambda name: trainers.get(name).default_config())
+  trainer = trainers.get(config.get("trainer", "tokenizer"))
+  cli.check_config(JOB, trainer.resolve_config, config)
   u.quiet_library_logs()
   startup.maybe_initialize()
-  evaluate(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
+  evaluate(config, _WORKDIR.value, _CHECKPOINT.value)
+
+
+def run():
+  """The console script `vitok-eval` (= python -m vitok_jax.eval)."""
+  app.run(main, flags_parser=cli.flags_parser(JOB, __doc__))
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  run()

@@ -131,3 +131,21 @@ def dit_sample_flops(model, tokens: int, batch: int, num_steps: int,
   decode (`decode_macs` per example, half_macs(...)["decode"])."""
   per_step = dit_macs(model, tokens)["total"] * (2 if guided else 1)
   return 2 * (num_steps * per_step + decode_macs) * batch
+
+
+# Peak dense bf16 FLOP/s per device (MFU's denominator), by the start of
+# jax's device_kind; the same TPU figures as tools/aot_compile.py's CHIPS.
+PEAK_TFLOPS = {"TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0,
+               "TPU v5p": 459.0, "TPU v5": 459.0, "TPU v6 lite": 918.0,
+               "TPU v6e": 918.0, "NVIDIA H100": 989.0, "NVIDIA H200": 989.0,
+               "NVIDIA A100": 312.0, "NVIDIA B200": 2250.0,
+               "NVIDIA GH200": 989.0}
+
+
+def peak_flops(device_kind: str):
+  """Peak bf16 FLOP/s of one device of this kind, or None when unknown (CPUs,
+  other GPUs: config.peak_tflops then gives it)."""
+  for kind in sorted(PEAK_TFLOPS, key=len, reverse=True):
+    if device_kind.startswith(kind):
+      return PEAK_TFLOPS[kind] * 1e12
+  return None

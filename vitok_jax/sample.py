@@ -1,7 +1,8 @@
-r"""Samples a trained DiT: `python -m vitok_jax.sample --config=... --workdir=DIR --num=N --cfg=1.5 [--classes=...]`.
+r"""Samples a trained DiT: `python -m vitok_jax.sample --workdir=DIR --num=N --cfg=1.5 [--classes=...]`
+(or `vitok-sample`).
 
-Restores the DiT run's checkpoint (its EMA params), the frozen tokenizer that
-the config names and the run's latent statistics, draws N images with DDIM
+Restores the DiT run's checkpoint (its EMA params), the frozen tokenizer the
+run is pinned to (<workdir>/tokenizer.json) and the run's latent statistics, draws N images with DDIM
 and classifier-free guidance, and writes under DIR/samples/. The classes are
 drawn uniformly at random from --classes (default all classes), seeded by
 --seed, as DiT's sampling protocol does; --labels=balanced takes them in
@@ -20,7 +21,8 @@ turn instead (equal counts).
                               evaluator's), with --ref_stats or the cached
                               ones (evaluators/ref_stats.py)
 
-Use the same --config (and arguments) as the training run.
+Without --config the job uses the config the run saved with its checkpoint;
+--config (the training run's, with its arguments) overrides it.
 """
 import resource
 import time
@@ -33,6 +35,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 import numpy as np
 
+from vitok_jax import cli
 from vitok_jax.data import input_pipeline
 from vitok_jax.data import preprocess as ops
 from vitok_jax.evaluators import common
@@ -166,7 +169,8 @@ def define_flags() -> dict:
   """The command line's flags; defined only when run as a program, so that
   importing this module (tests, other tools) defines no absl flags."""
   _CONFIG = config_flags.DEFINE_config_file(
-      "config", None, "The DiT run's training config (optionally ':args').",
+      "config", None, "Overrides the config the DiT run saved with its "
+      "checkpoint (optionally ':args'); default: that saved config.",
       lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "The DiT run's workdir.")
   _NUM = flags.DEFINE_integer("num", 64, "How many samples.")
@@ -207,18 +211,37 @@ def main(argv, f: dict):
   del argv
   if f["workdir"].value is None:
     raise app.UsageError("--workdir is required")
+  cli.run_job(JOB, lambda: _job({k: flag.value for k, flag in f.items()}))
+
+
+def _job(v: dict):
+  config = v["config"]
+  if config is None:
+    config = cli.run_config(v["workdir"], v["checkpoint"],
+                            lambda name: dit.default_config())
+  if config.get("trainer") != "dit":
+    raise ValueError(f"--workdir={v['workdir']}: {JOB} samples a DiT run "
+                     "(config.trainer 'dit'), not a "
+                     f"{config.get('trainer', 'tokenizer')!r} run")
+  cli.check_config(JOB, dit.resolve_config, config)
   u.quiet_library_logs()
   startup.maybe_initialize()
-  v = {k: flag.value for k, flag in f.items()}
-  sample(v["config"], v["workdir"], v["num"], cfg=v["cfg"],
-         classes=v["classes"], steps=v["steps"], eta=v["eta"], seed=v["seed"],
+  sample(config, v["workdir"], v["num"], cfg=v["cfg"], classes=v["classes"],
+         steps=v["steps"], eta=v["eta"], seed=v["seed"],
          batch_size=v["batch"], checkpoint=v["checkpoint"],
          inception_weights=v["inception"], ref_stats=v["ref_stats"],
          labels=v["labels"], i3d_weights=v["i3d"],
          inception_input=v["inception_input"])
 
 
+JOB = "vitok_jax.sample"
+
+
+def run():
+  """The console script `vitok-sample` (= python -m vitok_jax.sample)."""
+  f = define_flags()
+  app.run(lambda argv: main(argv, f), flags_parser=cli.flags_parser(JOB, __doc__))
+
+
 if __name__ == "__main__":
-  _FLAGS = define_flags()
-  flags.mark_flag_as_required("config")
-  app.run(lambda argv: main(argv, _FLAGS))
+  run()

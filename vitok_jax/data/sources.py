@@ -86,6 +86,19 @@ def read_file_list(path: str) -> List[str]:
   return rels
 
 
+def how_to_prepare(name: str, data_dir=None) -> str:
+  """The command that prepares a TFDS data set as array_record files."""
+  base = name.split("/")[0].split(":")[0]
+  cmd = f"tfds build {base} --file_format=array_record" + (
+      f" --data_dir={data_dir}" if data_dir else "")
+  if base.startswith("imagenet2012"):
+    return ("Prepare it once: download ILSVRC2012_img_train.tar and "
+            "ILSVRC2012_img_val.tar from image-net.org into a folder, then "
+            f"`{cmd} --manual_dir=<that folder>` (docs/gpu.md), or train "
+            "on a folder of JPEGs with config.input.data=folder:<path>.")
+  return f"Prepare it once with `{cmd}` (docs/gpu.md)."
+
+
 class TfdsImages:
   """A prepared TFDS dataset through `tfds.data_source` (array_record)."""
 
@@ -93,15 +106,19 @@ class TfdsImages:
                image_key: str = "image", decoders=None):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     try:
+      # download=False: a job never downloads or prepares a data set (that
+      # would start a TensorFlow build on every host); a missing one fails
+      # here, saying how to prepare it.
       self.source = tfds.data_source(name, split=split, data_dir=data_dir,
+                                     download=False,
                                      **({"decoders": decoders} if decoders
                                         else {}))
     except Exception as e:  # pylint: disable=broad-except
       raise FileNotFoundError(
           f"config.input.data: TFDS dataset {name!r} split {split!r} is not "
-          f"available in data_dir={data_dir or tfds.core.constants.DATA_DIR!r} "
-          f"(prepare it with `tfds build {name} --file_format=array_record`): "
-          f"{type(e).__name__}: {e}") from e
+          f"prepared in data_dir={data_dir or tfds.core.constants.DATA_DIR!r}."
+          f" {how_to_prepare(name, data_dir)} (tfds: {type(e).__name__}: "
+          f"{str(e).splitlines()[0] if str(e) else ''})") from e
     self.image_key = image_key
 
   def __len__(self):

@@ -38,6 +38,32 @@ def num_slices(devices) -> int:
   return len({getattr(d, "slice_index", 0) or 0 for d in np.ravel(devices)})
 
 
+def parse_mesh(text: str) -> Tuple[Tuple[str, int], ...]:
+  """A mesh as the command line writes it, in either spelling: the config's
+  "(('data', -1), ('fsdp', 1))" or the short "data:-1,fsdp:1" (a missing
+  size is -1) -> (("data", -1), ("fsdp", 1))."""
+  text = str(text).strip()
+  if text.startswith(("(", "[")):
+    import ast  # pylint: disable=g-import-not-at-top
+    try:
+      axes = ast.literal_eval(text)
+      return tuple((str(n), int(s)) for n, s in axes)
+    except (ValueError, SyntaxError, TypeError) as e:
+      raise ValueError(f"mesh {text!r}: expected (('data', -1), ('fsdp', 1)) "
+                       "or data:-1,fsdp:1") from e
+  axes = []
+  for part in text.split(","):
+    name, _, size = part.partition(":")
+    try:
+      if not name.strip().isidentifier():
+        raise ValueError(name)
+      axes.append((name.strip(), int(size) if size.strip() else -1))
+    except ValueError as e:
+      raise ValueError(f"mesh {text!r}: {part!r} is not name:size (expected "
+                       "data:-1,fsdp:1 or (('data', -1), ('fsdp', 1)))") from e
+  return tuple(axes)
+
+
 def make_mesh(axes: Sequence[Tuple[str, int]], devices=None) -> Mesh:
   """Mesh over all (or the given) devices from [(name, size), ...]; an axis
   named "slice" goes across TPU slices (module docstring)."""

@@ -4,12 +4,27 @@
     model = vt.load("s_b16.safetensors")          # + s_b16.json beside it
     recon = model(images)                          # [B, H, W, 3] in [-1, 1]
 
-Importing this subpackage needs torch and safetensors only, never jax.
+Using this subpackage needs torch and safetensors only, never jax. Importing
+it needs neither: the torch modules (`dit`, `vitok`, `DiT`, `ViTok`) load on
+first use, so that the JAX side (vitok_jax/export.py writes the files; its
+`convert` is numpy) runs in an install without torch.
 """
+import importlib
+
 from vitok_jax.io import fileio
-from vitok_jax.torch import dit  # noqa: F401
-from vitok_jax.torch.dit import DiT  # noqa: F401
-from vitok_jax.torch.vitok import ViTok  # noqa: F401
+
+_LAZY = {"dit": ("vitok_jax.torch.dit", None),
+         "vitok": ("vitok_jax.torch.vitok", None),
+         "DiT": ("vitok_jax.torch.dit", "DiT"),
+         "ViTok": ("vitok_jax.torch.vitok", "ViTok")}
+
+
+def __getattr__(name):  # PEP 562: the torch modules on first use
+  if name not in _LAZY:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  module, attr = _LAZY[name]
+  value = importlib.import_module(module)
+  return getattr(value, attr) if attr else value
 
 
 def config_path(weights_path: str) -> str:
@@ -27,7 +42,7 @@ def _load_weights(path: str, map_location: str):
   return {k: v.to(torch.device(map_location)) for k, v in state.items()}
 
 
-def load(path: str, map_location: str = "cpu") -> ViTok:
+def load(path: str, map_location: str = "cpu") -> "ViTok":
   """Rebuilds the module from <path> (safetensors) and its JSON config."""
   cfg_file = config_path(path)
   if not fileio.exists(path):
@@ -41,6 +56,7 @@ def load(path: str, map_location: str = "cpu") -> ViTok:
   if cfg.get("kind", "vitok") != "vitok":
     raise ValueError(f"{path} is an exported {cfg['kind']!r}, not a ViTok; "
                      "use vitok_jax.torch.load_dit")
+  from vitok_jax.torch.vitok import ViTok  # pylint: disable=g-import-not-at-top
   model = ViTok(**cfg["model"])
   state = _load_weights(path, map_location)
   load_state_dict_checked(model, state, path)
@@ -59,6 +75,7 @@ def load_dit(path: str, map_location: str = "cpu"):
   if cfg.get("kind") != "dit":
     raise ValueError(f"{path} is not an exported DiT (kind "
                      f"{cfg.get('kind', 'vitok')!r}); use vitok_jax.torch.load")
+  from vitok_jax.torch.dit import DiT  # pylint: disable=g-import-not-at-top
   model = DiT(**cfg["model"])
   state = _load_weights(path, map_location)
   load_state_dict_checked(model, state, path)

@@ -109,7 +109,10 @@ def jit_init(init: Callable, state_sharding):
 
 def jit_step(step: Callable, state_sharding, input_shardings, mesh):
   """(state, *inputs) -> (state, replicated measurements); the old state's
-  buffers are donated to the new one."""
-  return jax.jit(step, in_shardings=(state_sharding, *input_shardings),
+  buffers are donated to the new one. The step is traced under its mesh
+  (sharding.traced_under): attention then picks for the mesh's devices and
+  attn_impl="splash" can shard_map its Pallas kernel over the batch
+  (models/attention.py); what the step computes is otherwise the same."""
+  return jax.jit(sh.traced_under(mesh, step), in_shardings=(state_sharding, *input_shardings),
                  out_shardings=(state_sharding, sh.replicated(mesh)),
                  donate_argnums=(0,))

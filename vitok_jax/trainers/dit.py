@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from vitok_jax import config_utils
+from vitok_jax import flops
 from vitok_jax.data import input_pipeline
 from vitok_jax.diffusion import codec as codec_lib
 from vitok_jax.diffusion import ddpm
@@ -125,6 +126,9 @@ def resolve_config(config) -> ml_collections.ConfigDict:
   if source != "encode" and not source.startswith("shards:"):
     raise ValueError(f"config.latents.source={source!r}: expected 'encode' or "
                      "'shards:<dir>' (tools/encode_dataset.py)")
+  if config.model.size not in dit_lib.SIZES:  # a config error, caught at start
+    raise ValueError(f"config.model.size={config.model.size!r}: expected one "
+                     f"of {sorted(dit_lib.SIZES)}")
   return config
 
 
@@ -409,6 +413,9 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
       log_line=lambda m: f"loss {m['loss']:.4f}", evaluators=evals,
       pictures=pictures, eval_params=eval_params,
       max_bad_fraction=config.input.max_bad_fraction,
+      # The DiT's model FLOPs (MFU); encoding on the fly is not counted.
+      flops_per_step=flops.dit_train_step_flops(
+          setup.model, codec.num_tokens, config.input.batch_size),
       description=f"DiT-{config.model.size} with "
       f"{u.count_params(setup.abstract_state['params']) / 1e6:.1f}M params on "
       f"{codec.describe()}")

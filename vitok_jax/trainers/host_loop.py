@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from vitok_jax import config_utils
+from vitok_jax import flops
 from vitok_jax.data import input_pipeline
 from vitok_jax.evaluators import common as evaluators
 from vitok_jax.io import checkpoint as ckpt_lib
@@ -54,6 +55,7 @@ class Task(NamedTuple):
   description: str  # "ViTok S-B/16 with 22.1M params"
   eval_params: Callable[[Any], Any]  # state -> what evaluators and pictures see
   max_bad_fraction: float = 0.01  # unreadable records tolerated (of those read)
+  flops_per_step: float = 0.0  # model FLOPs of one global step (flops.py), for MFU
 
 
 # The keys every trainer's config has for the loop, and the rule each
@@ -64,6 +66,8 @@ LOOP_VALIDATORS = {
     "image_every": config_utils.NON_NEGATIVE,
     "num_preview": config_utils.POSITIVE,
     "ema_decay": config_utils.FRACTION,
+    "peak_tflops": config_utils.NON_NEGATIVE,
+    "profile_steps": config_utils.NON_NEGATIVE,
     **input_pipeline.VALIDATORS,
 }
 
@@ -81,6 +85,11 @@ def loop_config(c, *, total_steps: int, log_every: int, ckpt_every: int,
   c.num_preview = num_preview
   # Tuples, not lists: the command line can set tuples
   # (--config.mesh="(('data', -1), ('fsdp', 2))").
+  # MFU's peak per device in TFLOP/s; 0: by device kind (flops.PEAK_TFLOPS).
+  c.peak_tflops = 0.0
+  # > 0: a jax.profiler trace of that many steps, from the second step this
+  # run takes (the first compiles), in <workdir>/profile (TensorBoard).
+  c.profile_steps = 0
   c.mesh = (("data", -1), ("fsdp", 1))
   c.sharding = dict(rules=(), fsdp_min_size=2**18)
   return c
@@ -215,8 +224,12 @@ def _loop(run: _Run, state) -> dict:
   measurements = {}
   t0, n_ex, t_start = time.time(), 0, time.time()
   per_step = task.examples_per_step
+  peak = peak_flops_per_device(run.config)
+  profile = Profile(run.config.get("profile_steps", 0), run.start,
+                    fileio.join(workdir, "profile"))
   step = run.start
   for step in range(run.start + 1, last + 1):
+    profile.at(step, state)
     local = next(train_it)
     # Unreadable records of this process since (re)start.
     skipped, read = train_it.skipped, train_it.read
@@ -230,7 +243,9 @@ def _loop(run: _Run, state) -> dict:
       measurements = host_measurements(measurements)
       dt = time.time() - t0
       speed = dict(images_per_sec=n_ex / dt,
-                   step_time_ms=1000 * dt * per_step / n_ex)
+                   step_time_ms=1000 * dt * per_step / n_ex,
+                   **performance(task.flops_per_step, dt * per_step / n_ex,
+                                 peak))
       writer.write_scalars(step, {**measurements, **speed,
                                   "data/skipped_records": skipped})
       if skipped:
@@ -238,9 +253,10 @@ def _loop(run: _Run, state) -> dict:
                         " of %d read); the warnings above name them", skipped,
                         100 * skipped / read, read)
       eta = (every.total_steps - step) * dt * per_step / n_ex
-      logging.info("step %d/%d %s | %.1f img/s | ETA %s", step,
+      logging.info("step %d/%d %s | %.1f img/s%s | ETA %s", step,
                    every.total_steps, task.log_line(measurements),
-                   speed["images_per_sec"], _fmt_time(eta))
+                   speed["images_per_sec"], progress_text(speed),
+                   _fmt_time(eta))
       t0, n_ex = time.time(), 0
     if is_due(step, every.ckpt, last) or stopping:
       check_finite(step, measurements)
@@ -255,12 +271,81 @@ def _loop(run: _Run, state) -> dict:
     if is_due(step, every.image, last):
       write_pictures(step)
     run_evals(step, final=step == last)
+  profile.stop(state)
   logging.info("Done: %d steps in %.1fs", step - run.start,
                time.time() - t_start)
   if jax.process_index() == 0:
     for line in summaries:
       print(line, flush=True)
   return host_measurements(measurements)
+
+
+def peak_flops_per_device(config):
+  """config.peak_tflops, else the device kind's peak (None: unknown)."""
+  if config.get("peak_tflops", 0.0):
+    return float(config.peak_tflops) * 1e12
+  return flops.peak_flops(jax.devices()[0].device_kind)
+
+
+def performance(flops_per_step: float, step_seconds: float, peak,
+                memory_stats=None) -> dict:
+  """MFU (model FLOPs / step time / the devices' peak; absent without a
+  known peak or FLOP count) and device memory of the first local device in
+  GiB (absent where the backend reports none, as on CPU)."""
+  out = {}
+  if flops_per_step and peak and step_seconds > 0:
+    out["perf/mfu"] = flops_per_step / step_seconds / (peak * jax.device_count())
+  if memory_stats is None:
+    memory_stats = jax.local_devices()[0].memory_stats()
+  if memory_stats:
+    gib = lambda k: memory_stats.get(k, 0) / 2**30
+    out["perf/device_memory_gib"] = gib("bytes_in_use")
+    out["perf/device_peak_memory_gib"] = gib("peak_bytes_in_use")
+    if memory_stats.get("bytes_limit"):
+      out["perf/device_memory_limit_gib"] = gib("bytes_limit")
+  return out
+
+
+def progress_text(speed: dict) -> str:
+  """' | MFU 41.2% | mem 30.1/80.0 GiB' (what is known) for the log line."""
+  text = ""
+  if "perf/mfu" in speed:
+    text += f" | MFU {100 * speed['perf/mfu']:.1f}%"
+  if "perf/device_peak_memory_gib" in speed:
+    limit = speed.get("perf/device_memory_limit_gib")
+    text += (f" | mem {speed['perf/device_peak_memory_gib']:.1f}"
+             + (f"/{limit:.1f}" if limit else "") + " GiB")
+  return text
+
+
+class Profile:
+  """A jax.profiler trace of `num` steps from the second step of this run
+  (the first compiles), written to `log_dir` (TensorBoard's profile tab)."""
+
+  def __init__(self, num: int, start: int, log_dir: str):
+    self.first, self.end = start + 2, start + 2 + int(num)
+    self.log_dir, self.on = log_dir, False
+    self.enabled = int(num) > 0
+
+  def at(self, step: int, state) -> None:
+    """Called before `step` runs."""
+    if not self.enabled:
+      return
+    if step == self.first:
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self.log_dir)
+      self.on = True
+      logging.info("Profiling steps %d to %d into %s", self.first,
+                   self.end - 1, self.log_dir)
+    elif step == self.end:
+      self.stop(state)
+
+  def stop(self, state) -> None:
+    if self.on:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.on = False
+      logging.info("Profile written to %s", self.log_dir)
 
 
 def host_measurements(measurements) -> dict:

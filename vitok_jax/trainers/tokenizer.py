@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from vitok_jax import config_utils
+from vitok_jax import flops
 from vitok_jax.data import input_pipeline
 from vitok_jax.evaluators import common as evaluators
 from vitok_jax.io import checkpoint as ckpt_lib
@@ -102,7 +103,12 @@ def resolve_config(config) -> ml_collections.ConfigDict:
   """The config as the trainer runs it: checked against default_config()
   (unknown or missing keys fail), evaluator entries completed with their
   type's defaults, every value checked against VALIDATORS."""
-  return common.resolve_config(config, default_config(), VALIDATORS)
+  config = common.resolve_config(config, default_config(), VALIDATORS)
+  try:  # a config error, caught at start rather than when the model builds
+    vitok.decode_variant(config.model.variant)
+  except ValueError as e:
+    raise ValueError(f"config.model.variant: {e}") from e
+  return config
 
 
 # ==========================================================================
@@ -430,8 +436,20 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
       log_line=log_line, evaluators=evals, pictures=pictures,
       eval_params=common.eval_params,
       max_bad_fraction=config.input.max_bad_fraction,
+      flops_per_step=train_step_flops(config, setup),
       description=f"ViTok {config.model.variant} with "
       f"{u.count_params(setup.abstract_state['params']) / 1e6:.1f}M params")
+
+
+def train_step_flops(config, setup: Setup) -> float:
+  """The step's model FLOPs as tools/bench.py counts them (MFU): the ViTok's
+  forward and backward, or with the encoder side frozen (stage 2) its
+  forward and the decoder's forward and backward; LPIPS and the
+  discriminator are not model FLOPs."""
+  shape = input_shape(config)
+  if encoder_is_frozen(setup.abstract_state["params"], config.optim.freeze):
+    return flops.stage2_step_flops(setup.model, shape)
+  return flops.train_step_flops(setup.model, shape)
 
 
 def _preview_batch(data_config, config, mesh) -> np.ndarray:
