@@ -42,8 +42,22 @@ SLOW_FILES = {
     "test_install.py",  # a fresh venv and a plain `pip install .`
 }
 SLOW_TESTS = {
-    "test_i3d.py": {"test_a_detector_whose_resize_differs_is_refused"},
-    "test_aot_tpu.py": {"test_paper_stage1_batch_fits_v5p_hbm"},
+    "test_i3d.py": {"test_a_detector_whose_resize_differs_is_refused",
+                    "test_parity_with_the_pytorch_i3d"},
+    # The quick tier keeps one TPU compile (the eval step and the sampler).
+    "test_aot_tpu.py": {"test_paper_stage1_batch_fits_v5p_hbm",
+                        "test_train_steps_compile_for_tpu_topologies",
+                        "test_multi_slice_mesh_and_step"},
+    # 2048-d Frechet distances and their scipy references (seconds each).
+    "test_adm_metrics.py": {
+        "test_generation_evaluator_scores_as_adm",
+        "test_video_gfvd_is_the_frechet_distance_of_i3d_features",
+        "test_old_reference_files_skip_sfid_and_pr_with_a_warning"},
+    "test_inception.py": {"test_inception_score_is_torch_fidelitys_unbiased_one"},
+    "test_metrics.py": {
+        "test_fid_closed_forms_for_rank_deficient_pool_statistics"},
+    "test_flow.py": {"test_ddpm_recovers_a_2d_mixture",
+                     "test_flow_matching_recovers_a_2d_mixture"},
     "test_video.py": {"test_video_runlocal_trains_and_the_eval_job_reports_rfvd",
                       "test_video_step_with_framewise_lpips_and_gan",
                       "test_train_batches_skip_and_count_bad_videos"},

@@ -348,8 +348,9 @@ def test_adm_metrics_run_periodically_in_training(vitok_run, tmp_path):
   from tests import torch_reference as tr
   import vitok_jax.utils as u
   prc = tr.import_torch_fidelity_prc()
-  net = jax.jit(lambda p, x: inception.FIDInceptionV3(spatial=True).apply(
-      {"params": p}, x))
+  # ADM's Inception input: the generation evaluator's default.
+  net = jax.jit(lambda p, x: inception.FIDInceptionV3(
+      spatial=True, input_kind="adm").apply({"params": p}, x))
   inc_params = jax.device_get(jax.jit(lambda: inception.FIDInceptionV3().init(
       jax.random.key(0), np.zeros((1, 75, 75, 3), np.float32))["params"])())
   # A seeded random 4 of the training photos' eval crops: the reference.
@@ -372,8 +373,7 @@ def test_adm_metrics_run_periodically_in_training(vitok_run, tmp_path):
       np.float32)
   inc_path = str(tmp_path / "random_inception.npz")
   u.save_npz_tree(inc_path, inc_params)
-  # 24 samples: with 10 IS splits each split holds 2-3 (one sample per split
-  # would make every IS exactly 1).
+  # 24 samples: one IS split (ADM's splits hold 5,000 samples each).
   gen = dict(type="generation", num_samples=16, final_num_samples=24,
              batch_size=24, cfg_scale=1.5, num_steps=2, log_steps=2,
              inception_weights=inc_path, seed=3, ref_examples=4)
@@ -421,7 +421,9 @@ def test_adm_metrics_run_periodically_in_training(vitok_run, tmp_path):
   # Counts over 24 samples and 4 references: equal, up to torch's float32.
   assert (evals[-1]["gen/precision"], evals[-1]["gen/recall"]) == (
       pytest.approx(want[0], abs=1e-6), pytest.approx(want[1], abs=1e-6))
-  gis, gis_std = numpy_inception_score(np.concatenate(logits))
+  gis, gis_std = numpy_inception_score(np.concatenate(logits), splits=1)
   assert gis > 1.2, gis  # the logits tell samples apart (see above)
   assert evals[-1]["gen/gis"] == pytest.approx(gis, rel=1e-4)
-  assert evals[-1]["gen/gis_std"] == pytest.approx(gis_std, rel=1e-3)
+  assert evals[-1]["gen/gis_splits"] == 1 and gis_std == 0
+  assert evals[-1]["gen/gis_std"] == 0
+  assert evals[-1]["gen/inception_input_adm"] == 1

@@ -20,6 +20,7 @@ from vitok_jax import eval as eval_job
 from vitok_jax.evaluators import generation
 from vitok_jax.io import checkpoint as ckpt_lib
 from vitok_jax import sample as sample_lib
+from vitok_jax.diffusion import codec as codec_lib
 from vitok_jax.trainers import dit
 
 
@@ -141,7 +142,7 @@ def test_a_resume_with_another_sample_setting_is_refused(dit_run, tmp_path):
   # run) decodes with the step the config names.
   old = str(tmp_path / "dit")
   shutil.copytree(wd, old)
-  os.remove(dit.pin_path(old))
+  os.remove(codec_lib.pin_path(old))
   t = copy.deepcopy(c)
   t.latents.source = "encode"
   t.tokenizer.step = 1

@@ -61,7 +61,7 @@ def evaluate(config, workdir: str, step=None) -> dict:
   for ev in evals.values():
     scalars = evaluators.write_results(
         writer, run.step, dict(ev.run(run.params, final=True)), out_dir,
-        fps=ev.data_config.fps)
+        fps=ev.data_config.fps or 8.0)  # native rate: shown at 8 fps
     results.update(scalars)
     if hasattr(ev, "protocol"):  # what was measured, and on how many
       protocols[ev.name] = ev.protocol(scalars)
