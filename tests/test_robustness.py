@@ -146,4 +146,7 @@ def test_a_missing_config_file_is_named(tmp_path):
                       "--config=configs/vitok/nope.py", f"--workdir={tmp_path}"],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode != 0
-  assert "cannot load 'configs/vitok/nope.py'" in r.stderr
+  assert r.returncode == 2  # a config error: one line, exit 2
+  assert ("vitok_jax.train: config error: --config: no file "
+          "'configs/vitok/nope.py'") in r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -151,8 +151,8 @@ def test_tfds_videos_decode_only_the_frames_of_a_clip(monkeypatch):
     def __getitem__(self, i):
       return {"video": list(stored), "label": 7 + i}
 
-  def data_source(name, split, data_dir=None, decoders=None):
-    seen.update(name=name, split=split, decoders=decoders)
+  def data_source(name, split, data_dir=None, decoders=None, download=True):
+    seen.update(name=name, split=split, decoders=decoders, download=download)
     return FakeSource()
 
   monkeypatch.setattr(tfds, "data_source", data_source)
@@ -163,6 +163,7 @@ def test_tfds_videos_decode_only_the_frames_of_a_clip(monkeypatch):
   src = input_pipeline.source_of(cfg(data="tfds:ucf101/ucf101_1:train"))
   assert seen["name"] == "ucf101/ucf101_1" and seen["split"] == "train"
   assert isinstance(seen["decoders"]["video"], tfds.decode.SkipDecoding)
+  assert seen["download"] is False  # never fetched at run time
   assert src.label(1) == 8 and not decoded  # a label decodes no frame
   clip = src.clip(src[0], 4, 0.0, None, where=0.0)
   assert len(decoded) == 4  # 4 of the 40 stored frames

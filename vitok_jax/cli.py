@@ -155,8 +155,9 @@ def flags_parser(job: str, doc: str = "") -> Callable:
     for a in argv:
       path = a[len("--config="):].partition(":")[0]
       if a.startswith("--config=") and not os.path.exists(path):
+        where = sorted({os.getcwd(), str(REPO)})
         config_error(job, f"--config: no file {path!r} (looked in "
-                     f"{os.getcwd()} and {REPO})")
+                     f"{' and '.join(where)})")
     try:
       return flags.FLAGS(argv)
     except flags.Error as e:
