@@ -38,13 +38,13 @@ that vitok_jax.evaluators.common.load_i3d logs when it loads the file.
 """
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import sys
 
 import numpy as np
 
+from vitok_jax.io import fileio
 from vitok_jax.models import i3d
 import vitok_jax.utils as u
 
@@ -203,19 +203,11 @@ def verify(module, params, clip=CHECK_CLIP, seed: int = CHECK_SEED) -> float:
   return relative_difference(ours, theirs)
 
 
-def sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def provenance(path: str, weights: str, rel_diff=None, clip=None,
                tolerance: float = TOLERANCE) -> dict:
   """Where a converted .npz came from and how it was checked; stored in it
   so that an FVD can be traced to the exact detector file."""
-  record = dict(source=os.path.basename(path), sha256=sha256(path),
+  record = dict(source=os.path.basename(path), sha256=fileio.sha256(path),
                 weights=weights,
                 converted=datetime.datetime.now(datetime.timezone.utc)
                 .strftime("%Y-%m-%dT%H:%M:%SZ"),

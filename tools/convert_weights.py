@@ -32,10 +32,11 @@ verified instead by running the TorchScript's own forward pass against ours
 An output that exists is kept unless --force.
 """
 import argparse
-import hashlib
 import importlib.util
 import os
 import sys
+
+from vitok_jax.io import fileio
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 
@@ -70,14 +71,6 @@ NETWORKS = {
 }
 
 
-def sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def name_prefix(name: str):
   """The hash prefix a torch.hub file name carries ('vgg16-397923af.pth' ->
   '397923af'), or None."""
@@ -90,7 +83,7 @@ def name_prefix(name: str):
 def check(name: str, path: str) -> str:
   """'' when the file is the known one (or nothing is known), else why not.
   Prints what was checked."""
-  digest = sha256(path)
+  digest = fileio.sha256(path)
   full, _ = FILES[name]
   prefix = name_prefix(name)
   if full:

@@ -124,6 +124,17 @@ def read_bytes(path) -> bytes:
     return f.read()
 
 
+def sha256(path) -> str:
+  """The hex sha256 of a file's bytes, read in 1 MiB blocks (weights files
+  are hundreds of MB)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
 def read_text(path) -> str:
   with open(path, "r") as f:
     return f.read()
