@@ -126,3 +126,10 @@ def test_bicubic_baseline_spends_the_same_floats():
   assert np.abs(bicubic.reconstruct(smooth, 192) - smooth)[:, 4:-4, 4:-4].max() < 0.05
   with pytest.raises(ValueError, match="cannot hold"):
     bicubic.reconstruct(x, 2)
+
+
+def test_summary_distances_keep_three_digits_below_one():
+  # A random network's tiny distances must not all print as "0.00".
+  assert [metrics.format_distance(x) for x in (0.00024044, 0.5, 1.0, 12.345,
+                                               0.0)] == [
+      "0.00024", "0.5", "1.00", "12.35", "0.00"]

@@ -210,3 +210,9 @@ class InceptionScore:
       scores.append(np.exp(kl))
     return float(np.mean(scores)), float(np.std(scores))
 
+
+def format_distance(x: float) -> str:
+  """A Frechet distance for a summary line: two decimals, or three
+  significant digits below 1 (a random network's distances are tiny, and
+  "0.00" would hide whether two runs differ)."""
+  return f"{x:.3g}" if 0 < abs(x) < 1 else f"{x:.2f}"

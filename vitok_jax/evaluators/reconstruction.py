@@ -172,9 +172,9 @@ class Evaluator:
     if r("bicubic_rssim") is not None:
       line += f" (bicubic: {r('bicubic_rssim'):.3f})"
     if r("rfid") is not None:
-      line += f", rFID {r('rfid'):.2f}"
+      line += f", rFID {metrics.format_distance(r('rfid'))}"
     if r("rfvd") is not None:
-      line += (f", rFVD {r('rfvd'):.2f}" +
+      line += (f", rFVD {metrics.format_distance(r('rfvd'))}" +
                (" (RANDOM I3D weights)" if r("rfvd_random_i3d") else ""))
     return line + f" [{self.protocol(results)}]"
 

@@ -159,15 +159,16 @@ def summary(prefix: str, results: dict, label_kind: str,
   if r("gfid") is not None:
     adm = r("inception_input_adm") in (None, 1.0)
     splits = int(r("gis_splits") or 0)
-    line += (f", gFID-{count} {r('gfid'):.2f}, gIS {r('gis'):.2f}" +
+    line += (f", gFID-{count} {metrics.format_distance(r('gfid'))}, "
+             f"gIS {r('gis'):.2f}" +
              (f" ({splits} split{'s' if splits > 1 else ''} of up to "
               f"{IS_SPLIT_SIZE})" if splits else "") +
              (" [ADM's Inception input]" if adm else
               " [pytorch-fid's Inception input]"))
   if r("sfid") is not None:
-    line += f", sFID {r('sfid'):.2f}"
+    line += f", sFID {metrics.format_distance(r('sfid'))}"
   if r("gfvd") is not None:
-    line += (f", gFVD-{count} {r('gfvd'):.2f}" +
+    line += (f", gFVD-{count} {metrics.format_distance(r('gfvd'))}" +
              (" (RANDOM I3D weights)" if r("gfvd_random_i3d") else ""))
   if r("precision") is not None:
     line += (f", precision {r('precision'):.3f}, recall "
