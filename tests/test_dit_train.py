@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from configs.dit import dit_l_vitok_s_b16_256 as dit_config
-from configs.vitok import s_b16_256
 from tests import helpers
 from vitok_jax.data import input_pipeline
 from vitok_jax.data import latent_shards
@@ -18,16 +17,18 @@ from vitok_jax.evaluators import scoring
 from vitok_jax.parallel import sharding as sh
 from vitok_jax import sample as sample_lib
 from vitok_jax.trainers import dit
-from vitok_jax.trainers import tokenizer
 
 
 @pytest.fixture(scope="module")
 def vitok_run(tmp_path_factory):
-  """The demo ViTok (mu-mu/8 at 64x64: 64 codes of c=16), 300 steps."""
+  """The demo ViTok (mu-mu/8 at 64x64: 64 codes of c=16), 300 steps, by
+  the real entry point on one device (as the demo runs: the test process's
+  8 fake devices would split each batch of 16 eight ways on 2 cores)."""
   workdir = str(tmp_path_factory.mktemp("vitok"))
-  c = s_b16_256.get_config("runlocal,lpips=0,steps=300")
-  c.evals, c.image_every, c.log_every = {}, 0, 100
-  tokenizer.train_and_evaluate(c, workdir)
+  helpers.launch("vitok_jax.train", [
+      "--config=configs/vitok/s_b16_256.py:runlocal,lpips=0,steps=300",
+      "--config.image_every=0", "--config.log_every=100",
+      f"--workdir={workdir}"], processes=1, devices=1)
   return workdir
 
 
@@ -63,10 +64,12 @@ def dit_cfg(vitok_dir, steps=600, **kw):
 
 @pytest.fixture(scope="module")
 def dit_run(vitok_run, tmp_path_factory):
+  """The DiT demo's recipe for 600 steps, on one device (as vitok_run)."""
   workdir = str(tmp_path_factory.mktemp("dit"))
-  c = dit_cfg(vitok_run)
-  c.log_every = 10
-  dit.train_and_evaluate(c, workdir)
+  helpers.launch("vitok_jax.train", [
+      "--config=configs/dit/dit_l_vitok_s_b16_256.py:runlocal,"
+      f"tokenizer={vitok_run},steps=600", "--config.log_every=10",
+      f"--workdir={workdir}"], processes=1, devices=1)
   return workdir
 
 

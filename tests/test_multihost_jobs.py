@@ -10,7 +10,6 @@ points (jax.distributed on localhost, fake CPU devices, tiny shapes):
 import json
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
@@ -39,9 +38,7 @@ def trained(tmp_path_factory):
   compile on 2 cores) on both processes."""
   tmp = tmp_path_factory.mktemp("mh")
   npz = str(tmp / "random_inception.npz")
-  params = jax.jit(lambda: inception.FIDInceptionV3().init(
-      jax.random.key(0), np.zeros((1, 75, 75, 3), np.float32))["params"])()
-  u.save_npz_tree(npz, jax.device_get(params))
+  u.save_npz_tree(npz, u.random_frozen_params(inception.abstract_params()))
   wd = tmp / "run"
   outs = launch("vitok_jax.train", _config_args() + [f"--workdir={wd}"],
                 processes=2, devices=2)
