@@ -191,21 +191,8 @@ def run(tmp_path_factory):
 
 
 def random_weights_npz(path, abstract_params, seed=0, gains=None):
-  """Random weights for a frozen network, drawn in numpy and saved as its
-  convert tool's .npz: He-scaled kernels (times gains[module]) and identity
-  batch norms keep the features at the scale of the input through the
-  whole depth (flax's lecun init and ReLUs shrink them to ~1e-3, where IS
-  is 1 + 1e-9), and nothing has to be jitted."""
-  rng, gains = np.random.default_rng(seed), gains or {}
-
-  def draw(where, leaf):
-    name, shape = where[-1].key, leaf.shape
-    if name == "kernel":
-      std = np.sqrt(2 / np.prod(shape[:-1])) * gains.get(where[-2].key, 1.0)
-      return rng.normal(0, std, shape).astype(np.float32)
-    return (np.ones if name in ("scale", "var") else np.zeros)(shape, np.float32)
-
-  u.save_npz_tree(path, jax.tree_util.tree_map_with_path(draw, abstract_params))
+  """utils.random_frozen_params saved as the network's convert tool's .npz."""
+  u.save_npz_tree(path, u.random_frozen_params(abstract_params, seed, gains))
   return path
 
 

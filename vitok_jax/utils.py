@@ -130,3 +130,24 @@ def load_weights_npz(path, abstract_params, what: str, convert_tool: str,
     return params
   import json  # pylint: disable=g-import-not-at-top
   return params, None if metadata is None else json.loads(str(metadata))
+
+
+def random_frozen_params(abstract_params, seed: int = 0, gains=None) -> dict:
+  """Deterministic random weights for a frozen network (tests, and the
+  "random" I3D/Inception of runs without the converted files: flagged in
+  their outputs), drawn in numpy: He-scaled kernels (times gains[module])
+  and identity batch norms keep the features at the scale of the input
+  through the whole depth (flax's lecun init and ReLUs shrink them to
+  ~1e-3, where IS is 1 + 1e-9 and every distance is ~0), and nothing is
+  jitted (jitting a network's init costs seconds of compile per process)."""
+  rng, gains = np.random.default_rng(seed), gains or {}
+
+  def draw(where, leaf):
+    name, shape = where[-1].key, leaf.shape
+    if name == "kernel":
+      std = np.sqrt(2 / np.prod(shape[:-1])) * gains.get(where[-2].key, 1.0)
+      return rng.normal(0, std, shape).astype(np.float32)
+    return (np.ones if name in ("scale", "var") else np.zeros)(shape,
+                                                             np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, abstract_params)

@@ -26,6 +26,7 @@ from vitok_jax.data import preprocess as ops
 from vitok_jax.io import fileio
 from vitok_jax.parallel import multihost
 from vitok_jax.parallel import sharding as sh
+import vitok_jax.utils as u
 
 TYPES = ("reconstruction", "generation", "generation_probe")
 
@@ -183,8 +184,7 @@ def load_i3d(path: str, mesh, what: str):
   if path == "random":
     logging.warning("%s uses a RANDOM I3D: not comparable to any published "
                     "number", what)
-    params = jax.jit(lambda: i3d.I3D().init(jax.random.key(0), jax.numpy.zeros(
-        (1, 16, 224, 224, 3)))["params"])()
+    params = u.random_frozen_params(i3d.abstract_params())
   else:
     try:
       params, record = i3d.load(path, with_provenance=True)
