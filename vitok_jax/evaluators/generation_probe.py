@@ -54,6 +54,7 @@ from vitok_jax.evaluators import scoring
 from vitok_jax.models import inception
 from vitok_jax.parallel import multihost
 from vitok_jax.parallel import sharding as sh
+import vitok_jax.utils as u
 
 NEEDS = ("codec", "fit_probe")
 MAX_NEAREST_VIEWS = 4096  # every process holds the views for `nearest`
@@ -137,9 +138,8 @@ class Evaluator:
     if c.inception_weights == "random":
       logging.warning("%s: gFID uses a RANDOM Inception: not comparable to "
                       "any published number", who)
-      inc = jax.device_put(jax.jit(lambda: inception.FIDInceptionV3().init(
-          jax.random.key(0), np.zeros((1, 75, 75, 3), np.float32))[
-              "params"])(), sh.replicated(self.mesh))
+      inc = jax.device_put(u.random_frozen_params(
+          inception.abstract_params()), sh.replicated(self.mesh))
     else:
       inc = common.load_inception(c.inception_weights, self.mesh,
                                   f"{who}: probe gFID")
