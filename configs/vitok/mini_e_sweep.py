@@ -4,8 +4,8 @@ reconstruction, whatever the patch size p? And does generation follow it
 for a fixed number of steps at 64 x 64, scored on 16 tiles of photos it
 never saw (rPSNR, rSSIM, bicubic at the same E), and at its last step by the
 generation probe (evaluators/generation_probe.py): a DiT-mu trained 1000
-steps on the latents of 288 training views, 144 samples scored against
-those views (probe gFID; a RANDOM Inception, flagged, unless
+steps on the latents of 144 training views (16 random crops per photo), 72
+samples scored against those views (probe gFID; a RANDOM Inception, flagged, unless
 weights/fid_inception_v3.npz exists) and by PSNR to the nearest view of the
 sample's class.
 
@@ -50,13 +50,13 @@ def make(**args):
   if not os.path.exists(a.lpips_weights):
     cfg.loss.lpips_weight = 0.0
   if a.probe and not a.runlocal:
-    # The DiT demo's recipe (configs/dit, :runlocal) on 32 random training
+    # The DiT demo's recipe (configs/dit, :runlocal) on 16 random training
     # crops per photo, one class per photo.
     cfg.evals.probe = evaluators.config(
-        "generation_probe", num_examples=288, encode_batch=16,
+        "generation_probe", num_examples=144, encode_batch=16,
         dit_size="mu", dtype="float32", steps=1000, batch_size=16,
-        base_lr=0.128, warmup_steps=50, ema_decay=0.99, num_samples=144,
-        sample_batch=16, sample_steps=50, cfg_scale=3.0, seed=a.probe_seed,
+        base_lr=0.128, warmup_steps=50, ema_decay=0.99, num_samples=72,
+        sample_batch=24, sample_steps=50, cfg_scale=3.0, seed=a.probe_seed,
         nearest=True, inception_weights=(
             a.inception_weights if os.path.exists(a.inception_weights)
             else "random"))

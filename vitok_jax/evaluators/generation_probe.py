@@ -241,6 +241,7 @@ class Evaluator:
   def summary(self, results: dict) -> str:
     line = scoring.summary(self.name, results, self.config.labels,
                            self.config.cfg_scale)
+    line = line.replace("nearest photo", "nearest training view")
     if results.get(f"{self.name}/gfid_random_inception"):
       line = line.replace("gFID-", "(RANDOM Inception) gFID-", 1)
     line += (f", probe loss {results[f'{self.name}/probe_loss']:.4f} "
