@@ -5,7 +5,9 @@ r"""Turns a sweep's runs (tools/sweep.py) into the paper's plots and a table.
 Reads <root>/sweep.json and each run's metrics.jsonl (its last evaluation),
 then writes to --out (default: the root):
   sweep.png  each metric against log2 E (E = codes x c floats per frame, the
-             paper's x axis), one colour per patch size p (Fig. 2/4/11);
+             paper's x axis), one colour per patch size p (Fig. 2/4/11),
+             the generation probe's beside them when the runs have one
+             (probe gFID, sFID, nearest-view PSNR, DiT loss: Fig. 5);
              for sweeps over encoder/decoder sizes (Fig. 6-9), each metric
              against the run instead;
   sweep.md   a markdown table of every run, and the Pearson correlation of
@@ -22,6 +24,12 @@ import numpy as np
 from vitok_jax.io import fileio
 
 METRICS = ("rpsnr", "rssim", "rfid", "rfvd", "bicubic_rpsnr")
+# The generation probe's (evaluators/generation_probe.py), when a run has one:
+# column name -> its evaluator's metric.
+PROBE_METRICS = {"probe_gfid": "gfid", "probe_sfid": "sfid",
+                 "probe_nearest_psnr": "own_class_psnr",
+                 "probe_loss": "probe_loss"}
+METRICS += tuple(PROBE_METRICS)
 
 
 def patch_of(args: dict):
@@ -33,14 +41,19 @@ def patch_of(args: dict):
 
 
 def last_eval(workdir: str, prefix=None):
-  """The last metrics.jsonl row with evaluation results -> {metric: value}."""
+  """The last metrics.jsonl row with evaluation results -> {metric: value},
+  with the last generation probe's (PROBE_METRICS) when there is one."""
   path = fileio.join(workdir, "metrics.jsonl")
   if not fileio.exists(path):
     return None
-  found = None
+  found, probe = None, {}
   with fileio.open(path) as f:
     for line in f:
       row = json.loads(line)
+      names = [k[:-len("/probe_loss")] for k in row if k.endswith("/probe_loss")]
+      if names:
+        probe = {col: row[f"{names[0]}/{m}"] for col, m in
+                 PROBE_METRICS.items() if f"{names[0]}/{m}" in row}
       keys = [k for k in row if k.endswith("/rpsnr") and
               (prefix is None or k.startswith(prefix + "/"))]
       if keys:
@@ -48,7 +61,7 @@ def last_eval(workdir: str, prefix=None):
         found = {m: row[f"{name}/{m}"] for m in METRICS + ("code_floats",)
                  if f"{name}/{m}" in row}
         found["step"] = row["step"]
-  return found
+  return None if found is None else {**found, **probe}
 
 
 def collect(root: str, prefix=None) -> tuple:
@@ -97,12 +110,18 @@ def residuals_by_p(rows, metric: str) -> dict:
           for p in sorted({t[2] for t in pts})}
 
 
+def _cell(v: float) -> str:
+  """Three decimals, or three significant digits for tiny values (a random
+  Inception's distances)."""
+  return f"{v:.3g}" if 0 < abs(v) < 0.01 else f"{v:.3f}"
+
+
 def table(rows, corr, missing) -> str:
   metrics = [m for m in METRICS if any(m in r for r in rows)]
   lines = ["| run | p | E | " + " | ".join(metrics) + " |",
            "|---|---|---|" + "---|" * len(metrics)]
   for r in sorted(rows, key=lambda r: (r["p"] or 0, r["E"])):
-    cells = [f"{r[m]:.3f}" if m in r else "" for m in metrics]
+    cells = [_cell(r[m]) if m in r else "" for m in metrics]
     lines.append(f"| {r['name']} | {r['p']} | {int(r['E'])} | " +
                  " | ".join(cells) + " |")
   lines += ["", "Pearson r with log2 E:", "",

@@ -25,20 +25,16 @@ Sources, named by a string in `config.input.data`:
                              demo's second evaluation).
 
 Videos (input.frames = T > 1): clips of T frames at input.fps (0: T
-consecutive frames at the video's own rate; vitok_jax/data/video.py), shorter side
-resized, one random crop and flip per clip in training, centre crop in
-evaluation, where each video gives `clips_per_video` clips at evenly spaced
-positions (1: the centred clip); a video that is too short or does not decode
-is skipped and counted like an unreadable image.
+consecutive frames at the video's own rate; data/video.py), shorter side
+resized, a random crop and flip per clip in training, centre crop in
+evaluation (`clips_per_video` clips at evenly spaced positions; 1: centred).
 
 Training: random-resized crop (or `crop="center"`), random flip, values in
-[-1, 1]; evaluation:
-resize shorter side + centre crop. A record that does not decode (truncated,
-empty, not an image) is skipped, logged with its path and counted: each
-training batch carries how many records were skipped to fill it. Each
-process reads its own 1/n of the records and builds its share of the global
-batch; the iterator state goes into the checkpoint so that a resumed run
-continues with the same batches.
+[-1, 1]; evaluation: resize shorter side + centre crop. A record that does
+not decode (truncated, empty, not an image; a video too short) is skipped,
+logged with its path and counted in the batch it was skipped for. Each
+process reads its own 1/n of the records; the iterator state goes into the
+checkpoint, so a resumed run continues with the same batches.
 """
 import logging
 from typing import NamedTuple, Optional
@@ -66,8 +62,8 @@ def get_source(data: str, data_dir=None, image_key="image", frames: int = 1,
   clips are cropped to, lets the photo pans render training clips at it."""
   if data in ("embedded", "heldout") and frames > 1:
     if data == "embedded":
-      return demo_sources.PhotoPans(demo_sources.EmbeddedPhotos(), window=demo_sources.PAN_WINDOW,
-                       train_size=res or None)
+      return demo_sources.PhotoPans(demo_sources.EmbeddedPhotos(),
+                                    demo_sources.PAN_WINDOW, res or None)
     return demo_sources.PhotoPans(demo_sources.HeldOutPhotos())
   if data == "samplevideos":
     if frames == 1:
@@ -209,6 +205,32 @@ def _video_clip(source, rec, config, rng, train: bool, where: float = 0.5):
   return {"image": ops.value_range(clip), "label": rec["label"]}
 
 
+class _TrainView:
+  """A record augmented by `rng` as training sees it (crop, flip; a clip's
+  start). A class: grain workers unpickle it."""
+
+  def __init__(self, source, config):
+    if config.crop not in ("random_resized", "center"):
+      raise ValueError(f"config.input.crop={config.crop!r}: expected "
+                       "'random_resized' or 'center'")
+    self.source, self.config = source, config
+
+  def __call__(self, rec, rng):
+    c = self.config
+    if isinstance(rec, BadRecord):
+      return rec
+    if "video" in rec:
+      return _video_clip(self.source, rec, c, rng, train=True)
+    if c.crop == "center":  # ADM/DiT: resize + centre crop (+ flip)
+      img = ops.center_crop(rec["image"], c.res)
+    else:
+      img = ops.random_resized_crop(rec["image"], c.res, rng,
+                                    tuple(c.crop_scale))
+    if c.flip:
+      img = ops.random_flip(img, rng)
+    return dict(rec, image=ops.value_range(img))
+
+
 def make_train_dataset(config, seed: int) -> grain.IterDataset:
   """Infinite, shuffled, augmented; this process's share of each batch.
 
@@ -218,29 +240,11 @@ def make_train_dataset(config, seed: int) -> grain.IterDataset:
   """
   local_batch = _check_batch(config.batch_size)
   source = source_of(config)
-  res, scale = config.res, tuple(config.crop_scale)
-  flip, crop = config.flip, config.crop
-  if crop not in ("random_resized", "center"):
-    raise ValueError(f"config.input.crop={crop!r}: expected 'random_resized' "
-                     "or 'center'")
-
-  def augment(rec, rng):
-    if isinstance(rec, BadRecord):
-      return rec
-    if "video" in rec:
-      return _video_clip(source, rec, config, rng, train=True)
-    if crop == "center":  # ADM/DiT: resize + centre crop (+ flip)
-      img = ops.center_crop(rec["image"], res)
-    else:
-      img = ops.random_resized_crop(rec["image"], res, rng, scale)
-    if flip:
-      img = ops.random_flip(img, rng)
-    return dict(rec, image=ops.value_range(img))
 
   ds = grain.MapDataset.source(CheckedSource(source))
   ds = ds.shuffle(seed=seed).repeat(None)  # reshuffled every epoch
   ds = ds[jax.process_index()::jax.process_count()]
-  ds = ds.random_map(augment, seed=seed + 1)
+  ds = ds.random_map(_TrainView(source, config), seed=seed + 1)
   it_ds = SkipBadRecords(ds.to_iter_dataset(), max_in_a_row=len(source))
   it_ds = it_ds.batch(local_batch, drop_remainder=True)
   workers = config.num_workers
@@ -403,14 +407,21 @@ class _EvalExample:
   workers): {"image", "label", "index"} or a BadRecord. A class, not a
   closure, so that worker processes can unpickle it."""
 
-  def __init__(self, source, config, pid: int, nproc: int, repeats: int):
+  def __init__(self, source, config, pid: int, nproc: int, repeats: int,
+               views_seed: Optional[int] = None):
     self.source, self.config = source, config
     self.pid, self.nproc, self.repeats = pid, nproc, repeats
+    self.views_seed = views_seed
 
   def __call__(self, j, rec):
     if isinstance(rec, BadRecord):
       return rec
     index = self.pid + j * self.nproc  # the row among all processes'
+    if self.views_seed is not None:  # example `index`'s own augmentation
+      out = _TrainView(self.source, self.config)(
+          rec, np.random.default_rng((self.views_seed, index)))
+      return out if isinstance(out, BadRecord) else dict(
+          image=out["image"], label=out["label"], index=index)
     if "video" in rec:
       # Clip k of r sits at the middle of the k-th of r equal stretches of
       # the possible starts: r = 1 is the centred clip.
@@ -424,8 +435,12 @@ class _EvalExample:
 
 
 def make_eval_dataset(config, batch_size: int, num_examples=None,
-                      subset_seed: Optional[int] = None):
+                      subset_seed: Optional[int] = None,
+                      views_seed: Optional[int] = None):
   """Deterministic centre crops; the last batch is padded and masked.
+  With `views_seed`: num_examples fixed training views instead (epochs of
+  seeded permutations of the source, each example augmented as in training
+  by an rng of (views_seed, its position)): the same on any process count.
 
   Yields dicts {"image": [b, res, res, 3] float32, "label": [b] int32,
   "mask": [b] bool, "index": [b] int64}: this process's rows of each global
@@ -440,16 +455,20 @@ def make_eval_dataset(config, batch_size: int, num_examples=None,
   """
   local_batch = _check_batch(batch_size)
   source = source_of(config)
-  repeats = clips_per_video(config)
+  repeats = clips_per_video(config) if views_seed is None else 1
   total = len(source) * repeats
   n = total if num_examples is None else min(num_examples, total)
   res = config.res
   pid, nproc = jax.process_index(), jax.process_count()
   checked = CheckedSource(source)
   rows = _Repeats(checked, repeats) if repeats > 1 else checked
-  ds = grain.MapDataset.source(_Rows(rows, subset_rows(total, n, subset_seed)))
+  order = subset_rows(total, n, subset_seed)
+  if views_seed is not None:  # epochs of seeded permutations
+    n, rng = int(num_examples), np.random.default_rng(views_seed)
+    order = np.argsort(rng.random((n // total + 1, total)), 1).ravel()[:n]
+  ds = grain.MapDataset.source(_Rows(rows, order))
   ds = ds[pid::nproc].map_with_index(
-      _EvalExample(source, config, pid, nproc, repeats))
+      _EvalExample(source, config, pid, nproc, repeats, views_seed))
   it_ds = ds.to_iter_dataset()
   workers = config.num_workers
   if workers:  # needs a __main__ guard (the entry points have one)

@@ -23,6 +23,7 @@ import optax
 from vitok_jax import config_utils
 from vitok_jax import flops
 from vitok_jax.data import input_pipeline
+from vitok_jax.diffusion import codec as codec_lib
 from vitok_jax.evaluators import common as evaluators
 from vitok_jax.io import checkpoint as ckpt_lib
 from vitok_jax import losses
@@ -338,15 +339,21 @@ def init_from_stage1(state, setup: Setup, workdir: str, step=None):
 
 def predict_fns(setup: Setup) -> dict:
   """What a tokenizer hands its evaluators (evaluators/common.py):
-  `reconstruct` (params, images) -> evaluation-mode reconstructions, and
-  `code_floats` (data config) -> floats per frame of the code (bicubic)."""
+  `reconstruct` (params, images) -> evaluation-mode reconstructions,
+  `code_floats` (data config) -> floats per frame of the code (bicubic);
+  for the generation probe, `codec` (data config) -> the model as a
+  diffusion/codec.Codec and `fit_probe` (trainers/probe.py)."""
   from vitok_jax.evaluators import reconstruction  # pylint: disable=g-import-not-at-top
+  from vitok_jax.trainers import probe  # pylint: disable=g-import-not-at-top
   model = setup.model
   return dict(
       reconstruct=lambda params, images: model.apply({"params": params},
                                                      images)[0],
       code_floats=lambda data_config: reconstruction.code_floats_per_frame(
-          model, data_config))
+          model, data_config),
+      codec=lambda data_config: codec_lib.Codec(
+          model, None, data_config.res, data_config.frames),
+      fit_probe=probe.fit)
 
 
 def restore_for_eval(config, workdir: str, step=None) -> common.EvalRun:
