@@ -43,11 +43,20 @@ SLOW_FILES = {
 }
 SLOW_TESTS = {
     "test_i3d.py": {"test_a_detector_whose_resize_differs_is_refused",
-                    "test_parity_with_the_pytorch_i3d"},
+                    "test_parity_with_the_pytorch_i3d",
+                    # the quick tier keeps the conversion itself
+                    "test_torchscript_with_reordered_batchnorm_tensors_is_refused",
+                    "test_a_conversion_wrong_in_a_few_logits_only_is_refused"},
+    # ~15 fresh interpreters importing jax (40 s of CPU).
+    "test_cli.py": {"test_every_entry_point_and_tool_has_a_complete_help"},
+    # A Ti-Ti/8 train step compiled for its cost analysis (15 s of CPU).
+    "test_flops.py": {
+        "test_xla_counts_of_the_stage1_step_stay_near_the_analytic_count"},
     # The quick tier keeps one TPU compile (the eval step and the sampler).
     "test_aot_tpu.py": {"test_paper_stage1_batch_fits_v5p_hbm",
                         "test_train_steps_compile_for_tpu_topologies",
-                        "test_multi_slice_mesh_and_step"},
+                        "test_multi_slice_mesh_and_step",
+                        "test_splash_attention_inside_the_sharded_stage1_step"},
     # 2048-d Frechet distances and their scipy references (seconds each).
     "test_adm_metrics.py": {
         "test_generation_evaluator_scores_as_adm",
@@ -85,3 +94,25 @@ def pytest_collection_modifyitems(config, items):
     name = os.path.basename(str(item.fspath))
     if name in SLOW_FILES or item.originalname in SLOW_TESTS.get(name, ()):
       item.add_marker(pytest.mark.slow)
+
+
+# Where the suite's CPU goes: with VITOK_TEST_CPU_LOG=<file>, each test's
+# CPU seconds (its own process's and the jobs it launched, set-up included)
+# are appended to <file>; unlike wall-clock durations they do not depend on
+# what else the machine runs.
+if os.environ.get("VITOK_TEST_CPU_LOG"):
+  import resource  # pylint: disable=g-import-not-at-top
+  import pytest as _pytest  # pylint: disable=g-import-not-at-top
+
+  def _cpu():
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+  @_pytest.hookimpl(hookwrapper=True)
+  def pytest_runtest_protocol(item, nextitem):
+    del nextitem
+    start = _cpu()
+    yield
+    with open(os.environ["VITOK_TEST_CPU_LOG"], "a") as f:
+      f.write(f"{_cpu() - start:.2f} {item.nodeid}\n")

@@ -65,9 +65,10 @@ def _torch_dblock(x, p, blur_first=True):
 def test_dblock_matches_published_stylegan2_order():
   x = np.random.default_rng(0).normal(size=(2, 16, 16, 8)).astype(np.float32)
   block = disc.DBlock(12)
-  params = block.init(jax.random.key(0), x)["params"]
+  # Jitted: one compile, not one per op (eager Flax on 2 cores: seconds).
+  params = jax.jit(block.init)(jax.random.key(0), x)["params"]
   assert "bias" not in params["skip"]  # the skip conv has no bias
-  ours = np.asarray(block.apply({"params": params}, x))
+  ours = np.asarray(jax.jit(block.apply)({"params": params}, x))
   assert ours.shape == (2, 8, 8, 12)
   np.testing.assert_allclose(ours, _torch_dblock(x, params), atol=1e-5)
   # Blur-pool *after* a full-resolution conv (this module's old order)
@@ -78,13 +79,15 @@ def test_dblock_matches_published_stylegan2_order():
 
 def test_equalised_lr_weights_are_unit_normal_and_scaled_at_use():
   d = disc.Discriminator(channel_base=256, channel_max=32)
-  params = d.init(jax.random.key(0), jnp.zeros((2, 16, 16, 3)))["params"]
+  params = jax.jit(d.init)(jax.random.key(0),
+                           jnp.zeros((2, 16, 16, 3)))["params"]
   k = np.asarray(params["block_16"]["conv1"]["kernel"])
   assert abs(k.std() - 1.0) < 0.1  # stored N(0, 1)
   # Activations keep about unit scale through the blocks (gain sqrt 2).
   x = jax.random.normal(jax.random.key(1), (16, 16, 16, 3))
-  h = disc.DBlock(32).apply({"params": disc.DBlock(32).init(
-      jax.random.key(2), x)["params"]}, x)
+  block = disc.DBlock(32)
+  h = jax.jit(lambda x: block.apply(
+      {"params": block.init(jax.random.key(2), x)["params"]}, x))(x)
   assert 0.3 < float(jnp.std(h)) < 3.0
 
 
@@ -97,13 +100,14 @@ def test_blur_kernel_is_normalised_binomial():
 def test_discriminator_sizes_itself_from_resolution():
   d = disc.Discriminator(channel_base=256, channel_max=32)
   x = jnp.zeros((4, 32, 32, 3))
-  params = d.init(jax.random.key(0), x)["params"]
+  params = jax.eval_shape(d.init, jax.random.key(0), x)["params"]
   assert sorted(k for k in params if k.startswith("block_")) == ["block_16", "block_32", "block_8"]
-  assert d.apply({"params": params}, x).shape == (4,)
-  params64 = d.init(jax.random.key(0), jnp.zeros((2, 64, 64, 3)))["params"]
+  assert jax.eval_shape(d.apply, {"params": params}, x).shape == (4,)
+  params64 = jax.eval_shape(d.init, jax.random.key(0),
+                            jnp.zeros((2, 64, 64, 3)))["params"]
   assert "block_64" in params64
   with pytest.raises(ValueError, match="power-of-two"):
-    d.init(jax.random.key(0), jnp.zeros((2, 48, 48, 3)))
+    jax.eval_shape(d.init, jax.random.key(0), jnp.zeros((2, 48, 48, 3)))
 
 
 def _np_minibatch_stddev(x, group):

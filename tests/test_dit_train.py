@@ -28,7 +28,7 @@ def vitok_run(tmp_path_factory):
   helpers.launch("vitok_jax.train", [
       "--config=configs/vitok/s_b16_256.py:runlocal,lpips=0,steps=300",
       "--config.image_every=0", "--config.log_every=100",
-      f"--workdir={workdir}"], processes=1, devices=1)
+      f"--workdir={workdir}"], processes=1, devices=1, optimized=True)
   return workdir
 
 
@@ -69,7 +69,7 @@ def dit_run(vitok_run, tmp_path_factory):
   helpers.launch("vitok_jax.train", [
       "--config=configs/dit/dit_l_vitok_s_b16_256.py:runlocal,"
       f"tokenizer={vitok_run},steps=600", "--config.log_every=10",
-      f"--workdir={workdir}"], processes=1, devices=1)
+      f"--workdir={workdir}"], processes=1, devices=1, optimized=True)
   return workdir
 
 
