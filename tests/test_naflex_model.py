@@ -8,6 +8,7 @@ static grid's; on a full square grid the sequence path computes what
 __call__ does (tolerances below); the PyTorch export agrees on padded
 batches; splash with segment ids compiles for a TPU topology; errors.
 """
+import functools
 import importlib.util
 
 import jax
@@ -39,13 +40,21 @@ def _model(variant="mu-mu/4", **kw):
   return vitok.create(variant, C, **{**TINY, **kw})
 
 
+def _init(model, *args, method=None, seed=0):
+  """model.init jitted (an eager init dispatches op by op, slower here)."""
+  return jax.jit(functools.partial(model.init, method=method))(
+      jax.random.key(seed), *args)["params"]
+
+
+def _perturb(params, seed=1):
+  """Every leaf perturbed (numpy: no compile) so nothing is trivially 0."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda l: np.asarray(l) + 0.05 * rng.normal(
+      size=l.shape).astype(np.float32), params)
+
+
 def _params(model, x, seed=0):
-  """Random params, every leaf perturbed so that nothing is trivially 0."""
-  params = model.init(jax.random.key(seed), x)["params"]
-  leaves, tdef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  return jax.tree.unflatten(tdef, [
-      l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+  return _perturb(_init(model, x, seed=seed), seed + 1)
 
 
 def _rel(a, b):
@@ -80,10 +89,11 @@ def _images(grids, patch=4, seed=0):
   return out
 
 
-def _run(model, params, patches, coords, valid):
-  return jax.jit(lambda *a: model.apply(
-      {"params": params}, *a, method="reconstruct_patches"))(
-          patches, coords, valid)
+def _runner(model, method="reconstruct_patches"):
+  """model.apply(method) jitted once, params an argument (each new shape
+  compiles once; the tiny models' compiles are most of the tests' time)."""
+  return jax.jit(lambda params, *a: model.apply({"params": params}, *a,
+                                                method=method))
 
 
 def test_patchify_layout_and_round_trip():
@@ -116,15 +126,16 @@ def test_padded_batch_equals_each_image_alone():
   seqs = _images([(2, 3), (3, 2), (1, 4)])
   batch = _pack(seqs, 8)
   params = _params(model, np.zeros((1, 8, 8, 3), np.float32))
-  out, aux = _run(model, params, *batch)
+  run = _runner(model)
+  out, aux = run(params, *batch)
   valid = batch[2]
   np.testing.assert_array_equal(aux["keep"], valid)
   for name in ("z", "mean", "logvar"):
     assert (np.asarray(aux[name])[~valid] == 0).all()
   assert (np.asarray(out)[~valid] == 0).all()
   for i, (p, c) in enumerate(seqs):
-    alone_out, alone = _run(model, params, p[None], c[None],
-                            np.ones((1, len(p)), bool))
+    alone_out, alone = run(params, p[None], c[None],
+                           np.ones((1, len(p)), bool))
     n = len(p)
     np.testing.assert_allclose(aux["z"][i, :n], alone["z"][0], atol=1e-5)
     np.testing.assert_allclose(aux["kl"][i], alone["kl"][0], rtol=1e-5)
@@ -143,8 +154,9 @@ def test_padding_contents_change_no_valid_output():
   model = _model()
   seqs = _images([(2, 3), (1, 4)], seed=1)
   params = _params(model, np.zeros((1, 8, 8, 3), np.float32))
-  clean = _run(model, params, *_pack(seqs, 9))
-  dirty = _run(model, params, *_pack(seqs, 9, garbage=3))
+  run = _runner(model)
+  clean = run(params, *_pack(seqs, 9))
+  dirty = run(params, *_pack(seqs, 9, garbage=3))
   valid = _pack(seqs, 9)[2]
   np.testing.assert_array_equal(np.asarray(clean[0])[valid],
                                 np.asarray(dirty[0])[valid])
@@ -161,6 +173,13 @@ def test_padding_contents_change_no_valid_output():
   a = attention.attend(q, k, v, None, valid=valid)
   b = attention.attend(q2, k2, v2, None, valid=valid)
   np.testing.assert_array_equal(np.asarray(a)[valid], np.asarray(b)[valid])
+  # splash off TPU is XLA's masked attention; cuDNN's key lengths mean the
+  # same mask (valid tokens first), checked here through XLA's lengths.
+  np.testing.assert_array_equal(attention.attend(q, k, v, "splash",
+                                                 valid=valid), a)
+  np.testing.assert_allclose(jax.nn.dot_product_attention(
+      q, k, v, key_value_seq_lengths=jnp.asarray([11, 16], jnp.int32))[valid],
+                             np.asarray(a)[valid], atol=1e-6)
   # valid=None is today's call exactly.
   np.testing.assert_array_equal(attention.attend(q, k, v, None),
                                 jax.nn.dot_product_attention(q, k, v))
@@ -203,37 +222,60 @@ def test_rope_angles_per_example_against_a_loop_and_the_static_grid():
 def test_square_inputs_match_the_grid_path(variant, shape):
   """patchify -> reconstruct_patches -> unpatchify equals __call__ with the
   same params, and the init through either path makes the same params."""
-  model = _model(variant)
+  model = _model(variant, enc_depth=1, dec_depth=1)
   x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
-  params = _params(model, x)
   patches, coords, valid = P.patchify(x, model.patch, model.tubelet)
-  init_seq = model.init(jax.random.key(0), patches, coords, valid,
-                        method="reconstruct_patches")["params"]
-  init_grid = model.init(jax.random.key(0), x)["params"]
-  jax.tree.map(np.testing.assert_array_equal, init_seq, init_grid)
+  init_grid = _init(model, x)
+  jax.tree.map(np.testing.assert_array_equal, init_grid,
+               _init(model, patches, coords, valid,
+                     method="reconstruct_patches"))
+  params = _perturb(init_grid)
 
-  recon, aux = jax.jit(lambda x: model.apply({"params": params}, x))(x)
-  out, aux_p = _run(model, params, patches, coords, valid)
   grid = model.token_grid(shape)
+  recon, aux = _runner(model, "__call__")(params, x)
+  out, aux_p = _runner(model)(params, patches, coords, valid)
   y = P.unpatchify(np.asarray(out), grid if len(shape) == 5 else grid[1:],
                    model.patch, model.tubelet)
   assert _rel(aux["z"], aux_p["z"]) < SQUARE_RTOL
   assert _rel(recon, y) < SQUARE_RTOL
   np.testing.assert_allclose(aux["kl"], aux_p["kl"], rtol=SQUARE_RTOL)
   # The decoder alone, on the same codes: the same function.
-  dec_grid = model.apply({"params": params}, aux["z"], grid, method="decode")
-  dec_seq = model.apply({"params": params}, aux["z"], coords, valid,
-                        method="decode_patches")
+  dec_grid = jax.jit(lambda p, z: model.apply(
+      {"params": p}, z, grid, method="decode"))(params, aux["z"])
+  dec_seq = _runner(model, "decode_patches")(params, aux["z"], coords, valid)
   y = P.unpatchify(np.asarray(dec_seq), grid, model.patch, model.tubelet)
   assert _rel(dec_grid, y) < DECODE_RTOL
 
 
+def test_no_gradient_reaches_padding_and_an_empty_sequence_is_zero():
+  """With activation checkpointing (remat="block"): the gradient of a loss
+  over the outputs is zero on padding patches, finite everywhere; a
+  sequence of padding only gives zero outputs and zero KL, no NaN."""
+  model = _model(remat="block", enc_depth=1, dec_depth=1)
+  params = _params(model, np.zeros((1, 8, 8, 3), np.float32))
+  p, c, v = _pack(_images([(2, 2)]) * 2, 6, garbage=1)
+  v[1] = False  # the second sequence is all padding
+
+  def loss(x, params):
+    out, aux = model.apply({"params": params}, x, c, v,
+                           method="reconstruct_patches")
+    return jnp.sum(out**2) + jnp.sum(aux["kl"]), (out, aux)
+
+  (gx, gp), (out, aux) = jax.jit(jax.grad(loss, argnums=(0, 1),
+                                          has_aux=True))(p, params)
+  assert (np.asarray(gx)[~v] == 0).all() and np.abs(gx[0, :4]).max() > 0
+  assert all(np.isfinite(l).all() for l in jax.tree.leaves(gp))
+  assert (np.asarray(out[1]) == 0).all() and aux["kl"][1] == 0
+  assert np.isfinite(out).all() and aux["kl"][0] > 0
+
+
 def test_training_samples_z_only_on_valid_tokens():
-  model = _model()
+  model = _model(enc_depth=1)
   batch = _pack(_images([(2, 2)]), 6)
   params = _params(model, np.zeros((1, 8, 8, 3), np.float32))
-  aux = model.apply({"params": params}, *batch, train=True,
-                    method="encode_patches", rngs={"sample": jax.random.key(3)})
+  aux = jax.jit(lambda p, *a: model.apply(
+      {"params": p}, *a, train=True, method="encode_patches",
+      rngs={"sample": jax.random.key(3)}))(params, *batch)
   z, mean, valid = map(np.asarray, (aux["z"], aux["mean"], batch[2]))
   assert (z[~valid] == 0).all() and not np.allclose(z[valid], mean[valid])
 
@@ -246,7 +288,7 @@ def test_pytorch_export_matches_on_padded_batches():
   import torch  # pylint: disable=g-import-not-at-top
   from vitok_jax import export  # pylint: disable=g-import-not-at-top
   from vitok_jax.torch import vitok as tv  # pylint: disable=g-import-not-at-top
-  model = _model("mu-mu/2x4")
+  model = _model("mu-mu/2x4", enc_depth=1, dec_depth=1)
   rng = np.random.default_rng(0)
   seqs = []
   for t, h, w in ((1, 2, 3), (2, 1, 2)):
@@ -255,7 +297,7 @@ def test_pytorch_export_matches_on_padded_batches():
     seqs.append((p[0], c[0]))
   patches, coords, valid = _pack(seqs, 8, garbage=0)
   params = _params(model, np.zeros((1, 2, 8, 8, 3), np.float32))
-  out, aux = _run(model, params, patches, coords, valid)
+  out, aux = _runner(model)(params, patches, coords, valid)
   tm = tv.ViTok(**export.model_config(model, params))
   tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
                       export.convert.flax_to_torch(params).items()})
@@ -279,7 +321,8 @@ def test_splash_with_segment_ids_compiles_for_a_tpu_topology():
   from vitok_jax.parallel import sharding as sh  # pylint: disable=g-import-not-at-top
   topo = load_tool("aot_compile").get_topology("v5e:2x2")
   mesh = sh.make_mesh((("data", -1),), topo.devices)
-  model = _model("mu-mu/8", attn_impl="splash", dtype=jnp.bfloat16)
+  model = _model("mu-mu/8", attn_impl="splash", dtype=jnp.bfloat16,
+                 enc_depth=1, dec_depth=1)
   n, d = 128, P.patch_dim(8)
   data = sh.batch_sharding(mesh)
   sds = lambda shape, dtype, s=data: jax.ShapeDtypeStruct(shape, dtype,
@@ -300,7 +343,7 @@ def test_splash_with_segment_ids_compiles_for_a_tpu_topology():
 
 
 def test_errors_name_the_problem():
-  model = _model()
+  model = _model(enc_depth=1, dec_depth=1)
   params = _params(model, np.zeros((1, 8, 8, 3), np.float32))
   apply = lambda m, *a, method="encode_patches": m.apply(
       {"params": params}, *a, method=method)
