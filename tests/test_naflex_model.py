@@ -309,6 +309,11 @@ def test_pytorch_export_matches_on_padded_batches():
   assert _rel(aux["logvar"], t_aux["logvar"].numpy()) < 1e-5
   assert _rel(out, t_out) < 1e-5
   assert (t_out[~valid] == 0).all()
+  with pytest.raises(ValueError, match=r"expected patches \[B, N, 96\]"):
+    tm.encode_patches(args[0][..., :90], *args[1:])
+  with pytest.raises(ValueError, match="needs posemb='none'"):
+    tv.ViTok(C, 64, 1, 2, 64, 1, 2, 4, posemb="learn", posemb_length=4
+             ).encode_patches(*args)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,

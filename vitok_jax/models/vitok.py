@@ -14,6 +14,11 @@ Variants of appendix 8.3 behind fields:
     and replace the tail with a learned c-dim mask token; l is drawn per
     example in training, `eval_length` (l_eval) at evaluation.
 
+A second entry, not in the paper, takes packed patch sequences instead of
+grids (NaFlex: each image at its own size and aspect ratio, padded at the
+end; models/patches.py): `encode_patches`, `decode_patches`,
+`reconstruct_patches`, with the same parameters.
+
 Naming follows the paper: "S-B/4x16" = Small encoder, Base decoder, q=4, p=16;
 "S-B/16" means q=1.
 """
@@ -281,7 +286,6 @@ class Model(nn.Module):
     grid = self.token_grid(x.shape)
     y = self.decode(aux["z"], grid)
     return (y if x.ndim == 5 else y[:, 0]), aux
-
 
   # ------------------------------------------ packed sequences (NaFlex)
   # One image or clip per sequence, of any size and aspect ratio, padded at

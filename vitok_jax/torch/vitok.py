@@ -241,9 +241,9 @@ class ViTok(nn.Module):
     if self.posemb == "learn" or self.num_latent_tokens or self.masked:
       raise ValueError("The packed-sequence (NaFlex) path needs posemb='none'"
                        " and no Latent or Masked ViTok")
-    b, n = x.shape[:2]
-    if (x.dim() != 3 or x.shape[-1] != width or tuple(coords.shape) != (
-        b, n, 3) or tuple(valid.shape) != (b, n)):
+    b, n = x.shape[:2] if x.dim() == 3 else (-1, -1)
+    if (x.shape[-1] != width or tuple(coords.shape) != (b, n, 3) or
+        tuple(valid.shape) != (b, n)):
       raise ValueError(f"expected {name} [B, N, {width}], coords [B, N, 3], "
                        f"valid [B, N]; got {tuple(x.shape)}, "
                        f"{tuple(coords.shape)}, {tuple(valid.shape)}")
