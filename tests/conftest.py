@@ -45,6 +45,8 @@ SLOW_TESTS = {
     "test_i3d.py": {"test_a_detector_whose_resize_differs_is_refused",
                     "test_parity_with_the_pytorch_i3d"},
     # The quick tier keeps one TPU compile (the eval step and the sampler).
+    "test_naflex_model.py": {
+        "test_splash_with_segment_ids_gradient_compiles_for_a_tpu_topology"},
     "test_aot_tpu.py": {"test_paper_stage1_batch_fits_v5p_hbm",
                         "test_train_steps_compile_for_tpu_topologies",
                         "test_multi_slice_mesh_and_step"},

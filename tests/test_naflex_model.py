@@ -316,12 +316,9 @@ def test_pytorch_export_matches_on_padded_batches():
              ).encode_patches(*args)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                    reason="libtpu compiles for TPU topologies")
-def test_splash_with_segment_ids_compiles_for_a_tpu_topology():
-  """The sequence path's forward with attn_impl="splash" (N = 128) under a
-  v5e 2x2 mesh, ahead of time on this CPU host: one splash custom call per
-  block, inside shard_map (no all-gather)."""
+def _splash_compile(grad: bool):
+  """The sequence path with attn_impl="splash" (N = 128, bf16) compiled
+  under a v5e 2x2 mesh, ahead of time on this CPU host -> its HLO text."""
   from tests.helpers import load_tool  # pylint: disable=g-import-not-at-top
   from vitok_jax.parallel import sharding as sh  # pylint: disable=g-import-not-at-top
   topo = load_tool("aot_compile").get_topology("v5e:2x2")
@@ -339,12 +336,37 @@ def test_splash_with_segment_ids_compiles_for_a_tpu_topology():
       jnp.ones((1, n), bool), method="reconstruct_patches")["params"])
   params = jax.tree.map(lambda a: sds(a.shape, a.dtype, sh.replicated(mesh)),
                         params)
-  fn = lambda p, *a: model.apply({"params": p}, *a,
-                                 method="reconstruct_patches")
+
+  def fn(p, x, c, v):
+    out, aux = model.apply({"params": p}, x, c, v,
+                           method="reconstruct_patches")
+    return jnp.mean((out - x)**2) + jnp.mean(aux["kl"]) if grad else out
+  fn = jax.grad(fn) if grad else fn
   hlo = jax.jit(sh.traced_under(mesh, fn)).lower(params, *args).compile(
   ).as_text()
-  assert hlo.count("tpu_custom_call") == model.enc_depth + model.dec_depth
-  assert "all-gather" not in hlo
+  assert "all-gather" not in hlo  # each device attends its own examples
+  return hlo, model.enc_depth + model.dec_depth
+
+
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="libtpu compiles for TPU topologies")
+
+
+@needs_libtpu
+def test_splash_with_segment_ids_compiles_for_a_tpu_topology():
+  """The forward: one splash kernel (with the valid/padding segment ids)
+  per block, inside shard_map."""
+  hlo, blocks = _splash_compile(grad=False)
+  assert hlo.count("tpu_custom_call") == blocks
+
+
+@needs_libtpu
+def test_splash_with_segment_ids_gradient_compiles_for_a_tpu_topology():
+  """The gradient (a train step's): forward, dq and dkv kernels per block.
+  Slow tier (about 10 s on 2 cores)."""
+  hlo, blocks = _splash_compile(grad=True)
+  assert hlo.count("tpu_custom_call") == 3 * blocks
 
 
 def test_errors_name_the_problem():
