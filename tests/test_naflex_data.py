@@ -237,3 +237,20 @@ def test_bad_ranges_name_the_key(mixed_folder):
     naflex_pipeline.crop_ranges(cfg(mixed_folder, naflex_area=(0.5, 2.0)))
   with pytest.raises(ValueError, match="naflex_aspect"):
     naflex_pipeline.crop_ranges(cfg(mixed_folder, naflex_aspect=(2.0, 0.5)))
+
+
+def test_training_flips_mirror_the_image():
+  c = input_pipeline.default_config(flip=True, naflex=True, max_patches=16,
+                                    naflex_aspect=(), naflex_area=())
+  view = naflex_pipeline.TrainView(c, 4)
+  img = np.zeros((16, 16, 3), np.uint8)
+  img[:, :8] = 255  # white left half
+  left = []
+  for seed in range(16):
+    out = view({"image": img, "label": np.int32(0)},
+               np.random.default_rng(seed))
+    x = naflex.crop_native(out["patches"][None], out["coords"][None],
+                           out["valid"][None], 4)[0]
+    assert x.shape == (16, 16, 3)  # the whole image, at 4 x 4 patches
+    left.append(float(x[:, :8].mean()))
+  assert set(left) == {-1.0, 1.0}
