@@ -254,3 +254,11 @@ def test_training_flips_mirror_the_image():
     assert x.shape == (16, 16, 3)  # the whole image, at 4 x 4 patches
     left.append(float(x[:, :8].mean()))
   assert set(left) == {-1.0, 1.0}
+
+
+def test_padding_is_small():
+  for n in (64, 256):
+    short = [n - np.prod(naflex.naflex_grid(h, w, n))
+             for h in range(50, 400, 7) for w in range(50, 400, 11)
+             if max(h, w) <= 4 * min(h, w)]
+    assert max(short) <= 0.25 * n and np.mean(short) <= 0.05 * n

@@ -2,13 +2,18 @@
 baseline at each image's own number of floats (evaluators/bicubic.py)."""
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 from skimage.metrics import structural_similarity
 
+from vitok_jax import losses
+from vitok_jax.data import input_pipeline
 from vitok_jax.data import naflex
+from vitok_jax.data import naflex_pipeline
 from vitok_jax.data import preprocess as ops
 from vitok_jax.evaluators import bicubic
 from vitok_jax.evaluators import native
@@ -137,3 +142,40 @@ def test_fid_view_resizes_the_short_side_and_crops_the_centre():
   assert 0 <= batch.min() and batch.max() <= 1
   assert native.fid_key() == "rfid_native_cc256"
   assert "256" in native.fid_protocol()
+
+
+def test_pipeline_loss_and_scores_fit_together_with_a_stand_in_model(
+    tmp_path):
+  """Data -> a stand-in for encode_patches/decode_patches -> the training
+  loss on the canvas and the native scores: the pieces meet on the
+  contract."""
+  rng = np.random.default_rng(0)
+  for i, (h, w) in enumerate([(40, 24), (24, 56), (32, 32)]):
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+        tmp_path / f"{i}.png")
+  c = input_pipeline.default_config(data=f"folder:{tmp_path}", batch_size=2,
+                                    naflex=True, max_patches=24)
+  p = 4
+  model = lambda x: 0.8 * x  # decode_patches(encode_patches(x)["z"])
+  side = naflex_pipeline.canvas_side(c, p)
+  b = next(iter(naflex_pipeline.make_train_dataset(c, seed=0, patch=p)))
+
+  @jax.jit
+  def loss_fn(batch):
+    recon = model(batch["patches"])
+    return losses.autoencoder_patches(
+        recon, batch["patches"], {"kl": jnp.zeros(2)}, batch["coords"],
+        batch["valid"], canvas_hw=(side, side), patch=p, lpips_weight=1.0,
+        lpips_fn=lambda x, y: jnp.mean(jnp.abs(x - y), axis=(1, 2, 3)))
+
+  total, terms = loss_fn({k: b[k] for k in ("patches", "coords", "valid")})
+  assert np.isfinite(total) and terms["rec_l2"] > 0
+  scores = []
+  for e in naflex_pipeline.make_eval_dataset(c, 2, patch=p):
+    scores.append(native.score_rows(e["patches"], model(e["patches"]),
+                                    e["coords"], e["valid"], p,
+                                    code_channels=4))
+  per_image = {k: np.concatenate([s[k] for s in scores]) for k in scores[0]}
+  avg = native.averages(per_image)
+  assert avg["num_examples"] == 3
+  assert 0 < avg["rpsnr"] < 100 and 0 < avg["rssim"] < 1
