@@ -181,7 +181,8 @@ def test_training_rows_mix_aspects_within_the_range(mixed_folder):
   aspects = []
   for _ in range(6):
     b = next(it)
-    assert b["patches"].shape == (4, 16, 48) and b["patches"].dtype == np.float32
+    assert b["patches"].shape == (4, 16, 48)
+    assert b["patches"].dtype == np.float32
     assert b["coords"].shape == (4, 16, 3) and b["valid"].shape == (4, 16)
     assert -1 <= b["patches"].min() and b["patches"].max() <= 1
     assert not b["patches"][~b["valid"]].any()
