@@ -263,3 +263,61 @@ def test_padding_is_small():
              for h in range(50, 400, 7) for w in range(50, 400, 11)
              if max(h, w) <= 4 * min(h, w)]
     assert max(short) <= 0.25 * n and np.mean(short) <= 0.05 * n
+
+
+class FakeVideos:
+  """Videos without files: video i is 5 identical frames of one random
+  image of SIZES[i] (or 2 frames: too short for a 4-frame clip)."""
+  is_video = True
+
+  def __init__(self):
+    rng = np.random.default_rng(0)
+    self.frames = [rng.integers(0, 256, s + (3,), dtype=np.uint8)
+                   for s in SIZES]
+
+  def __len__(self):
+    return len(SIZES)
+
+  def __getitem__(self, i):
+    return i
+
+  def label(self, i):
+    return i
+
+  def describe(self, i):
+    return f"video {i}"
+
+  def clip(self, ref, t, fps, rng, where=0.5):
+    del fps, rng, where
+    n = 2 if ref == 4 else 5
+    if n < t:
+      raise ValueError("too short")
+    return np.stack([self.frames[ref]] * t)
+
+
+def test_clip_views_crop_and_flip_every_frame_alike():
+  c = input_pipeline.default_config(frames=4, max_patches=32, naflex=True,
+                                    flip=True)
+  source = FakeVideos()
+  recs = input_pipeline.CheckedSource(source)
+  train = naflex_pipeline.TrainView(c, 4, 2, source)
+  evaluate = naflex_pipeline.EvalView(c, 4, 2, 0, 1, source)
+  for i in range(4):
+    for seed in range(3):
+      out = train(recs[i], np.random.default_rng(seed))
+      assert out["patches"].shape == (32, 2 * 4 * 4 * 3)
+      gt, gh, gw = naflex.native_grid(out["coords"], out["valid"])
+      assert gt == 2 and gt * gh * gw == out["valid"].sum() <= 32
+      clip = naflex.crop_native(out["patches"][None], out["coords"][None],
+                                out["valid"][None], 4, frames=4)[0]
+      for f in clip[1:]:  # identical frames stay identical
+        np.testing.assert_array_equal(f, clip[0])
+    out = evaluate(0, recs[i])
+    clip = naflex.crop_native(out["patches"][None], out["coords"][None],
+                              out["valid"][None], 4, frames=4)[0]
+    size = naflex.naflex_size(*SIZES[i], 4, 16)  # 2 tubelets share 32
+    want = ops.value_range(ops.resize(source.frames[i], size))
+    np.testing.assert_array_equal(clip, np.stack([want] * 4))
+  bad = train(recs[4], np.random.default_rng(0))
+  assert isinstance(bad, input_pipeline.BadRecord) and "short" in bad.error
+  assert isinstance(evaluate(0, recs[4]), input_pipeline.BadRecord)

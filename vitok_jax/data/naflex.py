@@ -123,14 +123,15 @@ def random_aspect_crop(img: np.ndarray, rng: np.random.Generator,
                        aspect: Sequence[float], area: Sequence[float]
                        ) -> np.ndarray:
   """A random crop of aspect ratio (width / height) log-uniform in `aspect`
-  and area a uniform fraction `area` of the image, at a random place.
+  and area a uniform fraction `area` of the image, at a random place; a clip
+  [T, H, W, C] is cropped in the same place in every frame.
 
   Unlike Inception's crop (retry, then fall back to a centre crop) a crop that
   does not fit is shrunk, keeping its aspect: every crop's aspect stays in the
   range (up to rounding to whole pixels), so the loss canvas bounds every
   training grid; the area is then below the drawn one.
   """
-  h, w = img.shape[:2]
+  h, w = img.shape[-3:-1]
   r = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
   a = rng.uniform(*area) * h * w
   cw, ch = math.sqrt(a * r), math.sqrt(a / r)
@@ -138,7 +139,13 @@ def random_aspect_crop(img: np.ndarray, rng: np.random.Generator,
   cw, ch = max(1, min(w, int(cw * s))), max(1, min(h, int(ch * s)))
   top = int(rng.integers(0, h - ch + 1))
   left = int(rng.integers(0, w - cw + 1))
-  return img[top:top + ch, left:left + cw]
+  return img[..., top:top + ch, left:left + cw, :]
+
+
+def random_flip(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """A horizontal flip half the time, of an image or of every frame of a
+  clip (preprocess.random_flip's draw)."""
+  return img[..., ::-1, :] if rng.uniform() < 0.5 else img
 
 
 # --------------------------------------------------------------------------

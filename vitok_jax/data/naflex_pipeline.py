@@ -15,9 +15,11 @@ shape.
   * evaluation: the whole image at its native aspect ratio, NaFlex-resized to
     input.max_patches, no crop.
 
-The patch size and tubelet belong to the model, so the caller passes them.
-Videos are not served as NaFlex sequences yet (naflex.patchify_to_sequence
-handles clips; the clip views are still square).
+Videos (input.frames = T > 1): a clip of T frames at input.fps (training: a
+random start; evaluation: the centred clip, one per video), the same crop and
+flip in every frame, NaFlex's resize with the T / q tubelets sharing
+max_patches. The patch size and tubelet belong to the model, so the caller
+passes them.
 """
 import logging
 import math
@@ -50,13 +52,14 @@ def crop_ranges(config):
   return aspect, area
 
 
-def canvas_side(config, patch: int) -> int:
+def canvas_side(config, patch: int, tubelet: int = 1) -> int:
   """Side in pixels of the square canvas the losses un-pack training rows to
   (LPIPS, the discriminator): it holds every training grid."""
   ranges = crop_ranges(config)
   r = (max(ranges[0][1], 1 / ranges[0][0]) if ranges else MAX_NATIVE_ASPECT)
+  budget = naflex.spatial_budget(config.frames, tubelet, config.max_patches)
   # The crop's aspect is off by rounding to whole pixels; a patch of margin.
-  return (naflex.canvas_grid(config.max_patches, r) + 1) * patch
+  return (naflex.canvas_grid(budget, r) + 1) * patch
 
 
 def _sequence(img_uint8, config, patch: int, tubelet: int, max_grid=None):
@@ -67,26 +70,38 @@ def _sequence(img_uint8, config, patch: int, tubelet: int, max_grid=None):
   return dict(patches=patches, coords=coords, valid=valid)
 
 
+def _pixels(source, rec, config, rng):
+  """A record's image, or its clip [T, H, W, 3] at the video's own size (rng:
+  a random start; None: the centred clip); a BadRecord for a video too short
+  or unreadable."""
+  if "video" not in rec:
+    return rec["image"]
+  try:
+    return source.clip(rec["video"], config.frames, ip.clip_fps(config), rng)
+  except Exception as e:  # pylint: disable=broad-except
+    return ip.BadRecord(rec["where"], f"{type(e).__name__}: {e}")
+
+
 class TrainView:
   """A record as NaFlex training sees it (crop, flip, resize, patchify). A
-  class: grain workers unpickle it."""
+  class: grain workers unpickle it. `source` decodes clips (videos only)."""
 
-  def __init__(self, config, patch: int, tubelet: int = 1):
+  def __init__(self, config, patch: int, tubelet: int = 1, source=None):
     self.config, self.patch, self.tubelet = config, patch, tubelet
+    self.source = source
     self.ranges = crop_ranges(config)
-    self.max_grid = canvas_side(config, patch) // patch
+    self.max_grid = canvas_side(config, patch, tubelet) // patch
 
   def __call__(self, rec, rng):
     if isinstance(rec, ip.BadRecord):
       return rec
-    if "video" in rec:
-      raise ValueError("config.input.naflex: videos are not served as patch "
-                       "sequences yet (use input.frames = 1)")
-    img = rec["image"]
+    img = _pixels(self.source, rec, self.config, rng)
+    if isinstance(img, ip.BadRecord):
+      return img
     if self.ranges:
       img = naflex.random_aspect_crop(img, rng, *self.ranges)
     if self.config.flip:
-      img = ops.random_flip(img, rng)
+      img = naflex.random_flip(img, rng)
     out = _sequence(img, self.config, self.patch, self.tubelet,
                     self.max_grid)
     return dict(out, label=rec["label"])
@@ -103,7 +118,8 @@ def make_train_dataset(config, seed: int, patch: int, tubelet: int = 1
   ds = grain.MapDataset.source(ip.CheckedSource(source))
   ds = ds.shuffle(seed=seed).repeat(None)
   ds = ds[jax.process_index()::jax.process_count()]
-  ds = ds.random_map(TrainView(config, patch, tubelet), seed=seed + 1)
+  ds = ds.random_map(TrainView(config, patch, tubelet, source),
+                     seed=seed + 1)
   it_ds = ip.SkipBadRecords(ds.to_iter_dataset(), max_in_a_row=len(source))
   it_ds = it_ds.batch(local_batch, drop_remainder=True)
   if config.num_workers:
@@ -113,20 +129,22 @@ def make_train_dataset(config, seed: int, patch: int, tubelet: int = 1
 
 
 class EvalView:
-  """One evaluation row: the whole image, NaFlex-resized; {"patches",
-  "coords", "valid", "label", "index"} or a BadRecord."""
+  """One evaluation row: the whole image (a video's centred clip),
+  NaFlex-resized; {"patches", "coords", "valid", "label", "index"} or a
+  BadRecord."""
 
-  def __init__(self, config, patch: int, tubelet: int, pid: int, nproc: int):
+  def __init__(self, config, patch: int, tubelet: int, pid: int, nproc: int,
+               source=None):
     self.config, self.patch, self.tubelet = config, patch, tubelet
-    self.pid, self.nproc = pid, nproc
+    self.pid, self.nproc, self.source = pid, nproc, source
 
   def __call__(self, j, rec):
     if isinstance(rec, ip.BadRecord):
       return rec
-    if "video" in rec:
-      raise ValueError("config.input.naflex: videos are not served as patch "
-                       "sequences yet (use input.frames = 1)")
-    out = _sequence(rec["image"], self.config, self.patch, self.tubelet)
+    img = _pixels(self.source, rec, self.config, None)
+    if isinstance(img, ip.BadRecord):
+      return img
+    out = _sequence(img, self.config, self.patch, self.tubelet)
     return dict(out, label=rec["label"], index=self.pid + j * self.nproc)
 
 
@@ -146,7 +164,7 @@ def make_eval_dataset(config, batch_size: int, patch: int, tubelet: int = 1,
   rows = ip._Rows(ip.CheckedSource(source),
                   ip.subset_rows(total, n, subset_seed))
   ds = grain.MapDataset.source(rows)[pid::nproc].map_with_index(
-      EvalView(config, patch, tubelet, pid, nproc))
+      EvalView(config, patch, tubelet, pid, nproc, source))
   it_ds = ds.to_iter_dataset()
   if config.num_workers:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
