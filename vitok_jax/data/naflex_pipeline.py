@@ -29,6 +29,7 @@ import grain
 import jax
 import numpy as np
 
+from vitok_jax.data import demo_sources
 from vitok_jax.data import input_pipeline as ip
 from vitok_jax.data import naflex
 from vitok_jax.data import preprocess as ops
@@ -36,6 +37,14 @@ from vitok_jax.data import preprocess as ops
 # Without an aspect range (native training) a more elongated image than this
 # is squeezed to fit the loss canvas (naflex.canvas_grid).
 MAX_NATIVE_ASPECT = 4.0
+
+
+def source_of(config):
+  """input_pipeline.source_of, except that the held-out demo photos are cut
+  into tiles of each photo's own aspect ratio rather than squares."""
+  if config.data == "heldout" and config.frames == 1:
+    return demo_sources.HeldOutPhotos(native_aspect=True)
+  return ip.source_of(config)
 
 
 def crop_ranges(config):
@@ -114,7 +123,7 @@ def make_train_dataset(config, seed: int, patch: int, tubelet: int = 1
   "valid": [b, N] bool, "label": [b] int32, "skipped": [b] int32}."""
   # pylint: disable=protected-access
   local_batch = ip._check_batch(config.batch_size)
-  source = ip.source_of(config)
+  source = source_of(config)
   ds = grain.MapDataset.source(ip.CheckedSource(source))
   ds = ds.shuffle(seed=seed).repeat(None)
   ds = ds[jax.process_index()::jax.process_count()]
@@ -157,7 +166,7 @@ def make_eval_dataset(config, batch_size: int, patch: int, tubelet: int = 1,
   "mask": [b] bool, "index": [b] int64}; a padding row has no valid patch."""
   # pylint: disable=protected-access
   local_batch = ip._check_batch(batch_size)
-  source = ip.source_of(config)
+  source = source_of(config)
   total = len(source)
   n = total if num_examples is None else min(num_examples, total)
   pid, nproc = jax.process_index(), jax.process_count()

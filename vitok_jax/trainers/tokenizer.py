@@ -34,6 +34,7 @@ from vitok_jax import optim
 from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import common
 from vitok_jax.trainers import host_loop
+from vitok_jax.trainers import naflex
 import vitok_jax.utils as u
 
 
@@ -109,6 +110,8 @@ def resolve_config(config) -> ml_collections.ConfigDict:
     vitok.decode_variant(config.model.variant)
   except ValueError as e:
     raise ValueError(f"config.model.variant: {e}") from e
+  if config.input.naflex:
+    naflex.check_config(config)
   return config
 
 
@@ -116,6 +119,10 @@ def resolve_config(config) -> ml_collections.ConfigDict:
 # Setup: model, optimizer, shardings, jitted init and step
 # ==========================================================================
 def input_shape(config, batch: Optional[int] = None):
+  if config.input.naflex:  # so tools/bench.py, aot_compile.py, flops say so
+    raise NotImplementedError(
+        "config.input.naflex=True: the square setup, its input shape and "
+        "FLOP count do not apply (trainers/naflex.py; docs/naflex.md)")
   b = config.input.batch_size if batch is None else batch
   res, t = config.input.res, config.input.frames
   return (b, res, res, 3) if t == 1 else (b, t, res, res, 3)
@@ -359,11 +366,12 @@ def predict_fns(setup: Setup) -> dict:
 def restore_for_eval(config, workdir: str, step=None) -> common.EvalRun:
   """The eval job's view of a tokenizer run (vitok_jax/eval.py): `step` (or
   the latest) restored onto config.mesh; the EMA params when present."""
+  nf = config.input.naflex  # NaFlex rows: trainers/naflex.py
   if not config.evals:  # score the training data's evaluation crops
-    config.evals = {"recon": dict(type="reconstruction", batch_size=8,
-                                  num_examples=None)}
+    config.evals = naflex.default_evals() if nf else {"recon": dict(
+        type="reconstruction", batch_size=8, num_examples=None)}
   mesh = sh.make_mesh(config.mesh)
-  setup = make_setup(config, mesh)
+  setup = (naflex.make_setup if nf else make_setup)(config, mesh)
   ckpt = ckpt_lib.Checkpointer(workdir)
   step = ckpt.latest_step() if step is None else step
   if step is None:
@@ -372,7 +380,8 @@ def restore_for_eval(config, workdir: str, step=None) -> common.EvalRun:
   ckpt.close()
   return common.EvalRun(step=int(step), params=common.eval_params(state),
                         ema="params_ema" in state, mesh=mesh,
-                        predict_fns=predict_fns(setup))
+                        predict_fns=(naflex.predict_fns if nf else
+                                     predict_fns)(setup))
 
 
 def make_reconstruct_fn(setup: Setup):
@@ -395,6 +404,8 @@ def train_and_evaluate(config, workdir: str, *,
 
 
 def make_task(config, mesh, workdir) -> host_loop.Task:
+  if config.input.naflex:  # padded patch sequences, trainers/naflex.py
+    return naflex.make_task(config, mesh, workdir)
   del workdir  # the tokenizer keeps nothing outside its checkpoints
   setup = make_setup(config, mesh)
   logging.info("Peak lr %.4g = base_lr %g x batch %d x frames %d / 256",
