@@ -30,6 +30,7 @@ from vitok_jax import optim
 from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import common
 from vitok_jax.trainers import host_loop
+from vitok_jax.trainers import tokenizer_shared as shared
 import vitok_jax.utils as u
 
 ROW_KEYS = ("patches", "coords", "valid")
@@ -104,8 +105,7 @@ def make_setup(config, mesh) -> Setup:
   abstract_params = jax.eval_shape(init_params, base_rng)
   tx, schedule = optim.make(config.optim, abstract_params, config.total_steps,
                             optim.peak_lr(config.optim, ic))
-  from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
-  d_tx, d_sched = tokenizer.make_disc_tx(dc) if use_gan else (None, None)
+  d_tx, d_sched = shared.make_disc_tx(dc) if use_gan else (None, None)
   frame_shape = (1,) + canvas_hw + (3,)
 
   def init(rng):
@@ -211,9 +211,8 @@ def default_evals() -> dict:
 def make_task(config, mesh, workdir) -> host_loop.Task:
   del workdir
   from vitok_jax.evaluators import reconstruction_native as native_eval  # pylint: disable=g-import-not-at-top
-  from vitok_jax.trainers import tokenizer  # pylint: disable=g-import-not-at-top
   setup = make_setup(config, mesh)
-  frozen = tokenizer.load_frozen(config, mesh)
+  frozen = shared.load_frozen(config, mesh)
   ic = config.input
   logging.info("NaFlex: rows of %d patches, loss canvas %s",
                ic.max_patches, setup.canvas_hw)
@@ -221,7 +220,7 @@ def make_task(config, mesh, workdir) -> host_loop.Task:
   def init_state():
     state = setup.init(jax.random.key(config.seed))
     if config.init_from:
-      state = tokenizer.init_from_stage1(state, setup, config.init_from,
+      state = shared.init_from_stage1(state, setup, config.init_from,
                                          config.init_from_step)
     return state
 

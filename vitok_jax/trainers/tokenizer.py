@@ -35,7 +35,12 @@ from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import common
 from vitok_jax.trainers import host_loop
 from vitok_jax.trainers import naflex
+from vitok_jax.trainers import tokenizer_shared as shared
 import vitok_jax.utils as u
+
+# Shared with the NaFlex trainer (trainers/tokenizer_shared.py).
+disc_schedule, make_disc_tx = shared.disc_schedule, shared.make_disc_tx
+load_frozen, init_from_stage1 = shared.load_frozen, shared.init_from_stage1
 
 
 # ==========================================================================
@@ -160,22 +165,6 @@ class Setup(NamedTuple):
   # (d_params, state, images, recon) -> (loss, terms).
   g_loss: Callable
   d_loss: Callable
-
-
-def disc_schedule(dc) -> optax.Schedule:
-  """Linear warm-up from 0 to dc.lr over dc.warmup_steps, then constant."""
-  if not dc.warmup_steps:
-    return optax.constant_schedule(dc.lr)
-  return optax.linear_schedule(0.0, dc.lr, int(dc.warmup_steps))
-
-
-def make_disc_tx(dc):
-  sched = disc_schedule(dc)
-  parts = [optax.clip_by_global_norm(dc.grad_clip)] if dc.grad_clip else []
-  parts.append(optax.adamw(sched, b1=dc.b1, b2=dc.b2,
-                           weight_decay=dc.weight_decay,
-                           mask=optim.decay_mask))
-  return optax.chain(*parts), sched
 
 
 def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
@@ -308,40 +297,6 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
                              (batch_sharding, frozen_sharding), mesh)
   return Setup(model, mesh, abstract_state, state_sharding, batch_sharding,
                init_jit, step_jit, g_loss, d_loss)
-
-
-def load_frozen(config, mesh) -> dict:
-  """The frozen networks the loss needs, replicated over the mesh."""
-  frozen = {}
-  if config.loss.lpips_weight:
-    params = lpips_lib.load(config.loss.lpips_weights,
-                            allow_random=config.loss.lpips_allow_random)
-    frozen["lpips"] = jax.device_put(params, sh.replicated(mesh))
-  return frozen
-
-
-def init_from_stage1(state, setup: Setup, workdir: str, step=None):
-  """Copies a stage-1 run's params (and into the EMA) into a fresh state."""
-  loaded = ckpt_lib.load_state_tree(workdir, step)["params"]
-  expected = u.tree_flatten_with_names(setup.abstract_state["params"])
-  got = dict(u.tree_flatten_with_names(loaded))
-  missing = [n for n, _ in expected if n not in got]
-  surplus = sorted(set(got) - {n for n, _ in expected})
-  if missing or surplus:
-    raise ValueError(f"config.init_from={workdir!r} does not fit the model: "
-                     f"missing {missing[:10]}, surplus {surplus[:10]}")
-  for n, a in expected:
-    if tuple(got[n].shape) != tuple(a.shape):
-      raise ValueError(f"config.init_from={workdir!r}: {n} has shape "
-                       f"{got[n].shape}, the model wants {a.shape}")
-  params = jax.device_put(jax.tree.map(jnp.asarray, loaded),
-                          setup.state_sharding["params"])
-  # The optimizer state of a fresh run is zeros/counters: keep it.
-  state = dict(state, params=params)
-  if "params_ema" in state:
-    state["params_ema"] = jax.device_put(
-        jax.tree.map(jnp.asarray, loaded), setup.state_sharding["params_ema"])
-  return state
 
 
 def predict_fns(setup: Setup) -> dict:
