@@ -20,6 +20,10 @@ random start; evaluation: the centred clip, one per video), the same crop and
 flip in every frame, NaFlex's resize with the T / q tubelets sharing
 max_patches. The patch size and tubelet belong to the model, so the caller
 passes them.
+
+The held-out demo photos (data="heldout") are cut into tiles of each photo's
+own aspect ratio here (demo_sources.HeldOutPhotos(native_aspect=True)), not
+into squares.
 """
 import logging
 import math

@@ -15,6 +15,7 @@ tokenizer trainer hands over to this module when config.input.naflex is set
 """
 import functools
 import logging
+from typing import Any, Callable, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -62,10 +63,17 @@ def geometry(model: vitok.Model) -> dict:
               code_channels=model.code_channels)
 
 
-class Setup(dict):
-  """model, mesh, abstract_state, state_sharding, batch_sharding, init, step,
-  g_loss (as tokenizer.Setup; attributes)."""
-  __getattr__ = dict.__getitem__
+class Setup(NamedTuple):
+  """As tokenizer.Setup, the step taking rows; canvas_hw: the loss canvas."""
+  model: vitok.Model
+  mesh: Any
+  abstract_state: Any
+  state_sharding: Any
+  batch_sharding: Any
+  init: Callable  # rng -> sharded state
+  step: Callable  # (state, rows, frozen) -> (state, measurements)
+  g_loss: Callable  # (params, state, rows, frozen, rng) -> (loss, (terms, recon))
+  canvas_hw: Tuple[int, int]
 
 
 def make_setup(config, mesh) -> Setup:
