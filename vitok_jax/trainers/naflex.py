@@ -9,6 +9,11 @@ counts valid pixels only; LPIPS and the discriminator see the rows un-packed
 onto a square canvas (losses.canvas_pair). A square config is this with every
 patch valid: the square trainer stays the one it was, untouched.
 
+Not here yet: stage 2's shortcut of encoding outside the differentiated
+function (a frozen encoder is frozen by the optimizer, as there, but its
+backward is still computed), LeCam (refused at setup), and a FLOP count (no
+MFU in the log line).
+
 Kept apart from tokenizer.py so that the square trainer reads as before; the
 tokenizer trainer hands over to this module when config.input.naflex is set
 (make_task, restore_for_eval).
