@@ -119,7 +119,7 @@ def make_setup(config, mesh) -> Setup:
   tx, schedule = optim.make(config.optim, abstract_params, config.total_steps,
                             optim.peak_lr(config.optim, ic))
   d_tx, d_sched = shared.make_disc_tx(dc) if use_gan else (None, None)
-  frame_shape = (1,) + canvas_hw + (3,)
+  frame_shape = disc_view(jnp.zeros((1,) + canvas_hw + (3,))).shape
 
   def init(rng):
     state = common.new_state(init_params(rng), tx, config.ema_decay)
@@ -147,7 +147,7 @@ def make_setup(config, mesh) -> Setup:
       fake, _, _ = losses.canvas_pair(recon, rows["patches"], rows["coords"],
                                       rows["valid"], canvas_hw, p, frames)
       gen_adv = losses.generator_adversarial(
-          disc.apply({"params": state["d_params"]}, losses.frames(fake)),
+          disc.apply({"params": state["d_params"]}, disc_view(fake)),
           lc.gan_loss)
     loss, terms = losses.autoencoder_patches(
         recon, rows["patches"], aux, rows["coords"], rows["valid"],
@@ -170,7 +170,7 @@ def make_setup(config, mesh) -> Setup:
           rows["valid"], canvas_hw, p, frames)
 
       def d_loss(d_params):
-        d_fn = lambda x: disc.apply({"params": d_params}, losses.frames(x))
+        d_fn = lambda x: disc.apply({"params": d_params}, disc_view(x))
         loss, t = losses.discriminator(d_fn(real), d_fn(fake), lc.gan_loss)
         if lc.r1_weight:
           r1, t_r1 = losses.r1_penalty(d_fn, real)
@@ -195,6 +195,16 @@ def make_setup(config, mesh) -> Setup:
                step=common.jit_step(train_step, state_sharding,
                                     (rows_sharding, frozen_sharding), mesh),
                g_loss=g_loss, canvas_hw=canvas_hw)
+
+
+def disc_view(canvas):
+  """Canvases (frames) zero-padded at the bottom and right to the square
+  power-of-two side the discriminator takes: zeros in real and fake alike,
+  as around each image already, so D cannot tell them apart by it."""
+  x = losses.frames(canvas)
+  h, w = x.shape[1:3]
+  side = max(8, 1 << (max(h, w) - 1).bit_length())
+  return jnp.pad(x, ((0, 0), (0, side - h), (0, side - w), (0, 0)))
 
 
 def predict_fns(setup: Setup) -> dict:
