@@ -53,6 +53,8 @@ SLOW_TESTS = {
     "test_flops.py": {
         "test_xla_counts_of_the_stage1_step_stay_near_the_analytic_count"},
     # The quick tier keeps one TPU compile (the eval step and the sampler).
+    "test_naflex_model.py": {
+        "test_splash_with_segment_ids_gradient_compiles_for_a_tpu_topology"},
     "test_aot_tpu.py": {"test_paper_stage1_batch_fits_v5p_hbm",
                         "test_train_steps_compile_for_tpu_topologies",
                         "test_multi_slice_mesh_and_step",
@@ -77,6 +79,8 @@ SLOW_TESTS = {
         "test_a_second_job_on_the_workdir_fails_naming_the_first",
         "test_a_damaged_latest_checkpoint_falls_back_and_metrics_stay_unique"},
     "test_sweeps.py": {"test_sweep_runs_resumes_skips_and_plots"},
+    # The discriminator and LPIPS compiled on the canvas (~a minute).
+    "test_naflex_train.py": {"test_stage2_terms_lpips_and_gan_on_the_canvas"},
     "test_lpips.py": {"test_distance_is_zero_for_identical_images_and_has_input_grads",
                       "test_random_weights_only_when_allowed"},
     "test_bench.py": {"test_bench_modes_xla_flops_profile_and_input"},

@@ -7,7 +7,9 @@ Arguments (comma separated after the colon; ARGS below, with defaults):
 variant, c (code channels), res, batch, steps, data, lpips (weight), rec
 (l1|l2), latent (Latent ViTok tokens), mask (Masked ViTok lengths,
 '/'-separated), l_eval, dtype (matmuls), eval_data, lpips_weights,
-inception_weights, runlocal. `runlocal` changes the defaults in RUNLOCAL
+inception_weights, naflex (native resolution and aspect ratio,
+docs/naflex.md), max_patches (NaFlex's sequence length; 0: (res / p)^2, the
+square's token count), runlocal. `runlocal` changes the defaults in RUNLOCAL
 (explicit arguments still win). configs/sweeps.py turns the paper's figures
 into sweeps (tools/sweep.py). Every key of the trainer's default config can
 also be set with --config.<key>=<value> (docs/configs.md).
@@ -17,6 +19,7 @@ The paper's figures:
   Fig. 6-9 model sizes:            --config=configs/vitok/s_b16_256.py:variant=L-L/16
   Fig. 10 loss sweep:              --config=configs/vitok/s_b16_256.py:lpips=0.5,rec=l1
   Table 3 (COCO 256p eval):        --config=configs/vitok/s_b16_256.py:eval_data=tfds:coco/2017:validation
+  native resolution (NaFlex):      --config=configs/vitok/s_b16_256.py:naflex=True
   Table 2 (float32 vs bfloat16):   --config=configs/vitok/s_b16_256.py:dtype=float32
   all-bfloat16 (stream too):       --config=configs/vitok/s_b16_256.py --config.model.stream_dtype=bfloat16
   Fig. 19 Latent ViTok:            --config=configs/vitok/s_b16_256.py:latent=256
@@ -37,6 +40,7 @@ import os
 
 from vitok_jax import config_utils
 from vitok_jax.evaluators import common as evaluators
+from vitok_jax.models import vitok
 from vitok_jax.trainers import tokenizer
 
 ARGS = dict(variant="S-B/16", c=16, res=256, batch=1024, steps=100_000,
@@ -44,7 +48,8 @@ ARGS = dict(variant="S-B/16", c=16, res=256, batch=1024, steps=100_000,
             mask="", l_eval=0, dtype="bfloat16",
             eval_data="tfds:imagenet2012:validation",
             lpips_weights="weights/lpips_vgg16.npz",
-            inception_weights="weights/fid_inception_v3.npz", runlocal=False)
+            inception_weights="weights/fid_inception_v3.npz", naflex=False,
+            max_patches=0, runlocal=False)
 # The README's demo, for one CPU: a tiny ViTok (p=8, 64 codes of c=16 for a
 # 64x64 photo) trained on the 9 embedded photos, bf16 matmuls off (slow on
 # CPU).
@@ -101,4 +106,27 @@ def make(**args):
         data=dict(data="heldout"))}
     if not os.path.exists(a.lpips_weights):
       cfg.loss.lpips_weight = 0.0
+  if a.naflex:
+    naflex(cfg, a)
   return cfg
+
+
+def naflex(cfg, a):
+  """Native resolution and aspect ratio (docs/naflex.md): rows of at most
+  max_patches patches (default: the square's token count, so a step costs
+  about the same), mixed-aspect training crops, evaluation of whole images
+  at their native aspect ratio beside bicubic at each image's own floats.
+  RoPE alone gives the positions (a learned table is made for one grid)."""
+  patch = vitok.decode_variant(a.variant)["patch"]
+  cfg.model.posemb = "none"
+  cfg.input.update(naflex=True, max_patches=a.max_patches or
+                   (a.res // patch) ** 2, naflex_aspect=(0.5, 2.0),
+                   naflex_area=(0.5, 1.0))
+  for name, entry in list(cfg.evals.items()):
+    cfg.evals[name] = evaluators.config(
+        "reconstruction_native", log_steps=entry.log_steps,
+        batch_size=entry.batch_size, label=entry.label,
+        inception_weights=entry.inception_weights,
+        bicubic_baseline=entry.bicubic_baseline, data=entry.data)
+  if a.runlocal:  # crops of 5-100% of a photo at 1:2 to 2:1, as the square's
+    cfg.input.naflex_area = (0.05, 1.0)

@@ -52,9 +52,13 @@ class HeldOutPhotos:
 
   Tiles give 16 evaluation images out of 3 photos, at about the scale of the
   training crops of the embedded photos (random crops of 50-100% of a photo).
+  With `native_aspect` (NaFlex evaluation, data/naflex_pipeline.py) each
+  photo is cut into 2 x 2 tiles of half its height and half its width
+  instead: 12 images at their photo's own aspect ratio (3:2 and 6:7) and at
+  the same scale.
   """
 
-  def __init__(self):
+  def __init__(self, native_aspect: bool = False):
     import matplotlib  # pylint: disable=g-import-not-at-top
     import sklearn  # pylint: disable=g-import-not-at-top
     files = [
@@ -66,6 +70,12 @@ class HeldOutPhotos:
     for k, f in enumerate(files):
       with Image.open(f) as im:
         img = ops.pil_to_rgb_uint8(im)
+      if native_aspect:
+        h, w = img.shape[0] // 2, img.shape[1] // 2
+        for top, left in ((0, 0), (0, w), (h, 0), (h, w)):
+          self.images.append(img[top:top + h, left:left + w])
+          self.photo.append(k)
+        continue
       s = min(img.shape[:2]) // 2
       for top in range(0, img.shape[0] - s + 1, s):
         for left in range(0, img.shape[1] - s + 1, s):

@@ -122,9 +122,7 @@ class CheckedSource:
       return {"image": ops.to_rgb_uint8(self.source[i]),
               "label": np.int32(label)}
     except Exception as e:  # pylint: disable=broad-except
-      where = (self.source.describe(i) if hasattr(self.source, "describe")
-               else f"record {i}")
-      return BadRecord(where, f"{type(e).__name__}: {e}")
+      return BadRecord(self.where(i), f"{type(e).__name__}: {e}")
 
 
 class _SkipBadIterator(grain.DatasetIterator):
@@ -247,8 +245,7 @@ def make_train_dataset(config, seed: int) -> grain.IterDataset:
   ds = ds.random_map(_TrainView(source, config), seed=seed + 1)
   it_ds = SkipBadRecords(ds.to_iter_dataset(), max_in_a_row=len(source))
   it_ds = it_ds.batch(local_batch, drop_remainder=True)
-  workers = config.num_workers
-  if workers:  # needs parsed absl flags and a __main__ guard (train.py has both)
+  if workers := config.num_workers:  # needs parsed flags, a __main__ guard
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return it_ds
 
@@ -292,10 +289,9 @@ def default_config(**overrides):
       data="embedded", data_dir="", image_key="image", res=256, frames=1,
       batch_size=256, crop="random_resized", crop_scale=(0.5, 1.0), flip=True,
       num_workers=0,
-      # Videos (frames > 1): clips at fps; TFDS videos are stored as frames
-      # under video_key at src_fps.
-      # fps = 0: consecutive frames at the video's own rate. file_list: a
-      # folder's split list (UCF-101's trainlist01.txt).
+      # Videos (frames > 1): clips at fps (0: consecutive frames at the
+      # video's own rate); TFDS videos are frames under video_key at src_fps.
+      # file_list: a folder's split list (UCF-101's trainlist01.txt).
       fps=8.0, src_fps=25.0, video_key="video", file_list="",
       # Evaluation: clips per video, at evenly spaced positions (1: centred).
       clips_per_video=1,
@@ -304,7 +300,12 @@ def default_config(**overrides):
       video_filter="bicubic",
       # Unreadable records are skipped and counted; above this fraction of
       # the records read the run stops.
-      max_bad_fraction=0.01))
+      max_bad_fraction=0.01,
+      # NaFlex (data/naflex_pipeline.py): images at their own aspect as padded
+      # sequences of <= max_patches patches; training crops: aspect (w / h,
+      # log-uniform), area fraction; () = whole images. False: square crops.
+      naflex=False, max_patches=256, naflex_aspect=(0.5, 2.0),
+      naflex_area=(0.5, 1.0)))
   c.update(overrides)
   return c
 
@@ -314,7 +315,8 @@ VALIDATORS = {"input.res": config_utils.POSITIVE,
               "input.frames": config_utils.POSITIVE,
               "input.batch_size": config_utils.POSITIVE,
               "input.num_workers": config_utils.NON_NEGATIVE,
-              "input.max_bad_fraction": config_utils.FRACTION}
+              "input.max_bad_fraction": config_utils.FRACTION,
+              "input.max_patches": config_utils.POSITIVE}
 
 
 def check_bad_fraction(skipped: int, read: int, max_fraction: float) -> None:
@@ -470,10 +472,8 @@ def make_eval_dataset(config, batch_size: int, num_examples=None,
   ds = ds[pid::nproc].map_with_index(
       _EvalExample(source, config, pid, nproc, repeats, views_seed))
   it_ds = ds.to_iter_dataset()
-  workers = config.num_workers
-  if workers:  # needs a __main__ guard (the entry points have one)
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers))
+  if workers := config.num_workers:  # needs a __main__ guard (entry points)
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
 
   def good(rec):
     if isinstance(rec, BadRecord):

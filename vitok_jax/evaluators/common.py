@@ -28,7 +28,8 @@ from vitok_jax.parallel import multihost
 from vitok_jax.parallel import sharding as sh
 import vitok_jax.utils as u
 
-TYPES = ("reconstruction", "generation", "generation_probe")
+TYPES = ("reconstruction", "reconstruction_native", "generation",
+         "generation_probe")
 
 
 def comparison_picture(originals, recons, max_frames: int = 8) -> np.ndarray:

@@ -101,20 +101,40 @@ def _cudnn_flash_gpu(kind: str) -> bool:
   return cc is None or float(cc) >= 8.0
 
 
-def attend(q, k, v, impl: Optional[str]):
-  """softmax(q k^T / sqrt(d)) v for q, k, v [B, L, heads, head_dim]."""
+def attend(q, k, v, impl: Optional[str], *, valid=None):
+  """softmax(q k^T / sqrt(d)) v for q, k, v [B, L, heads, head_dim].
+
+  valid [B, L] (bool, optional): the tokens that are part of the example (a
+  packed sequence's image patches); no query ever attends to a key where it
+  is False, so whatever the padding holds cannot reach a valid output. What
+  the padding's own rows hold is unspecified (finite for finite inputs).
+  valid=None is today's computation exactly. Per implementation: XLA gets
+  the boolean mask (any pattern); cuDNN a key length per example
+  (valid.sum(-1): its padding mask, which needs the valid tokens first, as
+  the packed-sequence contract puts them); splash segment ids (valid tokens
+  one segment, padding another, so no row is fully masked).
+  """
   b, length, _, head_dim = q.shape
   impl = resolve(impl, dtype=q.dtype, head_dim=head_dim)
+  if valid is not None and valid.shape != (b, length):
+    raise ValueError(f"valid must be [B, L] = {(b, length)}, got {valid.shape}")
   if impl == "splash":
     why = splash_unavailable(length, b)
     if why is None:
-      return splash(q, k, v)
+      return splash(q, k, v, valid=valid)
     # A batch of 1 is a trainer's eval_shape of the init (no mesh, no
     # batch to split), where the fallback is expected: said quietly.
     _log_once(logging.WARNING if b > 1 else logging.INFO,
               f"attn_impl='splash' runs XLA's attention here: {why}")
     impl = None
-  return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+  if valid is None:
+    return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+  if impl == "cudnn":
+    lengths = jnp.sum(valid, axis=-1, dtype=jnp.int32)
+    return jax.nn.dot_product_attention(q, k, v, implementation=impl,
+                                        key_value_seq_lengths=lengths)
+  return jax.nn.dot_product_attention(q, k, v, mask=valid[:, None, None, :],
+                                      implementation=impl)
 
 
 def splash_unavailable(length: int, batch: int) -> Optional[str]:
@@ -156,24 +176,36 @@ def _splash_kernel(heads: int, length: int):
                             q_seq_shards=1)
 
 
-def splash(q, k, v):
+def splash(q, k, v, valid=None):
   """The splash kernel on each device's share of the batch.
 
   Each device attends its own examples (attention never mixes examples), so
   shard_map over every axis of the context mesh, in the batch's layout
   (sharding.batch_axes), needs no communication; q is pre-scaled by
-  1/sqrt(head_dim), which the kernel does not apply.
+  1/sqrt(head_dim), which the kernel does not apply. With `valid`, the
+  kernel gets segment ids (0 for valid tokens, 1 for padding): padding then
+  attends only to padding, and no row is fully masked (an all-masked row
+  would divide by zero in the kernel's softmax).
   """
   _, length, heads, head_dim = q.shape
   _, _, mesh = context()
   kernel = _splash_kernel(heads, length)
   scale = np.asarray(head_dim ** -0.5, q.dtype)
   to_heads = lambda x: jnp.swapaxes(x, 1, 2)  # [B, heads, L, head_dim]
-
-  def local(q, k, v):
-    return jax.vmap(kernel)(to_heads(q * scale), to_heads(k), to_heads(v))
-
   spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
-  out = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec),
-                      out_specs=spec, check_vma=False)(q, k, v)
+
+  if valid is None:
+    def local(q, k, v):
+      return jax.vmap(kernel)(to_heads(q * scale), to_heads(k), to_heads(v))
+    out = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec),
+                        out_specs=spec, check_vma=False)(q, k, v)
+  else:
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa  # pylint: disable=g-import-not-at-top
+
+    def local(q, k, v, seg):
+      one = lambda q, k, v, s: kernel(q, k, v, segment_ids=sa.SegmentIds(s, s))
+      return jax.vmap(one)(to_heads(q * scale), to_heads(k), to_heads(v), seg)
+    seg = jnp.where(valid, 0, 1).astype(jnp.int32)
+    out = jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 4,
+                        out_specs=spec, check_vma=False)(q, k, v, seg)
   return to_heads(out).astype(q.dtype)

@@ -50,11 +50,28 @@ def token_coords(grid: Sequence[int], num_extra: int = 0) -> np.ndarray:
   return coords
 
 
-def rope_angles(coords: np.ndarray, head_dim: int,
-                base: float = 10000.0) -> np.ndarray:
-  """Rotation angles [L, 3 * n/2] (axis-major: t freqs, h freqs, w freqs)."""
+def rope_angles(coords, head_dim: int, base: float = 10000.0):
+  """Rotation angles (axis-major: t freqs, h freqs, w freqs).
+
+  coords [L, 3] (numpy, a static grid) -> numpy [L, 3 * n/2], computed in
+  float64 and rounded once to float32.
+  coords [B, L, 3] (int, may be traced: a packed sequence's per-example
+  positions) -> jnp [B, L, 3 * n/2], the same numbers: a coordinate of a
+  token among L is at most L - 1 (an image's patches fill a grid whose every
+  side is at most its patch count), so the angles of 0..L-1 are tabulated as
+  the static path computes them and gathered. A coordinate outside [0, L)
+  breaks that contract and gives NaN angles (loud, not silently wrong).
+  """
   n = rope_dims_per_axis(head_dim)
   inv_freq = 1.0 / base ** (np.arange(0, n, 2, dtype=np.float64) / n)
+  if coords.ndim == 3:
+    b, length, _ = coords.shape
+    table = jnp.asarray(  # [L, n/2]: angle of coordinate value c
+        (np.arange(length, dtype=np.float64)[:, None] * inv_freq[None]
+        ).astype(np.float32))
+    angles = jnp.take(table, jnp.asarray(coords, jnp.int32), axis=0,
+                      mode="fill", fill_value=jnp.nan)  # [B, L, 3, n/2]
+    return angles.reshape(b, length, -1)
   angles = coords[:, :, None].astype(np.float64) * inv_freq[None, None, :]
   return angles.reshape(coords.shape[0], -1).astype(np.float32)
 
@@ -62,13 +79,16 @@ def rope_angles(coords: np.ndarray, head_dim: int,
 def apply_rope(x: jax.Array, angles: jax.Array) -> jax.Array:
   """Rotates adjacent pairs (x[2i], x[2i+1]) of the first 2*len(angles) dims.
 
-  x: [B, L, heads, head_dim]; angles: [L, R] with 2R <= head_dim.
+  x: [B, L, heads, head_dim]; angles: [L, R] (shared by the batch) or
+  [B, L, R] (per example), with 2R <= head_dim.
   """
   r2 = 2 * angles.shape[-1]
   rot, rest = x[..., :r2], x[..., r2:]
   rot = rot.astype(jnp.float32).reshape(*rot.shape[:-1], -1, 2)
-  cos = jnp.cos(angles)[None, :, None, :]
-  sin = jnp.sin(angles)[None, :, None, :]
+  if angles.ndim == 2:
+    angles = angles[None]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
   a, b = rot[..., 0], rot[..., 1]
   rot = jnp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1)
   rot = rot.reshape(*rot.shape[:-2], r2).astype(x.dtype)
@@ -88,7 +108,7 @@ class Attention(nn.Module):
   attn_impl: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, angles):
+  def __call__(self, x, angles, valid=None):
     width = x.shape[-1]
     head_dim = width // self.num_heads
     dense = lambda feats, axis, name: nn.DenseGeneral(
@@ -97,7 +117,7 @@ class Attention(nn.Module):
     qkv = dense((3, self.num_heads, head_dim), -1, "qkv")(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q, k = apply_rope(q, angles), apply_rope(k, angles)
-    o = attention.attend(q, k, v, self.attn_impl)
+    o = attention.attend(q, k, v, self.attn_impl, valid=valid)
     return dense(width, (-2, -1), "out")(o)
 
 
@@ -133,11 +153,11 @@ class Block(nn.Module):
   attn_impl: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, angles):
+  def __call__(self, x, angles, valid=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm = lambda name: layer_norm(x.dtype, self.param_dtype, name=name)
     y = Attention(self.num_heads, attn_impl=self.attn_impl, name="attn",
-                  **kw)(norm("norm1")(x), angles)
+                  **kw)(norm("norm1")(x), angles, valid)
     x = x + y.astype(x.dtype)
     y = SwiGLU(self.mlp_dim, name="mlp", **kw)(norm("norm2")(x))
     return x + y.astype(x.dtype)
@@ -163,7 +183,12 @@ def remat_block(block_cls, policy):
 
 
 class Transformer(nn.Module):
-  """A stack of blocks and the final norm; RoPE angles come from coords."""
+  """A stack of blocks and the final norm; RoPE angles come from coords.
+
+  coords: [L, 3] numpy (one static grid for the batch) or [B, L, 3] int
+  (per example, a packed sequence); valid [B, L] (optional) keeps attention
+  off padding (attention.attend).
+  """
   width: int
   depth: int
   num_heads: int
@@ -176,7 +201,7 @@ class Transformer(nn.Module):
   rope_base: float = 10000.0
 
   @nn.compact
-  def __call__(self, x, coords: np.ndarray):
+  def __call__(self, x, coords, valid=None):
     if x.shape[-1] != self.width:
       raise ValueError(f"Transformer expects width {self.width}, got "
                        f"{x.shape[-1]}")
@@ -187,7 +212,7 @@ class Transformer(nn.Module):
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_dim, dtype=self.dtype,
                 param_dtype=self.param_dtype, attn_impl=self.attn_impl,
-                name=f"block_{i}")(x, angles)
+                name=f"block_{i}")(x, angles, valid)
     return layer_norm(self.stream_dtype, self.param_dtype, name="norm")(x)
 
 

@@ -14,6 +14,11 @@ Variants of appendix 8.3 behind fields:
     and replace the tail with a learned c-dim mask token; l is drawn per
     example in training, `eval_length` (l_eval) at evaluation.
 
+A second entry, not in the paper, takes packed patch sequences instead of
+grids (NaFlex: each image at its own size and aspect ratio, padded at the
+end; models/patches.py): `encode_patches`, `decode_patches`,
+`reconstruct_patches`, with the same parameters.
+
 Naming follows the paper: "S-B/4x16" = Small encoder, Base decoder, q=4, p=16;
 "S-B/16" means q=1.
 """
@@ -26,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitok_jax.models import patches as patches_lib
 from vitok_jax.models import vit
 
 # width, depth, heads (paper Table 1). "mu" and "Ti" are tiny sizes for tests
@@ -71,7 +77,10 @@ class Untubelet(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, h):  # [B, T', H', W', D] -> [B, T'q, H'p, W'p, C]
+  def __call__(self, h):
+    """[B, T', H', W', D] -> [B, T'q, H'p, W'p, C] (a grid), or [B, N, D] ->
+    [B, N, q*p*p*C] (a packed sequence: each token's block flattened in
+    (dt, dy, dx, c) order, models/patches.py), with the same kernel."""
     q, p1, p2 = self.kernel_size
     d = h.shape[-1]
     # fan_in = D*q*p*p as for a transposed conv: small initial outputs.
@@ -82,6 +91,11 @@ class Untubelet(nn.Module):
         (d, q, p1, p2, self.features), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (self.features,),
                       self.param_dtype)
+    if h.ndim == 3:
+      y = jnp.einsum("bnd,dijkc->bnijkc", h.astype(self.dtype),
+                     kernel.astype(self.dtype))
+      y = y + bias.astype(y.dtype)
+      return y.reshape(*y.shape[:2], -1)
     y = jnp.einsum("bthwd,dijkc->bthwijkc", h.astype(self.dtype),
                    kernel.astype(self.dtype))
     b, t, hh, ww = y.shape[:4]
@@ -203,14 +217,7 @@ class Model(nn.Module):
     h = self.encoder(tokens, vit.token_coords(grid, self.num_latent_tokens))
     if self.num_latent_tokens:
       h = h[:, n_patch:]  # only the latent tokens pass the bottleneck
-    moments = self.to_moments(h).astype(jnp.float32)
-    mean, logvar = jnp.split(moments, 2, axis=-1)
-    logvar = jnp.clip(logvar, *self.logvar_range)
-    if train:
-      eps = jax.random.normal(self.make_rng("sample"), mean.shape, mean.dtype)
-      z = mean + jnp.exp(0.5 * logvar) * eps
-    else:
-      z = mean
+    mean, logvar, z = self._posterior(h, train)
     keep = self._keep_mask(b, z.shape[1], train)
     if keep is not None:
       z = jnp.where(keep[..., None], z, self.mask_token.astype(z.dtype))
@@ -221,6 +228,18 @@ class Model(nn.Module):
       kl = jnp.sum(kl_tok * keep, -1) / jnp.maximum(jnp.sum(keep, -1), 1)
     return dict(mean=mean, logvar=logvar, z=z, kl=kl,
                 keep=jnp.ones(z.shape[:2], bool) if keep is None else keep)
+
+  def _posterior(self, h, train: bool):
+    """Encoder features -> (mean, logvar, z); z is sampled only if `train`."""
+    moments = self.to_moments(h).astype(jnp.float32)
+    mean, logvar = jnp.split(moments, 2, axis=-1)
+    logvar = jnp.clip(logvar, *self.logvar_range)
+    if train:
+      eps = jax.random.normal(self.make_rng("sample"), mean.shape, mean.dtype)
+      z = mean + jnp.exp(0.5 * logvar) * eps
+    else:
+      z = mean
+    return mean, logvar, z
 
   def _keep_mask(self, batch: int, n: int, train: bool):
     if not self.mask_lengths:
@@ -267,6 +286,94 @@ class Model(nn.Module):
     grid = self.token_grid(x.shape)
     y = self.decode(aux["z"], grid)
     return (y if x.ndim == 5 else y[:, 0]), aux
+
+  # ------------------------------------------ packed sequences (NaFlex)
+  # One image or clip per sequence, of any size and aspect ratio, padded at
+  # the end (the contract is models/patches.py's). The same parameters as
+  # the grid path: a checkpoint trained on square grids runs on sequences
+  # and back. On a full grid (patches.patchify) the sequence path computes
+  # what __call__ does, up to float rounding (the tubelet conv becomes a
+  # matmul; tests/test_naflex_model.py states the tolerance).
+  #
+  # Not on this path (ValueError):
+  #   * posemb="learn": the table is a flat [L, D] for the grid the model
+  #     was initialised on; nothing records that grid, and coordinates are
+  #     traced under jit, so whether an image fits in it cannot be checked.
+  #     Use posemb="none": the 3D RoPE over (t, y, x) gives the positions.
+  #   * Latent ViTok: its fixed number of latent tokens would not follow
+  #     the image's area; Masked ViTok: its code lengths count codes of a
+  #     fixed grid. Neither has a meaning per image here yet.
+  def _check_sequence_path(self, x, coords, valid, width: int, name: str):
+    why = []
+    if self.posemb == "learn":
+      why.append("posemb='learn' (a table made for one grid; use "
+                 "posemb='none', RoPE alone)")
+    if self.num_latent_tokens:
+      why.append(f"num_latent_tokens={self.num_latent_tokens} (Latent ViTok: "
+                 "a fixed number of codes cannot follow the image's area)")
+    if self.mask_lengths:
+      why.append(f"mask_lengths={self.mask_lengths} (Masked ViTok's lengths "
+                 "count the codes of one fixed grid)")
+    if why:
+      raise ValueError("The packed-sequence (NaFlex) path does not support "
+                       + "; ".join(why))
+    patches_lib.check(x, coords, valid, width, name)
+
+  def _embed_patches(self, x):
+    """The tubelet conv on flattened patches [B, N, q*p*p*3]: with kernel =
+    stride it is the patch times the kernel reshaped to [q*p*p*3, D] (DHWIO
+    flattens in the patches' (dt, dy, dx, c) order), with its parameters."""
+    if self.is_initializing() and not self.tubelet_embed.has_variable(
+        "params", "kernel"):  # an init through the sequence path
+      self.tubelet_embed(jnp.zeros((1, self.tubelet, self.patch, self.patch,
+                                    3), self.dtype))
+    params = self.tubelet_embed.variables["params"]
+    kernel = params["kernel"].reshape(-1, self.enc_width).astype(self.dtype)
+    return jnp.dot(x.astype(self.dtype), kernel) + params["bias"].astype(
+        self.dtype)
+
+  def encode_patches(self, patches, coords, valid, train: bool = False):
+    """Packed patches [B, N, q*p*p*3], coords [B, N, 3], valid [B, N] ->
+    dict(mean, logvar, z [B, N, c], kl [B], keep = valid).
+
+    mean, logvar and z are zero on padding (mean 0 and logvar 0 are the
+    prior: a padding token has no KL), and kl is the mean over the valid
+    tokens. Padding is zeroed on the way in (its patches and coords) and
+    never attended to, so what it holds cannot change a valid output.
+    """
+    self._check_sequence_path(
+        patches, coords, valid,
+        patches_lib.patch_dim(self.patch, self.tubelet), "patches")
+    valid = jnp.asarray(valid)
+    m = valid[..., None]
+    coords = jnp.where(m, jnp.asarray(coords, jnp.int32), 0)
+    tokens = self._embed_patches(jnp.where(m, patches, 0)).astype(
+        self.stream_dtype)
+    h = self.encoder(tokens, coords, valid)
+    mean, logvar, z = self._posterior(h, train)
+    mean, logvar, z = (jnp.where(m, a, 0.0) for a in (mean, logvar, z))
+    kl_tok = 0.5 * jnp.mean(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
+    kl = jnp.sum(kl_tok * valid, -1) / jnp.maximum(jnp.sum(valid, -1), 1)
+    return dict(mean=mean, logvar=logvar, z=z, kl=kl, keep=valid)
+
+  def decode_patches(self, z, coords, valid):
+    """z [B, N, c], coords [B, N, 3], valid [B, N] -> patches [B, N,
+    q*p*p*3] float32, zero on padding (the un-tubelet as a per-token
+    matmul, with its kernel)."""
+    self._check_sequence_path(z, coords, valid, self.code_channels, "z")
+    valid = jnp.asarray(valid)
+    m = valid[..., None]
+    coords = jnp.where(m, jnp.asarray(coords, jnp.int32), 0)
+    h = self.from_code(jnp.where(m, z, 0).astype(self.dtype)).astype(
+        self.stream_dtype)
+    h = self.decoder(h, coords, valid)
+    return jnp.where(m, self.to_pixels(h).astype(jnp.float32), 0.0)
+
+  def reconstruct_patches(self, patches, coords, valid, train: bool = False):
+    """encode_patches then decode_patches -> (patches, aux), as __call__;
+    init the model through it with method="reconstruct_patches"."""
+    aux = self.encode_patches(patches, coords, valid, train=train)
+    return self.decode_patches(aux["z"], coords, valid), aux
 
 
 def create(variant: str, code_channels: int, **overrides) -> Model:

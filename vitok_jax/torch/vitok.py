@@ -30,19 +30,24 @@ def token_coords(grid: Sequence[int], num_extra: int = 0) -> torch.Tensor:
 
 def rope_angles(coords: torch.Tensor, head_dim: int,
                 base: float = 10000.0) -> torch.Tensor:
+  """coords [L, 3] -> [L, R], or [B, L, 3] (per example) -> [B, L, R]."""
   n = 2 * (head_dim // 6)
-  inv_freq = 1.0 / base ** (torch.arange(0, n, 2, dtype=torch.float64) / n)
-  ang = coords[:, :, None].to(torch.float64) * inv_freq[None, None, :]
-  return ang.reshape(coords.shape[0], -1).to(torch.float32)
+  inv_freq = 1.0 / base ** (torch.arange(0, n, 2, dtype=torch.float64,
+                                         device=coords.device) / n)
+  ang = coords[..., None].to(torch.float64) * inv_freq
+  return ang.reshape(*coords.shape[:-1], -1).to(torch.float32)
 
 
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-  """x [B, L, heads, head_dim]; rotates adjacent pairs of the first dims."""
+  """x [B, L, heads, head_dim]; angles [L, R] or [B, L, R]; rotates
+  adjacent pairs of the first 2R dims."""
   r2 = 2 * angles.shape[-1]
   rot, rest = x[..., :r2], x[..., r2:]
   rot = rot.float().reshape(*rot.shape[:-1], -1, 2)
-  cos = torch.cos(angles)[None, :, None, :]
-  sin = torch.sin(angles)[None, :, None, :]
+  if angles.dim() == 2:
+    angles = angles[None]
+  cos = torch.cos(angles)[:, :, None, :]
+  sin = torch.sin(angles)[:, :, None, :]
   a, b = rot[..., 0], rot[..., 1]
   rot = torch.stack([a * cos - b * sin, a * sin + b * cos], -1)
   return torch.cat([rot.reshape(*rot.shape[:-2], r2).to(x.dtype), rest], -1)
@@ -56,14 +61,16 @@ class Attention(nn.Module):
     self.qkv = nn.Linear(width, 3 * width, bias=False)
     self.out = nn.Linear(width, width, bias=False)
 
-  def forward(self, x, angles):
+  def forward(self, x, angles, valid=None):
     b, l, d = x.shape
     h = self.num_heads
     qkv = self.qkv(x).reshape(b, l, 3, h, d // h)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q, k = apply_rope(q, angles), apply_rope(k, angles)
+    # valid [B, L]: no query attends to padding keys (True = attend).
+    mask = None if valid is None else valid[:, None, None, :]
     o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                       v.transpose(1, 2))
+                                       v.transpose(1, 2), attn_mask=mask)
     return self.out(o.transpose(1, 2).reshape(b, l, d))
 
 
@@ -88,8 +95,8 @@ class Block(nn.Module):
     self.norm2 = nn.LayerNorm(width, eps=LN_EPS)
     self.mlp = SwiGLU(width, mlp_dim)
 
-  def forward(self, x, angles):
-    x = x + self.attn(self.norm1(x), angles)
+  def forward(self, x, angles, valid=None):
+    x = x + self.attn(self.norm1(x), angles, valid)
     return x + self.mlp(self.norm2(x))
 
 
@@ -104,10 +111,11 @@ class Transformer(nn.Module):
     self.depth = depth
     self.norm = nn.LayerNorm(width, eps=LN_EPS)
 
-  def forward(self, x, coords):
+  def forward(self, x, coords, valid=None):
+    """coords [L, 3] (one grid) or [B, L, 3] with valid [B, L] (packed)."""
     angles = rope_angles(coords, self.head_dim, self.rope_base).to(x.device)
     for i in range(self.depth):
-      x = getattr(self, f"block_{i}")(x, angles)
+      x = getattr(self, f"block_{i}")(x, angles, valid)
     return self.norm(x)
 
 
@@ -224,3 +232,48 @@ class ViTok(nn.Module):
     """Reconstruction in the input's rank (channels-last, like the JAX model)."""
     y = self.decode(self.encode(x)["z"], self.token_grid(x.shape))
     return y if x.ndim == 5 else y[:, 0]
+
+  # ------------------------------------------ packed sequences (NaFlex)
+  # The contract of vitok_jax/models/patches.py: patches [B, N, q*p*p*3]
+  # flattened in (dt, dy, dx, c) order, coords [B, N, 3] (t, y, x), valid
+  # [B, N] (the image's patches first). Same refusals as the JAX model.
+  def _check_packed(self, x, coords, valid, width: int, name: str):
+    if self.posemb == "learn" or self.num_latent_tokens or self.masked:
+      raise ValueError("The packed-sequence (NaFlex) path needs posemb='none'"
+                       " and no Latent or Masked ViTok")
+    b, n = x.shape[:2] if x.dim() == 3 else (-1, -1)
+    if (x.shape[-1] != width or tuple(coords.shape) != (b, n, 3) or
+        tuple(valid.shape) != (b, n)):
+      raise ValueError(f"expected {name} [B, N, {width}], coords [B, N, 3], "
+                       f"valid [B, N]; got {tuple(x.shape)}, "
+                       f"{tuple(coords.shape)}, {tuple(valid.shape)}")
+    valid = valid.to(torch.bool)
+    coords = torch.where(valid[..., None], coords, torch.zeros_like(coords))
+    return torch.where(valid[..., None], x, torch.zeros_like(x)), coords, valid
+
+  def encode_patches(self, patches, coords, valid):
+    """-> dict(mean, logvar, z) [B, N, c], zero on padding; the tubelet conv
+    as the matmul it is (kernel = stride)."""
+    k = self.tubelet_embed.weight  # [D, 3, q, p, p]
+    x, coords, valid = self._check_packed(patches, coords, valid,
+                                          k[0].numel(), "patches")
+    w = k.permute(2, 3, 4, 1, 0).reshape(-1, k.shape[0])  # (dt, dy, dx, c)
+    tokens = x @ w + self.tubelet_embed.bias
+    h = self.encoder(tokens, coords, valid)
+    mean, logvar = self.to_moments(h).float().chunk(2, dim=-1)
+    logvar = logvar.clamp(*self.logvar_range)
+    m = valid[..., None]
+    mean = torch.where(m, mean, torch.zeros_like(mean))
+    logvar = torch.where(m, logvar, torch.zeros_like(logvar))
+    return dict(mean=mean, logvar=logvar, z=mean)
+
+  def decode_patches(self, z, coords, valid):
+    """-> patches [B, N, q*p*p*3], zero on padding; the transposed conv as a
+    per-token matmul."""
+    z, coords, valid = self._check_packed(z, coords, valid, self.c, "z")
+    h = self.decoder(self.from_code(z), coords, valid)
+    k = self.to_pixels.weight  # [D, 3, q, p, p]
+    w = k.permute(0, 2, 3, 4, 1).reshape(k.shape[0], -1)
+    bias = self.to_pixels.bias.repeat(w.shape[1] // 3)
+    y = h @ w + bias
+    return torch.where(valid[..., None], y, torch.zeros_like(y))

@@ -34,7 +34,13 @@ from vitok_jax import optim
 from vitok_jax.parallel import sharding as sh
 from vitok_jax.trainers import common
 from vitok_jax.trainers import host_loop
+from vitok_jax.trainers import naflex
+from vitok_jax.trainers import tokenizer_shared as shared
 import vitok_jax.utils as u
+
+# Shared with the NaFlex trainer (trainers/tokenizer_shared.py).
+disc_schedule, make_disc_tx = shared.disc_schedule, shared.make_disc_tx
+load_frozen, init_from_stage1 = shared.load_frozen, shared.init_from_stage1
 
 
 # ==========================================================================
@@ -109,6 +115,8 @@ def resolve_config(config) -> ml_collections.ConfigDict:
     vitok.decode_variant(config.model.variant)
   except ValueError as e:
     raise ValueError(f"config.model.variant: {e}") from e
+  if config.input.naflex:
+    naflex.check_config(config)
   return config
 
 
@@ -116,6 +124,10 @@ def resolve_config(config) -> ml_collections.ConfigDict:
 # Setup: model, optimizer, shardings, jitted init and step
 # ==========================================================================
 def input_shape(config, batch: Optional[int] = None):
+  if config.input.naflex:  # so tools/bench.py, aot_compile.py, flops say so
+    raise NotImplementedError(
+        "config.input.naflex=True: the square setup, its input shape and "
+        "FLOP count do not apply (trainers/naflex.py; docs/naflex.md)")
   b = config.input.batch_size if batch is None else batch
   res, t = config.input.res, config.input.frames
   return (b, res, res, 3) if t == 1 else (b, t, res, res, 3)
@@ -153,22 +165,6 @@ class Setup(NamedTuple):
   # (d_params, state, images, recon) -> (loss, terms).
   g_loss: Callable
   d_loss: Callable
-
-
-def disc_schedule(dc) -> optax.Schedule:
-  """Linear warm-up from 0 to dc.lr over dc.warmup_steps, then constant."""
-  if not dc.warmup_steps:
-    return optax.constant_schedule(dc.lr)
-  return optax.linear_schedule(0.0, dc.lr, int(dc.warmup_steps))
-
-
-def make_disc_tx(dc):
-  sched = disc_schedule(dc)
-  parts = [optax.clip_by_global_norm(dc.grad_clip)] if dc.grad_clip else []
-  parts.append(optax.adamw(sched, b1=dc.b1, b2=dc.b2,
-                           weight_decay=dc.weight_decay,
-                           mask=optim.decay_mask))
-  return optax.chain(*parts), sched
 
 
 def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
@@ -303,40 +299,6 @@ def make_setup(config, mesh, *, batch: Optional[int] = None) -> Setup:
                init_jit, step_jit, g_loss, d_loss)
 
 
-def load_frozen(config, mesh) -> dict:
-  """The frozen networks the loss needs, replicated over the mesh."""
-  frozen = {}
-  if config.loss.lpips_weight:
-    params = lpips_lib.load(config.loss.lpips_weights,
-                            allow_random=config.loss.lpips_allow_random)
-    frozen["lpips"] = jax.device_put(params, sh.replicated(mesh))
-  return frozen
-
-
-def init_from_stage1(state, setup: Setup, workdir: str, step=None):
-  """Copies a stage-1 run's params (and into the EMA) into a fresh state."""
-  loaded = ckpt_lib.load_state_tree(workdir, step)["params"]
-  expected = u.tree_flatten_with_names(setup.abstract_state["params"])
-  got = dict(u.tree_flatten_with_names(loaded))
-  missing = [n for n, _ in expected if n not in got]
-  surplus = sorted(set(got) - {n for n, _ in expected})
-  if missing or surplus:
-    raise ValueError(f"config.init_from={workdir!r} does not fit the model: "
-                     f"missing {missing[:10]}, surplus {surplus[:10]}")
-  for n, a in expected:
-    if tuple(got[n].shape) != tuple(a.shape):
-      raise ValueError(f"config.init_from={workdir!r}: {n} has shape "
-                       f"{got[n].shape}, the model wants {a.shape}")
-  params = jax.device_put(jax.tree.map(jnp.asarray, loaded),
-                          setup.state_sharding["params"])
-  # The optimizer state of a fresh run is zeros/counters: keep it.
-  state = dict(state, params=params)
-  if "params_ema" in state:
-    state["params_ema"] = jax.device_put(
-        jax.tree.map(jnp.asarray, loaded), setup.state_sharding["params_ema"])
-  return state
-
-
 def predict_fns(setup: Setup) -> dict:
   """What a tokenizer hands its evaluators (evaluators/common.py):
   `reconstruct` (params, images) -> evaluation-mode reconstructions,
@@ -359,11 +321,12 @@ def predict_fns(setup: Setup) -> dict:
 def restore_for_eval(config, workdir: str, step=None) -> common.EvalRun:
   """The eval job's view of a tokenizer run (vitok_jax/eval.py): `step` (or
   the latest) restored onto config.mesh; the EMA params when present."""
+  nf = config.input.naflex  # NaFlex rows: trainers/naflex.py
   if not config.evals:  # score the training data's evaluation crops
-    config.evals = {"recon": dict(type="reconstruction", batch_size=8,
-                                  num_examples=None)}
+    config.evals = naflex.default_evals() if nf else {"recon": dict(
+        type="reconstruction", batch_size=8, num_examples=None)}
   mesh = sh.make_mesh(config.mesh)
-  setup = make_setup(config, mesh)
+  setup = (naflex.make_setup if nf else make_setup)(config, mesh)
   ckpt = ckpt_lib.Checkpointer(workdir)
   step = ckpt.latest_step() if step is None else step
   if step is None:
@@ -372,7 +335,8 @@ def restore_for_eval(config, workdir: str, step=None) -> common.EvalRun:
   ckpt.close()
   return common.EvalRun(step=int(step), params=common.eval_params(state),
                         ema="params_ema" in state, mesh=mesh,
-                        predict_fns=predict_fns(setup))
+                        predict_fns=(naflex.predict_fns if nf else
+                                     predict_fns)(setup))
 
 
 def make_reconstruct_fn(setup: Setup):
@@ -395,6 +359,8 @@ def train_and_evaluate(config, workdir: str, *,
 
 
 def make_task(config, mesh, workdir) -> host_loop.Task:
+  if config.input.naflex:  # padded patch sequences, trainers/naflex.py
+    return naflex.make_task(config, mesh, workdir)
   del workdir  # the tokenizer keeps nothing outside its checkpoints
   setup = make_setup(config, mesh)
   logging.info("Peak lr %.4g = base_lr %g x batch %d x frames %d / 256",
