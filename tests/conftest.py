@@ -44,27 +44,23 @@ SLOW_FILES = {
 SLOW_TESTS = {
     "test_i3d.py": {"test_a_detector_whose_resize_differs_is_refused",
                     "test_parity_with_the_pytorch_i3d",
-                    # the quick tier keeps the conversion itself
+                    # TorchScript conversions (torch.jit, 20 s of CPU each)
+                    "test_torchscript_is_converted_verified_and_its_provenance_logged",
                     "test_torchscript_with_reordered_batchnorm_tensors_is_refused",
                     "test_a_conversion_wrong_in_a_few_logits_only_is_refused"},
-    # ~15 fresh interpreters importing jax (40 s of CPU).
-    "test_cli.py": {"test_every_entry_point_and_tool_has_a_complete_help"},
-    # A Ti-Ti/8 train step compiled for its cost analysis (15 s of CPU).
-    "test_flops.py": {
-        "test_xla_counts_of_the_stage1_step_stay_near_the_analytic_count"},
-    # The quick tier keeps one TPU compile (the eval step and the sampler).
-    "test_naflex_model.py": {
-        "test_splash_with_segment_ids_gradient_compiles_for_a_tpu_topology"},
-    "test_aot_tpu.py": {"test_paper_stage1_batch_fits_v5p_hbm",
+    # The quick tier keeps one TPU compile (NaFlex's splash with segment
+    # ids, forward) and the tool's command line.
+    "test_aot_tpu.py": {"test_the_eval_step_and_the_sampler_compile_on_v5e_2x2",
+                        "test_paper_stage1_batch_fits_v5p_hbm",
                         "test_train_steps_compile_for_tpu_topologies",
                         "test_multi_slice_mesh_and_step",
-                        "test_splash_attention_inside_the_sharded_stage1_step"},
+                        "test_splash_attention_inside_the_sharded_stage1_step",
+                        "test_splash_with_segment_ids_gradient_compiles_for_a_tpu_topology"},
     # 2048-d Frechet distances and their scipy references (seconds each).
     "test_adm_metrics.py": {
         "test_generation_evaluator_scores_as_adm",
         "test_video_gfvd_is_the_frechet_distance_of_i3d_features",
         "test_old_reference_files_skip_sfid_and_pr_with_a_warning"},
-    "test_inception.py": {"test_inception_score_is_torch_fidelitys_unbiased_one"},
     "test_metrics.py": {
         "test_fid_closed_forms_for_rank_deficient_pool_statistics"},
     "test_flow.py": {"test_ddpm_recovers_a_2d_mixture",
@@ -79,15 +75,47 @@ SLOW_TESTS = {
         "test_a_second_job_on_the_workdir_fails_naming_the_first",
         "test_a_damaged_latest_checkpoint_falls_back_and_metrics_stay_unique"},
     "test_sweeps.py": {"test_sweep_runs_resumes_skips_and_plots"},
-    # The discriminator and LPIPS compiled on the canvas (~a minute).
-    "test_naflex_train.py": {"test_stage2_terms_lpips_and_gan_on_the_canvas"},
     "test_lpips.py": {"test_distance_is_zero_for_identical_images_and_has_input_grads",
-                      "test_random_weights_only_when_allowed"},
-    "test_bench.py": {"test_bench_modes_xla_flops_profile_and_input"},
-    # ~15 s of restores on the smoke chain's DiT (its fixture is shared when
-    # both tiers run).
+                      "test_random_weights_only_when_allowed",
+                      "test_parity_with_lpips_package"},
+    # The quick tier's end-to-end run is the tokenizer's (train, evaluate,
+    # the eval job); the DiT chain and the exports run in the full suite.
     "test_smoke_chain.py": {
-        "test_a_resume_with_another_sample_setting_is_refused"},
+        "test_a_resume_with_another_sample_setting_is_refused",
+        "test_dit_trains_samples_and_evaluates",
+        "test_both_runs_export_to_pytorch"},
+    # NaFlex: the quick tier keeps the masking, positions, data, losses and
+    # evaluation on tiny inputs; compiled models and trainings run in full.
+    "test_naflex_model.py": {
+        "test_square_inputs_match_the_grid_path",
+        "test_no_gradient_reaches_padding_and_an_empty_sequence_is_zero",
+        "test_training_samples_z_only_on_valid_tokens",
+        "test_pytorch_export_matches_on_padded_batches"},
+    "test_naflex_losses.py": {"test_masked_lpips_with_the_network"},
+    "test_naflex_train.py": {
+        "test_training_on_mixed_aspects_learns_and_evaluates_natively",
+        "test_stage2_terms_lpips_and_gan_on_the_canvas"},
+    # Whole trainer steps compiled for their schedules, dtypes or timings.
+    "test_optim.py": {"test_trainer_schedule_peaks_at_the_scaled_lr",
+                      "test_video_dit_step_trains_at_the_frameless_lr"},
+    "test_vit.py": {"test_transformer_bf16_compute_keeps_f32_params"},
+    "test_bench.py": {"test_bench_modes_xla_flops_profile_and_input",
+                      "test_bench_times_the_dit_step",
+                      "test_bench_runs_and_prints"},
+    "test_precision.py": {"test_dtypes_of_stream_norms_matmuls_and_loss"},
+    # Parity of the ported networks on random weights (their structure and
+    # conversion tests stay quick).
+    "test_inception.py": {"test_inception_score_is_torch_fidelitys_unbiased_one",
+                          "test_pool_features_and_logits_match_pytorch_fid"},
+    # A subprocess each (the quick tier keeps the unknown-argument one).
+    "test_cli.py": {"test_every_entry_point_and_tool_has_a_complete_help",
+                    "test_a_config_error_is_one_line_naming_the_key_and_exits_2"},
+    # The paper-size models' abstract parameters, one variant at a time.
+    "test_flops.py": {
+        "test_xla_counts_of_the_stage1_step_stay_near_the_analytic_count",
+        "test_param_counts_within_1pct_of_paper",
+        "test_gflops_within_2pct_of_paper"},
+    "test_video_protocol.py": {"test_eval_workers_give_the_same_batches"},
 }
 
 

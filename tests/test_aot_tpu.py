@@ -274,3 +274,51 @@ def test_paper_stage1_batch_fits_v5p_hbm():
   assert (r["chips"], r["batch_per_chip"], r["hbm_gib"]) == (8, 128, 95.0)
   assert r["fits"] and r["argument_gib"] < r["total_gib"] < 95.0
   assert r["temp_gib"] > 1.0  # the activations of 128 images are there
+
+
+# NaFlex (docs/naflex.md): splash with the valid/padding segment ids. Here,
+# not in test_naflex_model.py: one pytest worker at a time may hold libtpu.
+def _naflex_splash_compile(grad: bool):
+  """NaFlex's sequence path (Model.reconstruct_patches) with
+  attn_impl="splash" (N = 128, bf16) compiled under a v5e 2x2 mesh, ahead
+  of time on this CPU host -> its HLO text."""
+  from vitok_jax.models import patches as P  # pylint: disable=g-import-not-at-top
+  topo = aot.get_topology("v5e:2x2")
+  mesh = sh.make_mesh((("data", -1),), topo.devices)
+  model = vitok.create("mu-mu/8", 8, posemb="none", attn_impl="splash",
+                       dtype=jnp.bfloat16, enc_depth=1, dec_depth=1)
+  n, d = 128, P.patch_dim(8)
+  data = sh.batch_sharding(mesh)
+  sds = lambda shape, dtype, s=data: jax.ShapeDtypeStruct(shape, dtype,
+                                                          sharding=s)
+  args = (sds((4, n, d), jnp.float32), sds((4, n, 3), jnp.int32),
+          sds((4, n), jnp.bool_))
+  params = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, n, d)), jnp.zeros((1, n, 3), jnp.int32),
+      jnp.ones((1, n), bool), method="reconstruct_patches")["params"])
+  params = jax.tree.map(lambda a: sds(a.shape, a.dtype, sh.replicated(mesh)),
+                        params)
+
+  def fn(p, x, c, v):
+    out, aux = model.apply({"params": p}, x, c, v,
+                           method="reconstruct_patches")
+    return jnp.mean((out - x)**2) + jnp.mean(aux["kl"]) if grad else out
+  fn = jax.grad(fn) if grad else fn
+  hlo = jax.jit(sh.traced_under(mesh, fn)).lower(params, *args).compile(
+  ).as_text()
+  assert "all-gather" not in hlo  # each device attends its own examples
+  return hlo, model.enc_depth + model.dec_depth
+
+
+def test_splash_with_segment_ids_compiles_for_a_tpu_topology():
+  """The forward: one splash kernel (with the valid/padding segment ids)
+  per block, inside shard_map."""
+  hlo, blocks = _naflex_splash_compile(grad=False)
+  assert hlo.count("tpu_custom_call") == blocks
+
+
+def test_splash_with_segment_ids_gradient_compiles_for_a_tpu_topology():
+  """The gradient (a train step's): forward, dq and dkv kernels per block.
+  Slow tier (about 10 s on 2 cores)."""
+  hlo, blocks = _naflex_splash_compile(grad=True)
+  assert hlo.count("tpu_custom_call") == 3 * blocks

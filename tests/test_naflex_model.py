@@ -6,7 +6,8 @@ equals each image alone; garbage in the padding changes nothing); the
 per-example RoPE angles against an independent loop and against the
 static grid's; on a full square grid the sequence path computes what
 __call__ does (tolerances below); the PyTorch export agrees on padded
-batches; splash with segment ids compiles for a TPU topology; errors.
+batches; errors. (Splash with segment ids compiling for a TPU topology:
+tests/test_aot_tpu.py, where one worker holds libtpu.)
 """
 import functools
 import importlib.util
@@ -314,59 +315,6 @@ def test_pytorch_export_matches_on_padded_batches():
   with pytest.raises(ValueError, match="needs posemb='none'"):
     tv.ViTok(C, 64, 1, 2, 64, 1, 2, 4, posemb="learn", posemb_length=4
              ).encode_patches(*args)
-
-
-def _splash_compile(grad: bool):
-  """The sequence path with attn_impl="splash" (N = 128, bf16) compiled
-  under a v5e 2x2 mesh, ahead of time on this CPU host -> its HLO text."""
-  from tests.helpers import load_tool  # pylint: disable=g-import-not-at-top
-  from vitok_jax.parallel import sharding as sh  # pylint: disable=g-import-not-at-top
-  topo = load_tool("aot_compile").get_topology("v5e:2x2")
-  mesh = sh.make_mesh((("data", -1),), topo.devices)
-  model = _model("mu-mu/8", attn_impl="splash", dtype=jnp.bfloat16,
-                 enc_depth=1, dec_depth=1)
-  n, d = 128, P.patch_dim(8)
-  data = sh.batch_sharding(mesh)
-  sds = lambda shape, dtype, s=data: jax.ShapeDtypeStruct(shape, dtype,
-                                                          sharding=s)
-  args = (sds((4, n, d), jnp.float32), sds((4, n, 3), jnp.int32),
-          sds((4, n), jnp.bool_))
-  params = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, n, d)), jnp.zeros((1, n, 3), jnp.int32),
-      jnp.ones((1, n), bool), method="reconstruct_patches")["params"])
-  params = jax.tree.map(lambda a: sds(a.shape, a.dtype, sh.replicated(mesh)),
-                        params)
-
-  def fn(p, x, c, v):
-    out, aux = model.apply({"params": p}, x, c, v,
-                           method="reconstruct_patches")
-    return jnp.mean((out - x)**2) + jnp.mean(aux["kl"]) if grad else out
-  fn = jax.grad(fn) if grad else fn
-  hlo = jax.jit(sh.traced_under(mesh, fn)).lower(params, *args).compile(
-  ).as_text()
-  assert "all-gather" not in hlo  # each device attends its own examples
-  return hlo, model.enc_depth + model.dec_depth
-
-
-needs_libtpu = pytest.mark.skipif(
-    importlib.util.find_spec("libtpu") is None,
-    reason="libtpu compiles for TPU topologies")
-
-
-@needs_libtpu
-def test_splash_with_segment_ids_compiles_for_a_tpu_topology():
-  """The forward: one splash kernel (with the valid/padding segment ids)
-  per block, inside shard_map."""
-  hlo, blocks = _splash_compile(grad=False)
-  assert hlo.count("tpu_custom_call") == blocks
-
-
-@needs_libtpu
-def test_splash_with_segment_ids_gradient_compiles_for_a_tpu_topology():
-  """The gradient (a train step's): forward, dq and dkv kernels per block.
-  Slow tier (about 10 s on 2 cores)."""
-  hlo, blocks = _splash_compile(grad=True)
-  assert hlo.count("tpu_custom_call") == 3 * blocks
 
 
 def test_errors_name_the_problem():
