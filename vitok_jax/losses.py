@@ -53,14 +53,25 @@ def autoencoder(recon, target, aux, *, rec: str = "l2", kl_weight: float = 1e-3,
                 lpips_weight: float = 0.0, lpips_fn: Optional[Callable] = None,
                 gen_adv_loss=None, gan_weight: float = 0.0):
   """L_AE for the generator side; `gen_adv_loss` is the precomputed GAN term."""
-  total, terms = reconstruction(recon, target, rec)
+  return _weighted_sum(reconstruction(recon, target, rec), aux,
+                       lambda: lpips(recon, target, lpips_fn),
+                       kl_weight=kl_weight, lpips_weight=lpips_weight,
+                       lpips_fn=lpips_fn, gen_adv_loss=gen_adv_loss,
+                       gan_weight=gan_weight)
+
+
+def _weighted_sum(rec_term, aux, lpips_term: Callable, *, kl_weight,
+                  lpips_weight, lpips_fn, gen_adv_loss, gan_weight):
+  """L_AE from its reconstruction term (loss, terms): + KL, + LPIPS (the
+  thunk `lpips_term`, called only when weighted), + the GAN term."""
+  total, terms = rec_term
   l_kl, t = kl(aux)
   terms.update(t)
   total = total + kl_weight * l_kl
   if lpips_weight:
     if lpips_fn is None:
       raise ValueError("config.loss.lpips_weight > 0 needs an LPIPS network")
-    l_p, t = lpips(recon, target, lpips_fn)
+    l_p, t = lpips_term()
     terms.update(t)
     total = total + lpips_weight * l_p
   if gen_adv_loss is not None:
@@ -174,19 +185,9 @@ def autoencoder_patches(recon, target, aux, coords, valid, *, canvas_hw,
   """`autoencoder` for NaFlex rows: the reconstruction term over valid
   patches, the model's KL (over valid tokens already), LPIPS on the canvas.
   `gen_adv_loss` is D's verdict on canvas_pair's reconstructions."""
-  total, terms = masked_reconstruction(recon, target, valid, rec)
-  l_kl, t = kl(aux)
-  terms.update(t)
-  total = total + kl_weight * l_kl
-  if lpips_weight:
-    if lpips_fn is None:
-      raise ValueError("config.loss.lpips_weight > 0 needs an LPIPS network")
-    l_p, t = masked_lpips(*canvas_pair(recon, target, coords, valid,
-                                       canvas_hw, patch, frames), lpips_fn)
-    terms.update(t)
-    total = total + lpips_weight * l_p
-  if gen_adv_loss is not None:
-    terms["gan_g"] = gen_adv_loss
-    total = total + gan_weight * gen_adv_loss
-  terms["loss"] = total
-  return total, terms
+  return _weighted_sum(
+      masked_reconstruction(recon, target, valid, rec), aux,
+      lambda: masked_lpips(*canvas_pair(recon, target, coords, valid,
+                                        canvas_hw, patch, frames), lpips_fn),
+      kl_weight=kl_weight, lpips_weight=lpips_weight, lpips_fn=lpips_fn,
+      gen_adv_loss=gen_adv_loss, gan_weight=gan_weight)
