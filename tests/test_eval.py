@@ -17,6 +17,7 @@ from skimage.metrics import structural_similarity
 
 from configs.vitok import s_b16_256
 from configs.vitok import video_s_b4x8_128
+from tests import helpers
 from tests.helpers import load_tool
 from vitok_jax.data import input_pipeline
 from vitok_jax import eval as eval_job
@@ -64,23 +65,6 @@ def ssim_np(a, b):
       x.astype(np.float64), y.astype(np.float64), gaussian_weights=True,
       sigma=1.5, use_sample_covariance=False, data_range=255,
       channel_axis=-1) for x, y in zip(a, b)])
-
-
-def frechet_np(f1, f2):
-  """Frechet distance of Gaussians fitted to two sets of n feature vectors,
-  in closed form. With A, B the centred [n, d] features, S1 = A'A / (n-1),
-  S2 = B'B / (n-1), and the non-zero eigenvalues of S1 S2 are the squared
-  singular values of A B' / (n-1), so Tr sqrt(S1 S2) = ||A B'||_* / (n-1):
-  an n x n SVD, exact for the rank-deficient covariances of n < d examples
-  (no d x d matrix square root, which loses ~1e-3 there)."""
-  f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
-  assert len(f1) == len(f2) >= 2
-  n = len(f1)
-  a, b = f1 - f1.mean(0), f2 - f2.mean(0)
-  diff = f1.mean(0) - f2.mean(0)
-  nuclear = np.linalg.svd(a @ b.T, compute_uv=False).sum()
-  return float(diff @ diff + (np.sum(a * a) + np.sum(b * b) - 2 * nuclear) /
-               (n - 1))
 
 
 def inception_score_np(logits, splits=10):
@@ -230,7 +214,7 @@ def heldout_reference(run, random_inception):
   n = want["n"]
   pool, logits = inception_outputs(inc, np.concatenate([want["real"],
                                                         want["fake"]]))
-  want["rfid"] = frechet_np(pool[n:], pool[:n])
+  want["rfid"] = helpers.frechet_np(pool[n:], pool[:n])
   want["ris"], want["ris_std"] = inception_score_np(logits[n:])
   want["pool"] = pool
   # Not degenerate: the scores are far from their trivial values.
@@ -302,7 +286,7 @@ def test_cached_reference_stats_give_the_same_scores(
       predict_fns=tokenizer.predict_fns(setup), mesh=mesh)
   r = dict(ev.run(params))
   want, n = heldout_reference, heldout_reference["n"]
-  assert_matches(r, "val", dict(rpsnr=want["psnr"][:8].mean(), rfid=frechet_np(
+  assert_matches(r, "val", dict(rpsnr=want["psnr"][:8].mean(), rfid=helpers.frechet_np(
       want["pool"][n:n + 8], want["pool"][:8])), ("rpsnr", "rfid"))
 
 
@@ -341,7 +325,7 @@ def test_video_rfvd_equals_the_frechet_distance_of_i3d_features_here(
   feats = np.asarray(jax.jit(i3d.features)(
       i3d.load(random_i3d), np.concatenate([clip(want["real"]),
                                             clip(want["fake"])])))
-  want["rfvd"] = frechet_np(feats[2:], feats[:2])
+  want["rfvd"] = helpers.frechet_np(feats[2:], feats[:2])
   scale = np.sum(np.var(feats[:2], axis=0, ddof=1))  # Tr Sigma_real
   assert want["rfvd"] > 1e-2 * scale  # far from the real-vs-real 0
   assert_matches(r, "v", want, ("rpsnr", "rssim", "rfvd"))

@@ -87,7 +87,7 @@ def test_eval_job_is_the_same_on_any_process_count(stage2, trained, tmp_path):
     launch("vitok_jax.eval", _stage2_args(trained[0]) + [
         f"--workdir={copy}",
         f"--config.evals.heldout.inception_weights={npz}"],
-           processes=procs, devices=devs)
+           processes=procs, devices=devs, optimized=True)
     results[procs, devs] = json.loads(
         (copy / "eval" / "results_2.json").read_text())
     # Only process 0 writes.

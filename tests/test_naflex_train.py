@@ -100,7 +100,7 @@ def test_eval_job_is_the_same_on_any_process_count(tmp_path):
     launch("vitok_jax.eval", args + [
         f"--workdir={copy}",
         f"--config.evals.heldout.inception_weights={npz}"],
-           processes=procs, devices=devs)
+           processes=procs, devices=devs, optimized=True)
     results[procs, devs] = json.loads(
         (copy / "eval" / "results_4.json").read_text())
     assert sorted(p.name for p in (copy / "eval").iterdir()

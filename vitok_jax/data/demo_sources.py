@@ -10,6 +10,7 @@ the demos need no download.
   * PhotoPans: videos without files, a camera panning and zooming over each
     photo (pan_zoom): the video demo's training and evaluation clips.
 """
+import importlib.util
 import os
 from typing import Optional
 
@@ -60,10 +61,12 @@ class HeldOutPhotos:
 
   def __init__(self, native_aspect: bool = False):
     import matplotlib  # pylint: disable=g-import-not-at-top
-    import sklearn  # pylint: disable=g-import-not-at-top
+    # scikit-learn's folder, without running its __init__ (a second of
+    # every evaluating process's start-up): the photos are plain files.
+    sklearn_dir = importlib.util.find_spec("sklearn").submodule_search_locations[0]
     files = [
-        os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images",
-                     name) for name in ("china.jpg", "flower.jpg")]
+        os.path.join(sklearn_dir, "datasets", "images", name)
+        for name in ("china.jpg", "flower.jpg")]
     files.append(os.path.join(matplotlib.get_data_path(), "sample_data",
                               "grace_hopper.jpg"))
     self.images, self.photo = [], []

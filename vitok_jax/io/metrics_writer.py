@@ -9,6 +9,7 @@ cannot be appended to, so the rows of metrics.jsonl are kept in memory and
 the whole file is rewritten at each write (one small object per log step).
 """
 import json
+import sys
 import time
 
 import jax
@@ -65,6 +66,22 @@ class _Rows:
       self._f.close()
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch: when torch is
+  installed, tensorboardX imports it at import time only to accept torch
+  tensors (seconds of every job's start-up); this writer logs numpy. A
+  torch already imported is used as is."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
 
   def __init__(self, logdir: str, *, active=None, jsonl_name="metrics.jsonl"):
@@ -73,9 +90,8 @@ class MetricWriter:
     self._tb = None
     self._jsonl = None
     if self.active:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       fileio.makedirs(logdir)
-      self._tb = SummaryWriter(logdir, flush_secs=30)
+      self._tb = _summary_writer_class()(logdir, flush_secs=30)
       self._jsonl = _Rows(fileio.join(logdir, jsonl_name))
 
   def drop_rows_after(self, step: int) -> None:
