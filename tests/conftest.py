@@ -119,6 +119,22 @@ SLOW_TESTS = {
 }
 
 
+# The files that take the most CPU, heaviest first (VITOK_TEST_CPU_LOG,
+# below; BENCHMARKS.md). pytest-xdist hands out whole files (--dist
+# loadfile) in collection order (--no-loadscope-reorder; by default it
+# would start with the files of the most tests, and the heaviest files,
+# which have few tests, would start last and run on alone at the end): the
+# longest first, then the rest alphabetically, so that the two workers end
+# together.
+HEAVY_FILES = (
+    "test_dit_train.py", "test_multihost_jobs.py", "test_video.py",
+    "test_generation_probe.py", "test_stage2.py", "test_naflex_train.py",
+    "test_aot_tpu.py", "test_video_protocol.py", "test_eval.py",
+    "test_adm_metrics.py", "test_install.py", "test_robustness.py",
+    "test_train.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
   del config
   import pytest  # pylint: disable=g-import-not-at-top
@@ -126,12 +142,17 @@ def pytest_collection_modifyitems(config, items):
     name = os.path.basename(str(item.fspath))
     if name in SLOW_FILES or item.originalname in SLOW_TESTS.get(name, ()):
       item.add_marker(pytest.mark.slow)
+  rank = {name: i for i, name in enumerate(HEAVY_FILES)}
+  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)),
+                                       len(HEAVY_FILES)))  # stable
 
 
 # Where the suite's CPU goes: with VITOK_TEST_CPU_LOG=<file>, each test's
 # CPU seconds (its own process's and the jobs it launched, set-up included)
 # are appended to <file>; unlike wall-clock durations they do not depend on
-# what else the machine runs.
+# what else the machine runs. Each line then names the pytest-xdist worker
+# and the test's start and end (seconds since the epoch): where the last
+# minutes of a run went.
 if os.environ.get("VITOK_TEST_CPU_LOG"):
   import resource  # pylint: disable=g-import-not-at-top
   import pytest as _pytest  # pylint: disable=g-import-not-at-top
@@ -144,7 +165,10 @@ if os.environ.get("VITOK_TEST_CPU_LOG"):
   @_pytest.hookimpl(hookwrapper=True)
   def pytest_runtest_protocol(item, nextitem):
     del nextitem
-    start = _cpu()
+    import time  # pylint: disable=g-import-not-at-top
+    start, t0 = _cpu(), time.time()
     yield
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     with open(os.environ["VITOK_TEST_CPU_LOG"], "a") as f:
-      f.write(f"{_cpu() - start:.2f} {item.nodeid}\n")
+      f.write(f"{_cpu() - start:.2f} {item.nodeid} {worker} {t0:.1f} "
+              f"{time.time():.1f}\n")
