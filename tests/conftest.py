@@ -120,12 +120,10 @@ SLOW_TESTS = {
 
 
 # The files that take the most CPU, heaviest first (VITOK_TEST_CPU_LOG,
-# below; BENCHMARKS.md). pytest-xdist hands out whole files (--dist
-# loadfile) in collection order (--no-loadscope-reorder; by default it
-# would start with the files of the most tests, and the heaviest files,
-# which have few tests, would start last and run on alone at the end): the
-# longest first, then the rest alphabetically, so that the two workers end
-# together.
+# below). pytest-xdist hands out whole files in collection order
+# (pytest.ini: --no-loadscope-reorder; by default it starts with the files
+# of the most tests, and these have few): these first, then the rest
+# alphabetically, so that no heavy file starts last and runs on alone.
 HEAVY_FILES = (
     "test_dit_train.py", "test_multihost_jobs.py", "test_video.py",
     "test_generation_probe.py", "test_stage2.py", "test_naflex_train.py",
@@ -139,12 +137,11 @@ def pytest_collection_modifyitems(config, items):
   del config
   import pytest  # pylint: disable=g-import-not-at-top
   for item in items:
-    name = os.path.basename(str(item.fspath))
+    name = item.path.name
     if name in SLOW_FILES or item.originalname in SLOW_TESTS.get(name, ()):
       item.add_marker(pytest.mark.slow)
   rank = {name: i for i, name in enumerate(HEAVY_FILES)}
-  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)),
-                                       len(HEAVY_FILES)))  # stable
+  items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FILES)))
 
 
 # Where the suite's CPU goes: with VITOK_TEST_CPU_LOG=<file>, each test's
@@ -155,6 +152,7 @@ def pytest_collection_modifyitems(config, items):
 # minutes of a run went.
 if os.environ.get("VITOK_TEST_CPU_LOG"):
   import resource  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
   import pytest as _pytest  # pylint: disable=g-import-not-at-top
 
   def _cpu():
@@ -165,7 +163,6 @@ if os.environ.get("VITOK_TEST_CPU_LOG"):
   @_pytest.hookimpl(hookwrapper=True)
   def pytest_runtest_protocol(item, nextitem):
     del nextitem
-    import time  # pylint: disable=g-import-not-at-top
     start, t0 = _cpu(), time.time()
     yield
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
