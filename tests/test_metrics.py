@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 from skimage.metrics import structural_similarity
+from tests import helpers
 
 from vitok_jax.evaluators import metrics
 
@@ -109,6 +110,26 @@ def test_fid_closed_forms_for_rank_deficient_pool_statistics():
                              shift @ shift, rtol=1e-6)
   np.testing.assert_allclose(metrics.frechet_distance(mu, s, mu, 2.25 * s),
                              0.25 * np.trace(s), rtol=1e-6)
+
+
+def test_fid_of_few_examples_is_the_exact_closed_form():
+  # 10 and 17 examples of 64 features: both covariances singular (ranks 9
+  # and 16), their null spaces in different directions; frechet_distance
+  # leaves out the zero rows and columns of its SVD. Against the exact
+  # n1 x n2 closed form of tests/helpers.frechet_np (which differs by the
+  # round-off of eigh in the null spaces: 5e-9 here).
+  rng = np.random.default_rng(1)
+  mix = rng.normal(size=(64, 64))
+  f1 = np.maximum(rng.normal(size=(10, 64)) @ mix, 0)
+  f2 = np.maximum(rng.normal(0.2, 1.3, size=(17, 64)) @ mix, 0)
+  s1, s2 = metrics.GaussianStats(64), metrics.GaussianStats(64)
+  s1.update(f1)
+  s2.update(f2)
+  got = metrics.frechet_distance(*s1.mean_cov(), *s2.mean_cov())
+  np.testing.assert_allclose(got, helpers.frechet_np(f1, f2), rtol=1e-7)
+  np.testing.assert_allclose(
+      metrics.frechet_distance(*s2.mean_cov(), *s1.mean_cov()), got,
+      rtol=1e-10)
 
 
 def test_bicubic_baseline_spends_the_same_floats():

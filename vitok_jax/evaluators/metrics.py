@@ -117,7 +117,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
   scipy's sqrtm of the product (pytorch-fid): the same value for
   well-conditioned statistics, but accurate for the singular covariances of
   fewer examples than features (sqrtm gives -1e-3 for the FID of identical
-  2048-dim statistics of rank < 2048). `eps` is kept for compatibility.
+  2048-dim statistics of rank < 2048). With S = V W V', sqrt(S1) sqrt(S2)
+  is V1 [W1^1/2 (V1' V2) W2^1/2] V2', and the orthogonal factors leave the
+  singular values as they are, so only the bracket is formed; its rows and
+  columns of a zero W^1/2 (eigenvalues clamped at 0) are zero and add no
+  singular value, so they are left out: for the statistics of fewer
+  examples than features (rank n - 1), an SVD of about half the size.
+  `eps` is kept for compatibility.
   """
   del eps
   mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
@@ -127,7 +133,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     raise ValueError("Frechet distance: the covariances are not finite (NaN "
                      "or Inf features?)")
   diff = mu1 - mu2
-  roots = []
+  halves = []  # (V, W^1/2) of each covariance
   for s in (sigma1, sigma2):
     w, v = np.linalg.eigh((s + s.T) / 2)
     # A real PSD product has a real root; a negative eigenvalue beyond
@@ -139,8 +145,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
           f"(a covariance has the eigenvalue {w.min():.3g}); the feature "
           "statistics are not valid covariances (too few examples for the "
           "feature size?)")
-    roots.append((v * np.sqrt(np.maximum(w, 0.0))) @ v.T)
-  tr_covmean = np.linalg.svd(roots[0] @ roots[1], compute_uv=False).sum()
+    r = np.sqrt(np.maximum(w, 0.0))
+    halves.append((v[:, r > 0], r[r > 0]))
+  (v1, r1), (v2, r2) = halves
+  tr_covmean = (np.linalg.svd(r1[:, None] * (v1.T @ v2) * r2[None, :],
+                              compute_uv=False).sum()
+                if len(r1) and len(r2) else 0.0)
   return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) -
                2 * tr_covmean)
 
