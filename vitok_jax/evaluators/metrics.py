@@ -119,10 +119,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
   fewer examples than features (sqrtm gives -1e-3 for the FID of identical
   2048-dim statistics of rank < 2048). With S = V W V', sqrt(S1) sqrt(S2)
   is V1 [W1^1/2 (V1' V2) W2^1/2] V2', and the orthogonal factors leave the
-  singular values as they are, so only the bracket is formed; its rows and
+  singular values as they are, so only the bracket is formed. Its rows and
   columns of a zero W^1/2 (eigenvalues clamped at 0) are zero and add no
-  singular value, so they are left out: for the statistics of fewer
-  examples than features (rank n - 1), an SVD of about half the size.
+  singular value, so they are left out: for the statistics of n examples
+  of d > n features, whose null-space eigenvalues round to negative about
+  half the time, an SVD of about (d + n) / 2 rows and columns instead of d.
   `eps` is kept for compatibility.
   """
   del eps
