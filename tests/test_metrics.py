@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 from skimage.metrics import structural_similarity
-from tests import helpers
 
+from tests import helpers
 from vitok_jax.evaluators import metrics
 
 
